@@ -64,18 +64,18 @@ def xla_attention(q, k, v, mask, scale):
     return out.reshape(b, t, n, h)
 
 
-def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, mask, scale, use_mask: bool):
-    """cuDNN flash attention (GPU only). Unpacked rows use causal flash with per-row lengths;
+def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, mask, scale, causal: bool, use_mask: bool):
+    """cuDNN flash attention (GPU only). Unpacked rows use (causal) flash with per-row lengths;
     packed rows and KV-cache decoding pass the explicit mask (cuDNN turns it into a bias)."""
     if use_mask:
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask[:, None, :, :], scale=scale, implementation="cudnn"
         )
-    # Rows hold one sequence right-padded with segment id 0: causal + valid lengths is exact.
+    # Rows hold one sequence right-padded with segment id 0: (causal +) valid lengths is exact.
     q_len = jnp.sum(q_segment_ids != 0, axis=-1).astype(jnp.int32)
     kv_len = jnp.sum(kv_segment_ids != 0, axis=-1).astype(jnp.int32)
     return jax.nn.dot_product_attention(
-        q, k, v, scale=scale, is_causal=True, query_seq_lengths=q_len,
+        q, k, v, scale=scale, is_causal=causal, query_seq_lengths=q_len,
         key_value_seq_lengths=kv_len, implementation="cudnn",
     )
 
@@ -149,5 +149,5 @@ def attention(
     mask = make_attention_mask(q_segment_ids, kv_segment_ids, q_slots, kv_slots, causal)
     if implementation == "cudnn":
         use_mask = packed or q_slots_given
-        return cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, mask, scale, use_mask)
+        return cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, mask, scale, causal, use_mask)
     return xla_attention(q, k, v, mask, scale)

@@ -50,6 +50,9 @@ class LLMConfig:
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 32768
     initializer_range: float = 0.02
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     attention: str = "xla"  # xla | cudnn | splash
@@ -103,6 +106,9 @@ class LLMConfig:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             max_position_embeddings=hf.get("max_position_embeddings", 32768),
             initializer_range=hf.get("initializer_range", 0.02),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=tuple(eos) if isinstance(eos := hf.get("eos_token_id"), list) else eos,
+            pad_token_id=hf.get("pad_token_id"),
         )
         kw.update(overrides)
         return cls(**kw)
@@ -128,6 +134,9 @@ class LLMConfig:
             "use_sliding_window": False,
             "attention_dropout": 0.0,
             "torch_dtype": self.param_dtype,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
         }
 
 

@@ -1,0 +1,66 @@
+"""HF <-> omnijax conversion.
+
+    python -m omnijax.hf.convert import --hf DIR --out CKPT [--overwrite]
+    python -m omnijax.hf.convert export --ckpt CKPT --out DIR [--dtype bfloat16] [--max-shard-size 5GB] [--overwrite]
+
+Both refuse an existing non-empty output (unless ``--overwrite``) and write it whole or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from omnijax.checkpoint import assets_of, load_model, save_model_dir
+from omnijax.hf.exporter import DEFAULT_SHARD_BYTES, save_hf
+from omnijax.hf.importer import load_hf
+from omnijax.outdir import check_writable
+
+_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", text.upper())
+    if not m:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected e.g. 5GB, 500MB or a byte count")
+    return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m omnijax.hf.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    imp = sub.add_parser("import", help="HF model directory -> omnijax checkpoint")
+    imp.add_argument("--hf", required=True, help="HF model directory (safetensors)")
+    imp.add_argument("--out", required=True, help="omnijax checkpoint directory to create")
+    imp.add_argument("--overwrite", action="store_true")
+    exp = sub.add_parser("export", help="omnijax checkpoint -> HF model directory")
+    exp.add_argument("--ckpt", required=True, help="omnijax checkpoint (or HF) directory")
+    exp.add_argument("--out", required=True, help="HF directory to create")
+    exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="tensor dtype (default: as stored)")
+    exp.add_argument("--max-shard-size", type=parse_size, default=DEFAULT_SHARD_BYTES)
+    exp.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        check_writable(args.out, args.overwrite)
+        if args.cmd == "import":
+            loaded = load_hf(args.hf)
+            save_model_dir(args.out, loaded, assets_dir=args.hf, overwrite=args.overwrite)
+        else:
+            loaded = load_model(args.ckpt)
+            dtype = None
+            if args.dtype:
+                import jax.numpy as jnp
+                dtype = jnp.dtype(args.dtype)
+            save_hf(args.out, loaded.arch, loaded.cfg, loaded.params, assets_dir=assets_of(args.ckpt),
+                    dtype=dtype, max_shard_bytes=args.max_shard_size, overwrite=args.overwrite)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""omnijax params -> HF model directory (legacy Hub layout, sharded safetensors + index).
+
+The same table the importer reads, read the other way. The directory is written whole or not at
+all (``omnijax.outdir.atomic_dir``); ``transformers`` loads it with no missing or unexpected keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
+
+from omnijax.hf.architectures import Architecture
+from omnijax.hf.importer import check_table, get_path
+from omnijax.hf.safetensors_io import nbytes, plan_shards, write_sharded
+from omnijax.outdir import atomic_dir
+
+# Files beside the weights that a HF model directory carries and export copies through.
+ASSET_FILES = (
+    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+    "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
+)
+DEFAULT_SHARD_BYTES = 5 * 1024**3
+
+
+def _to_host(a) -> np.ndarray:
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        a = multihost_utils.process_allgather(a, tiled=True)
+    return np.asarray(jax.device_get(a))
+
+
+def save_hf(
+    out_dir: str,
+    arch: Architecture,
+    cfg: Any,
+    params: dict,
+    *,
+    assets_dir: str | None = None,
+    dtype=None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> None:
+    """Write ``params`` as a HF directory loadable by ``transformers`` (``arch.name``).
+
+    Args:
+      assets_dir: a directory whose tokenizer / generation-config files are copied through.
+      dtype: tensor dtype to write (default: each parameter's own).
+    """
+    table = arch.table(cfg)
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+    check_table(arch, table, abstract)
+    keys: dict[str, int] = {}
+    for e in table:
+        leaf = get_path(abstract, e.path)
+        per_layer = leaf.shape[1:] if e.stacked else leaf.shape
+        for i in range(leaf.shape[0]) if e.stacked else [None]:
+            keys[e.hf_key(i)] = nbytes(e.transform.hf_shape(per_layer), dtype or leaf.dtype)
+    shards = plan_shards(keys, max_shard_bytes)
+    entry_of = {e.hf_key(i): (e, i) for e in table
+                for i in (range(get_path(abstract, e.path).shape[0]) if e.stacked else [None])}
+
+    def tensors():
+        host: dict[str, np.ndarray] = {}
+        ordered = [k for shard in shards for k in shard]
+        for key in tqdm(ordered, desc="export", disable=not progress, unit="tensor"):
+            e, i = entry_of[key]
+            if e.path not in host:
+                host = {e.path: _to_host(get_path(params, e.path))}
+            a = host[e.path][i] if e.stacked else host[e.path]
+            t = np.ascontiguousarray(e.transform.to_hf(a))
+            yield key, t.astype(dtype or t.dtype)
+
+    is_writer = jax.process_index() == 0
+    if not is_writer:
+        for _ in tensors():  # every process takes part in the all-gathers
+            pass
+        return
+    with atomic_dir(out_dir, overwrite) as tmp:
+        write_sharded(tmp, shards, tensors())
+        config = arch.hf_config(cfg)
+        if dtype is not None:
+            config["torch_dtype"] = np.dtype(dtype).name
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        if assets_dir:
+            for name in ASSET_FILES:
+                if os.path.exists(os.path.join(assets_dir, name)):
+                    shutil.copy2(os.path.join(assets_dir, name), tmp)
+        gen_path = os.path.join(tmp, "generation_config.json")
+        if not os.path.exists(gen_path):
+            gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
+            with open(gen_path, "w") as f:
+                json.dump(gen, f, indent=2)

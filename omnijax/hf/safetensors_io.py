@@ -1,0 +1,158 @@
+"""Lazy safetensors reading and sharded writing, bfloat16 included (numpy + ml_dtypes).
+
+The format is an 8-byte little-endian header length, a JSON header (dtype, shape, byte offsets per
+tensor) and the raw little-endian data. Reading memory-maps each file, so a tensor is read from disk
+only when asked for (tensor by tensor: a 7B checkpoint never has to fit in host memory).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Iterable, Mapping
+
+import ml_dtypes
+import numpy as np
+
+DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+_NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be read as asked; the message names the fix."""
+
+
+def _read_header(path: str) -> tuple[dict, int]:
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+class SafetensorsDir:
+    """Read-only view of a HF weights directory (``model.safetensors`` or sharded with an index)."""
+
+    def __init__(self, hf_dir: str):
+        self.dir = hf_dir
+        index = os.path.join(hf_dir, INDEX_FILE)
+        if os.path.exists(index):
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+        elif os.path.exists(os.path.join(hf_dir, SINGLE_FILE)):
+            weight_map = None
+        else:
+            files = sorted(os.listdir(hf_dir)) if os.path.isdir(hf_dir) else []
+            pickles = [f for f in files if f.endswith(_PICKLE_SUFFIXES)]
+            if pickles:
+                raise CheckpointError(
+                    f"{hf_dir} holds only PyTorch pickle weights ({', '.join(pickles[:3])}); omnijax reads "
+                    "safetensors only (a pickle can run code when loaded). Convert it once with transformers: "
+                    "`AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(OUT)` writes safetensors."
+                )
+            raise CheckpointError(f"{hf_dir} has no {SINGLE_FILE} or {INDEX_FILE}")
+        self._files: dict[str, tuple[dict, int]] = {}
+        self._key_file: dict[str, str] = {}
+        names = sorted(set(weight_map.values())) if weight_map else [SINGLE_FILE]
+        for name in names:
+            path = os.path.join(hf_dir, name)
+            if not os.path.exists(path):
+                raise CheckpointError(f"{INDEX_FILE} in {hf_dir} names {name}, which is missing")
+            self._files[name] = _read_header(path)
+            for key in self._files[name][0]:
+                self._key_file[key] = name
+
+    def keys(self) -> list[str]:
+        return list(self._key_file)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._key_file
+
+    def _info(self, key: str) -> tuple[str, dict, int]:
+        name = self._key_file[key]
+        header, base = self._files[name]
+        return name, header[key], base
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._info(key)[1]["shape"])
+
+    def dtype(self, key: str) -> np.dtype:
+        return np.dtype(DTYPES[self._info(key)[1]["dtype"]])
+
+    def get(self, key: str) -> np.ndarray:
+        """The tensor as a numpy array, read from the memory map (a copy, so the file can close)."""
+        name, info, base = self._info(key)
+        start, end = info["data_offsets"]
+        dtype = np.dtype(DTYPES[info["dtype"]])
+        shape = tuple(info["shape"])
+        if end == start:
+            return np.zeros(shape, dtype)
+        mm = np.memmap(os.path.join(self.dir, name), dtype=np.uint8, mode="r", offset=base + start, shape=(end - start,))
+        return np.array(mm.view(dtype).reshape(shape))
+
+
+def _write_file(path: str, tensors: Mapping[str, np.ndarray]) -> None:
+    header, offset = {}, 0
+    for key, a in tensors.items():
+        nbytes = a.size * a.dtype.itemsize
+        header[key] = {"dtype": _NAMES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header["__metadata__"] = {"format": "pt"}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for a in tensors.values():
+            f.write(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+def plan_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
+    """Group keys (in order) into shards of at most ``max_shard_bytes`` (a larger tensor gets its own)."""
+    shards: list[list[str]] = [[]]
+    used = 0
+    for key, n in sizes.items():
+        if shards[-1] and used + n > max_shard_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(key)
+        used += n
+    return shards
+
+
+def write_sharded(
+    out_dir: str,
+    shards: list[list[str]],
+    tensors: Iterable[tuple[str, np.ndarray]],
+) -> None:
+    """Write tensors (yielded in shard order, one at a time) as ``model.safetensors`` or
+    ``model-0000k-of-0000n.safetensors`` + ``model.safetensors.index.json``."""
+    n = len(shards)
+    names = [SINGLE_FILE] if n == 1 else [f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)]
+    it = iter(tensors)
+    weight_map, total = {}, 0
+    for name, keys in zip(names, shards):
+        batch = {}
+        for key in keys:
+            got, a = next(it)
+            assert got == key, (got, key)
+            batch[key] = a
+            weight_map[key] = name
+            total += a.size * a.dtype.itemsize
+        _write_file(os.path.join(out_dir, name), batch)
+    if n > 1:
+        with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+
+def nbytes(shape, dtype) -> int:
+    return math.prod(shape) * np.dtype(dtype).itemsize
