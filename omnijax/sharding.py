@@ -8,6 +8,7 @@ with no model change.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -80,7 +81,8 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
             f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
             f"{len(devices)} are available; set one axis to -1 to use all of them"
         )
-    return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices)
+    # Auto axes: shardings come from the rules (GSPMD propagation), not from explicit array types.
+    return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
@@ -108,6 +110,13 @@ def logical_to_sharding(logical_specs: Any, shapes: Any, mesh: Mesh, rules) -> A
         return NamedSharding(mesh, _fit_spec(spec if spec is not None else PartitionSpec(), shape, mesh))
 
     return jax.tree.map(one, mesh_specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules):
+    """Context in which the models' logical activation constraints resolve on ``mesh``."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
 
 
 def init_distributed() -> None:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from omnijax.models.attention import IMPLEMENTATIONS, attention
+from omnijax.models.layers import DenseGeneral
 
 REMAT_POLICIES = {
     "none": None,
@@ -182,10 +183,9 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, positions, segment_ids, kv_cache, cache_slots):
         cfg = self.cfg
-        dense = lambda feats, names, bias, name: nn.DenseGeneral(  # noqa: E731
-            feats, use_bias=bias, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-            kernel_init=_init(cfg, ("embed",) + names),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names), name=name)
+        dense = lambda feats, names, bias, name: DenseGeneral(  # noqa: E731
+            feats, ("embed",) + names, use_bias=bias, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+            kernel_init=nn.initializers.normal(cfg.initializer_range), name=name)
         q = dense((cfg.num_heads, cfg.head_dim), ("heads", "head_dim"), True, "q_proj")(x)
         k = dense((cfg.num_kv_heads, cfg.head_dim), ("kv_heads", "head_dim"), True, "k_proj")(x)
         v = dense((cfg.num_kv_heads, cfg.head_dim), ("kv_heads", "head_dim"), True, "v_proj")(x)
@@ -208,9 +208,9 @@ class Attention(nn.Module):
                             kv_slots=jnp.broadcast_to(jnp.arange(ck.shape[1]), kv_seg.shape),
                             implementation="xla" if cfg.attention == "splash" else cfg.attention)
             new_cache = {"k": ck, "v": cv}
-        o = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=cfg.compute_dtype,
-                            param_dtype=cfg.weight_dtype, kernel_init=_init(cfg, ("heads", "head_dim", "embed")),
-                            name="o_proj")(out)
+        o = DenseGeneral((cfg.hidden_size,), ("heads", "head_dim", "embed"), n_in=2, use_bias=False,
+                         dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                         kernel_init=nn.initializers.normal(cfg.initializer_range), name="o_proj")(out)
         return o, new_cache
 
 
