@@ -111,7 +111,7 @@ def test_every_param_has_logical_axes():
         specs, shapes = logical_specs(CausalLM(cfg))
         flat_specs = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
         flat_shapes = jax.tree.leaves(shapes)
-        assert len(flat_specs) == len(flat_shapes) == (13 if tie else 14)
+        assert len(flat_specs) == len(flat_shapes) == (14 if tie else 15)
         for spec, shape in zip(flat_specs, flat_shapes):
             assert len(spec) == len(shape.shape) and all(isinstance(n, str) for n in spec)
 

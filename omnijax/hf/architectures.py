@@ -23,7 +23,14 @@ class Architecture:
     table: Callable[[Any], list[Entry]]  # model config -> entries covering every parameter
     hf_config: Callable[[Any], dict]  # model config -> config.json dict
     init_inputs: Callable[[Any], tuple]  # model config -> positional ShapeDtypeStructs for module.init
+    # (module, params, HF forward keyword arrays) -> what transformers returns: logits for a full
+    # model, ``last_hidden_state`` for a tower. Used by ``omnijax.tools.dump_logits``.
+    hf_forward: Callable[[Any, Any, dict], Any]
     aliases: tuple[tuple[str, str], ...] = ()  # (table key prefix, alternative prefix found in checkpoints)
+    # Checkpoint key prefixes omnijax reads none of by design (Whisper's decoder for an audio tower):
+    # the importer notes them instead of warning.
+    expected_unused: tuple[str, ...] = ()
+    export_unsupported: str | None = None  # why ``save_hf`` refuses this architecture, if it does
 
 
 REGISTRY: dict[str, Architecture] = {}

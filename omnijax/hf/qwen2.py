@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from omnijax.hf.architectures import Architecture, register
 from omnijax.hf.maps import BIAS_SPLIT, LINEAR, LINEAR_IN2, Entry, prefixed
@@ -31,6 +32,17 @@ def llm_table(cfg: LLMConfig) -> list[Entry]:
     return prefixed(entries, path_prefix="llm/")
 
 
+def causal_lm_forward(module, params, inputs: dict):
+    """HF ``Qwen2ForCausalLM.forward(input_ids, attention_mask)``: positions ``arange`` (as HF uses
+    when no ``position_ids`` are given), padding keys masked."""
+    unknown = sorted(set(inputs) - {"input_ids", "attention_mask"})
+    if unknown:
+        raise ValueError(f"inputs {unknown} are not used by a causal LM; expected input_ids [, attention_mask]")
+    ids = jnp.asarray(inputs["input_ids"], jnp.int32)
+    mask = jnp.asarray(inputs.get("attention_mask", np.ones(ids.shape)), jnp.int32)
+    return jax.jit(module.apply)({"params": params}, ids, None, mask)[0]
+
+
 def _build(hf: dict, **overrides):
     cfg = LLMConfig.from_hf(hf, **overrides)
     return CausalLM(cfg), cfg
@@ -42,4 +54,5 @@ QWEN2 = register(Architecture(
     table=llm_table,
     hf_config=LLMConfig.to_hf,
     init_inputs=lambda cfg: (jax.ShapeDtypeStruct((1, 8), jnp.int32),),
+    hf_forward=causal_lm_forward,
 ))
