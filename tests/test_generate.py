@@ -148,3 +148,20 @@ def test_clear_errors(mha):
         generate(model, params, [[1] * 10], max_new_tokens=8, max_len=16)
     with pytest.raises(ValueError, match="rng"):
         generate(model, params, [[1]], max_new_tokens=4, temperature=0.7)
+
+
+def test_generate_command_line_prints_transformers_tokens(tmp_path):
+    """`python -m omnijax.tools.generate` on a HF directory: last line = transformers' greedy ids."""
+    import os
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "hf")
+    hf = make_qwen2(path, "gqa4_tied_1e6")
+    prompt = [5, 17, 33, 2, 90]
+    want, _ = hf_greedy(hf, [prompt], 16)
+    r = subprocess.run([sys.executable, "-m", "omnijax.tools.generate", "--model", path, "--input-ids",
+                        ",".join(map(str, prompt)), "--max-new-tokens", "16", "--stop-ids", ""],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == " ".join(map(str, want[0]))
