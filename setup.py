@@ -27,6 +27,7 @@ setup(
         "numpy>=2.0",
         "tqdm>=4.66",
         "tensorboardX>=2.6",
+        "pillow>=10.0",
     ],
     extras_require={
         # The CPU wheel of torch that lies on the machines' disk; a bare `torch` pulls a CUDA build.

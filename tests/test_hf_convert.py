@@ -141,8 +141,8 @@ def test_pickle_only_checkpoint_is_refused(tmp_path, capsys):
     make_qwen2(src, "mha_untied_1e4")
     pickled = str(tmp_path / "pickled")  # the pre-safetensors layout: config.json + pytorch_model.bin
     os.makedirs(pickled)
-    os.replace(os.path.join(src, "config.json"), os.path.join(pickled, "config.json"))
     torch.save(Qwen2ForCausalLM.from_pretrained(src).state_dict(), os.path.join(pickled, "pytorch_model.bin"))
+    os.replace(os.path.join(src, "config.json"), os.path.join(pickled, "config.json"))
     err = _import_error(pickled, str(tmp_path / "out"), capsys)
     assert "pytorch_model.bin" in err and "safetensors only" in err and "save_pretrained" in err
 

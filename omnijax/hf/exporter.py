@@ -54,6 +54,8 @@ def save_hf(
       assets_dir: a directory whose tokenizer / generation-config files are copied through.
       dtype: tensor dtype to write (default: each parameter's own).
     """
+    if arch.export_unsupported:
+        raise ValueError(f"export to {arch.name} is not supported: {arch.export_unsupported}")
     table = arch.table(cfg)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
     check_table(arch, table, abstract)

@@ -113,7 +113,11 @@ def resolve_keys(arch: Architecture, reader: SafetensorsDir, table: list[Entry],
         shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise CheckpointError(f"{source} does not match its config.json ({arch.name}):\n  {shown}")
     used = {k for ks in resolved.values() for k in ks}
-    unexpected = [k for k in reader.keys() if k not in used and not k.endswith(_IGNORED_SUFFIXES)]
+    unused = [k for k in reader.keys() if k not in used and not k.endswith(_IGNORED_SUFFIXES)]
+    unexpected = [k for k in unused if not k.startswith(arch.expected_unused)]
+    if len(unused) > len(unexpected):
+        logging.info("%s: %d tensors under %s are not part of %s as omnijax reads it (expected)",
+                     source, len(unused) - len(unexpected), ", ".join(arch.expected_unused), arch.name)
     if unexpected:
         logging.warning("%s: %d tensors not used by %s, e.g. %s", source, len(unexpected), arch.name, unexpected[:5])
     return resolved
