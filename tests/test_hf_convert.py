@@ -18,10 +18,22 @@ from omnijax.tools import dump_logits
 TOL = 1e-4
 
 
+def _save_tokenizer(path):
+    """A small word-level tokenizer saved beside the weights, as Hub checkpoints ship one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "hello", "omni", "world"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>").save_pretrained(path)
+
+
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("qwen2") / "hf")
     model = make_qwen2(path, "gqa4_untied_legacy_theta", max_shard_size="40KB")  # sharded + index
+    _save_tokenizer(path)
     return path, model
 
 
@@ -45,6 +57,8 @@ def test_round_trip_through_the_command_line(hf_dir, tmp_path):
     files = sorted(os.listdir(out))
     assert "model.safetensors.index.json" in files and "config.json" in files and "generation_config.json" in files
     assert sum(f.endswith(".safetensors") for f in files) > 1
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # copied through import and export
+        assert open(os.path.join(out, name), "rb").read() == open(os.path.join(src, name), "rb").read()
     back, info = Qwen2ForCausalLM.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     ids = _ids()
