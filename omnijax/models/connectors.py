@@ -285,10 +285,12 @@ class MMEmbed(nn.Module):
 
     ``() -> {name: [embed_dim]}``. Ola wraps images and videos in ``begin ... end`` with ``newline``
     after each row and ``sep`` between views/frames (``image_begin``, ``image_newline``, ... in Ola's
-    ``OlaMLP``; LLaVA-OneVision's ``image_newline``). The top-level parameter group ``mm_embed``.
+    ``OlaMLP``). LLaVA-OneVision has only ``image_newline``: ``names=('newline',)``. The top-level
+    parameter group ``mm_embed``.
     """
 
     embed_dim: int
+    names: tuple[str, ...] = MM_EMBED_NAMES
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -297,5 +299,5 @@ class MMEmbed(nn.Module):
         init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",))
         return {
             name: self.param(name, init, (self.embed_dim,), self.param_dtype).astype(self.dtype)
-            for name in MM_EMBED_NAMES
+            for name in self.names
         }

@@ -25,3 +25,17 @@ def merge_embeddings(text_embeds: jax.Array, media_embeds: jax.Array, is_placeho
         return jnp.where(mask[:, None], media[idx].astype(text.dtype), text)
 
     return jax.vmap(one)(text_embeds, media_embeds, is_placeholder)
+
+
+def pack_valid(embeds: jax.Array, counts: jax.Array) -> jax.Array:
+    """The first ``counts[i]`` outputs of every item, concatenated in item order (static shape).
+
+    ``embeds [n, t, d]``, ``counts [n]`` -> ``[n * t, d]``: row ``j < sum(counts)`` is the ``j``-th
+    valid output; the rows after carry no meaning.
+    """
+    n, t, _ = embeds.shape
+    ends = jnp.cumsum(counts)
+    slot = jnp.arange(n * t)
+    item = jnp.minimum(jnp.searchsorted(ends, slot, side="right"), n - 1)
+    pos = jnp.clip(slot - (ends[item] - counts[item]), 0, t - 1)
+    return embeds[item, pos]
