@@ -28,6 +28,9 @@ setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "pillow>=10.0",
+        "msgpack>=1.0",
+        "array-record>=0.8.0",
+        "av>=14.0",
     ],
     extras_require={
         # The CPU wheel of torch that lies on the machines' disk; a bare `torch` pulls a CUDA build.
