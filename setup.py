@@ -31,6 +31,7 @@ setup(
         "msgpack>=1.0",
         "array-record>=0.8.0",
         "av>=14.0",
+        "espeakng-loader>=0.2.4",
     ],
     extras_require={
         # The CPU wheel of torch that lies on the machines' disk; a bare `torch` pulls a CUDA build.

@@ -1,0 +1,666 @@
+"""omni-synth: a small synthetic omni-modal corpus, deterministic from a seed, built on a CPU in about a minute.
+
+Every task of the recipes has about a thousand examples a tiny model can learn, with answers that are
+checkable from the media: coloured shapes on a plain background (captions, questions, multiple
+choice), real speech from eSpeak NG (ASR; the image questions spoken, for Self-KD), short videos of a
+moving shape with a narrated audio track whose questions need either the frames or the audio, and
+text-only instructions.
+
+An example is a plain dict:
+
+    id               "omni-synth/<split>/<task>/<index>"; unique across splits
+    task             one of TASKS
+    source           "omni-synth"
+    split            "train" or "eval"
+    turns            [{"role": "user" | "assistant", "text": ...}]; the user text holds one placeholder
+                     `<image>`, `<video>` or `<audio>` per media item, in the order of `media`
+    media            [{"kind": "image" | "video" | "audio", "format": "png" | "mp4" | "flac",
+                       "data": encoded bytes, "size": [width, height] (image, video), "fps" (video),
+                       "sampling_rate" (audio), "metadata": {...}}]; audio metadata names the text
+                       spoken and the voice, rate and pitch that spoke it
+    spoken_question  None, or the question of the first user turn (its text after the placeholders)
+                     as speech: {"format": "flac", "data": bytes, "sampling_rate": 16000,
+                     "text": question, "metadata": {...}}; a Self-KD student input replaces that text
+                     with `<audio>` and appends this clip
+    metadata         ground truth the answers were made from (scene, motion, narration, ...)
+
+`to_schema_example` turns it into a `data_pipelines.schema.Example` (the per-item and per-example
+metadata are not part of the record schema and stay behind).
+
+Images are 64x64 PNG (exact colours), videos 8 frames of 64x64 at 4 fps in MP4 (H.264), audio is
+16 kHz mono FLAC. Each example is drawn from its own random stream keyed by (seed, split, task,
+index), so any example can be rebuilt alone and the eval split (its own streams) never shares an id
+with train. `python -m data_pipelines.synth --out DIR` writes the corpus (see `build`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import time
+from collections.abc import Iterator
+
+import av
+import numpy as np
+import soundfile as sf
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from data_pipelines import schema, speech
+
+NAME = "omni-synth"
+VERSION = 1  # bump when the content of any example changes: a cached corpus of another version is rebuilt
+SPLITS = ("train", "eval")
+TASKS = (
+    "image_caption",
+    "image_qa",
+    "image_choice",
+    "spoken_image_qa",
+    "asr",
+    "video_visual_qa",
+    "video_audio_qa",
+    "text_instruct",
+)
+# Examples per task and split. `default` builds in about a minute on one CPU core, `tiny` in seconds.
+SIZES = {
+    "default": {"train": 1000, "eval": 100},
+    "tiny": {"train": 6, "eval": 3},
+}
+ASR_PROMPT = "Please give the ASR results of the given speech."  # Ola's ASR instruction
+CAPTION_PROMPTS = ("Describe the image briefly.", "What is in the picture?", "Write a short caption for this image.")
+
+IMAGE_SIZE = 64
+VIDEO_FRAMES = 8
+VIDEO_FPS = 4
+AUDIO_RATE = 16_000
+
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 210, 40),
+    "purple": (140, 60, 180),
+    "orange": (245, 140, 30),
+}
+BACKGROUNDS = {"white": (255, 255, 255), "light grey": (205, 205, 205), "dark grey": (60, 60, 60)}
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = ("left", "right", "up", "down")
+NUMBER_WORDS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty"
+).split()
+
+# A few hundred common words for the ASR sentences, next to the shape and colour vocabulary.
+NOUNS = (
+    "apple ball bird boat book bottle box bread car cat chair city cloud coat cup desk dog door egg farm "
+    "field fish flower forest garden gate girl glass hat hill horse house island jacket key kitchen lake "
+    "lamp letter map market moon mountain night ocean orange paper park pencil phone picture plate river "
+    "road rock room school sea ship shoe shop sky song star station stone street sun table teacher tower "
+    "town train tree truck village wall window winter animal baby bag bank beach bed bell bicycle blanket "
+    "bridge brother bucket cake camera candle card carpet castle chicken church clock coin computer corner "
+    "cow doctor dress drum farmer feather fence finger flag floor friend frog fruit gift goat guitar hammer "
+    "honey kite ladder leaf lemon lion mirror money monkey mother mouse nest pan piano pillow pocket pond "
+    "potato queen rabbit radio ring roof rope sheep shirt sister snake sock spoon stick sugar tiger tent "
+    "ticket toy umbrella wheel whale wind wolf"
+).split()
+ADJECTIVES = (
+    "big small old new long short tall quiet loud happy sad warm cold bright dark soft hard fast slow "
+    "clean busy empty full heavy light young round flat sweet strong gentle little early late wet dry "
+    "rich poor funny brave calm kind wild proud shiny tiny huge narrow wide deep lovely"
+).split()
+VERBS_PAST = (
+    "saw found took made painted opened closed carried pushed pulled watched visited cleaned moved "
+    "bought sold washed lifted dropped followed"
+).split()
+VERBS_BASE = "open close carry push pull watch clean move wash lift find take bring paint hold".split()
+PREPOSITIONS = "near behind under above beside inside across past".split()
+NAMES = "anna ben clara david emma frank grace henry iris jack kate leo mia noah olivia peter rosa sam tom zoe".split()
+IRREGULAR_PLURALS = {
+    "fish": "fish", "leaf": "leaves", "mouse": "mice", "potato": "potatoes", "sheep": "sheep", "wolf": "wolves"
+}
+PLACES = ("on the left", "on the right", "at the top", "at the bottom", "in the middle")
+
+
+def _rng(seed: int, split: str, task: str, index: int) -> np.random.Generator:
+    """The random stream of one example: keyed by everything that names it, so examples are independent."""
+    return np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), TASKS.index(task), index]))
+
+
+def _pick(rng: np.random.Generator, items):
+    return items[int(rng.integers(len(items)))]
+
+
+# ---------------------------------------------------------------- media encoders
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _flac(waveform: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, waveform, AUDIO_RATE, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def _mp4(frames: np.ndarray) -> bytes:
+    """H.264 MP4 of `[frames, height, width, 3]` uint8 frames; deterministic (one encoder thread)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=VIDEO_FPS)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"crf": "12", "preset": "veryfast"}  # near-lossless: colours stay checkable
+        stream.codec_context.thread_count = 1
+        for pixels in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def _speech_item(text: str, rng: np.random.Generator) -> dict:
+    """`text` spoken by a voice drawn from `rng` -> an audio media item (FLAC, 16 kHz)."""
+    voice = speech.VoiceParams.sample(rng)
+    waveform = speech.synthesize_16k(text, voice.voice, voice.rate, voice.pitch)
+    return {
+        "kind": "audio",
+        "format": "flac",
+        "data": _flac(waveform),
+        "sampling_rate": AUDIO_RATE,
+        "metadata": {
+            "num_samples": int(waveform.size),
+            "text": text,
+            "voice": voice.voice,
+            "rate": voice.rate,
+            "pitch": voice.pitch,
+        },
+    }
+
+
+# ---------------------------------------------------------------- scenes of shapes
+
+
+def _sample_scene(rng: np.random.Generator) -> dict:
+    """1-3 shapes of distinct kinds and colours at non-overlapping places on a plain background."""
+    count = int(rng.integers(1, 4))
+    kinds = [SHAPES[i] for i in rng.permutation(len(SHAPES))[:count]]
+    colour_names = list(COLOURS)
+    colours = [colour_names[i] for i in rng.permutation(len(colour_names))[:count]]
+    background = _pick(rng, list(BACKGROUNDS))
+    while True:
+        boxes = []
+        for _ in range(count):
+            side = int(rng.integers(14, 23))
+            x0, y0 = (int(v) for v in rng.integers(2, IMAGE_SIZE - side - 2, size=2))
+            boxes.append([x0, y0, x0 + side, y0 + side])
+        if all(_apart(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :]):
+            break
+    shapes = [{"shape": k, "colour": c, "box": b} for k, c, b in zip(kinds, colours, boxes)]
+    shapes.sort(key=lambda s: s["box"][0] + s["box"][2])  # left to right, the order captions use
+    return {"background": background, "shapes": shapes}
+
+
+def _apart(a: list[int], b: list[int], gap: int = 3) -> bool:
+    return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
+
+
+def _draw(draw: ImageDraw.ImageDraw, shape: str, box: list[int], rgb: tuple[int, int, int]) -> None:
+    x0, y0, x1, y1 = box
+    if shape == "circle":
+        draw.ellipse(box, fill=rgb)
+    elif shape == "square":
+        draw.rectangle(box, fill=rgb)
+    else:
+        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=rgb)
+
+
+def render_scene(scene: dict) -> np.ndarray:
+    """The scene's pixels `[64, 64, 3]` uint8, drawn without anti-aliasing (only the named colours appear)."""
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUNDS[scene["background"]])
+    draw = ImageDraw.Draw(image)
+    for s in scene["shapes"]:
+        _draw(draw, s["shape"], s["box"], COLOURS[s["colour"]])
+    return np.asarray(image)
+
+
+def _a(word: str) -> str:
+    """The indefinite article for `word`."""
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _describe(items: list[tuple[str, str]]) -> str:
+    """[(colour, shape), ...] -> "a red circle, a blue square and a green triangle"."""
+    parts = [f"{_a(colour)} {colour} {shape}" for colour, shape in items]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _items(scene: dict) -> list[tuple[str, str]]:
+    return [(s["colour"], s["shape"]) for s in scene["shapes"]]
+
+
+def _image_question(scene: dict, rng: np.random.Generator, spatial: bool = True) -> tuple[str, str, str]:
+    """A question about the scene with a short answer -> (kind, question, answer); `spatial=False` leaves
+    out questions about positions (for scenes described in words, which do not give them)."""
+    shapes = scene["shapes"]
+    kinds = ["colour_of_shape", "shape_of_colour", "count", "exists"]
+    centres = sorted((s["box"][0] + s["box"][2]) / 2 for s in shapes)
+    if spatial and len(shapes) >= 2 and centres[1] - centres[0] >= 8:
+        kinds.append("leftmost")
+    kind = _pick(rng, kinds)
+    target = _pick(rng, shapes)
+    if kind == "colour_of_shape":
+        return kind, f"What colour is the {target['shape']}?", target["colour"]
+    if kind == "shape_of_colour":
+        return kind, f"Which shape is {target['colour']}?", target["shape"]
+    if kind == "count":
+        return kind, "How many shapes are there?", str(len(shapes))
+    if kind == "leftmost":
+        return kind, "Which shape is furthest to the left?", shapes[0]["shape"]
+    present = set(_items(scene))
+    if rng.random() < 0.5:
+        colour, shape = _pick(rng, sorted(present))
+        return kind, f"Is there {_a(colour)} {colour} {shape}?", "yes"
+    absent = sorted((c, s) for c in COLOURS for s in SHAPES if (c, s) not in present)
+    colour, shape = _pick(rng, absent)
+    return kind, f"Is there {_a(colour)} {colour} {shape}?", "no"
+
+
+def _distractors(scene: dict, rng: np.random.Generator, count: int = 3) -> list[str]:
+    """Wrong descriptions close to the right one: a colour or a shape changed, two colours swapped, or a
+    shape left out (MMAlign-style attribute-binding distractors)."""
+    items = _items(scene)
+    truth = frozenset(items)
+    candidates = []
+    for i, (colour, shape) in enumerate(items):
+        for other in COLOURS:
+            if other not in {c for c, _ in items}:
+                candidates.append(items[:i] + [(other, shape)] + items[i + 1 :])
+        for other in SHAPES:
+            if other not in {s for _, s in items}:
+                candidates.append(items[:i] + [(colour, other)] + items[i + 1 :])
+    for i in range(len(items)):
+        for j in range(i + 1, len(items)):
+            swapped = list(items)
+            swapped[i], swapped[j] = (items[j][0], items[i][1]), (items[i][0], items[j][1])
+            candidates.append(swapped)
+    if len(items) > 1:
+        candidates += [items[:i] + items[i + 1 :] for i in range(len(items))]
+    unique = {frozenset(c): c for c in candidates if frozenset(c) != truth}
+    keys = sorted(unique, key=lambda k: _describe(unique[k]))
+    return [_describe(unique[keys[i]]) for i in rng.permutation(len(keys))[:count]]
+
+
+def _image_media(scene: dict) -> dict:
+    return {
+        "kind": "image",
+        "format": "png",
+        "data": _png(render_scene(scene)),
+        "size": [IMAGE_SIZE, IMAGE_SIZE],
+        "metadata": {},
+    }
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def _image_caption(rng: np.random.Generator) -> dict:
+    scene = _sample_scene(rng)
+    prompt = _pick(rng, CAPTION_PROMPTS)
+    return _example([_image_media(scene)], f"<image>\n{prompt}", _describe(_items(scene)), {"scene": scene})
+
+
+def _image_qa(rng: np.random.Generator) -> dict:
+    scene = _sample_scene(rng)
+    kind, question, answer = _image_question(scene, rng)
+    return _example([_image_media(scene)], f"<image>\n{question}", answer, {"scene": scene, "question_kind": kind})
+
+
+def _image_choice(rng: np.random.Generator) -> dict:
+    scene = _sample_scene(rng)
+    options = _distractors(scene, rng) + [_describe(_items(scene))]
+    options = [options[i] for i in rng.permutation(len(options))]
+    letters = "ABCD"[: len(options)]
+    answer = letters[options.index(_describe(_items(scene)))]
+    lines = "\n".join(f"{letter}. {option}" for letter, option in zip(letters, options))
+    question = (
+        f"Which description matches the image?\n{lines}\n"
+        "Answer with the option's letter from the given choices directly."
+    )
+    return _example([_image_media(scene)], f"<image>\n{question}", answer, {"scene": scene, "options": options})
+
+
+def _spoken_image_qa(rng: np.random.Generator) -> dict:
+    """An image question asked in text and in speech: the Self-KD teacher reads it, the student hears it."""
+    example = _image_qa(rng)
+    question = example["turns"][0]["text"].removeprefix("<image>\n")
+    spoken = _speech_item(question, rng)
+    example["spoken_question"] = {k: spoken[k] for k in ("format", "data", "sampling_rate", "metadata")}
+    example["spoken_question"]["text"] = question
+    return example
+
+
+def _plural(noun: str) -> str:
+    if noun in IRREGULAR_PLURALS:
+        return IRREGULAR_PLURALS[noun]
+    if noun.endswith(("s", "x", "ch", "sh")):
+        return noun + "es"
+    if noun.endswith("y") and noun[-2] not in "aeiou":
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def _sentence(rng: np.random.Generator) -> str:
+    """A short English sentence from shape/colour words and a few hundred common words."""
+    colour, shape, noun = _pick(rng, list(COLOURS)), _pick(rng, SHAPES), _pick(rng, NOUNS)
+    number = _pick(rng, NUMBER_WORDS[2:13])
+    templates = (
+        lambda: f"the {colour} {shape} is {_pick(rng, PLACES)}",
+        lambda: f"there are {number} {colour} {shape}s on the {noun}",
+        lambda: f"{_pick(rng, NAMES)} drew {_a(colour)} {colour} {shape} next to the {noun}",
+        lambda: f"the {_pick(rng, ADJECTIVES)} {noun} {_pick(rng, VERBS_PAST)} the {_pick(rng, NOUNS)}",
+        lambda: f"{_pick(rng, NAMES)} {_pick(rng, VERBS_PAST)} {number} {_plural(noun)} {_pick(rng, PREPOSITIONS)} the "
+        f"{_pick(rng, NOUNS)}",
+        lambda: f"please {_pick(rng, VERBS_BASE)} the {_pick(rng, ADJECTIVES)} {noun}",
+        lambda: f"the {noun} {_pick(rng, PREPOSITIONS)} the {_pick(rng, NOUNS)} is {_pick(rng, ADJECTIVES)} and "
+        f"{_pick(rng, ADJECTIVES)}",
+        lambda: f"{_pick(rng, NAMES)} likes the {colour} {noun}",
+    )
+    return _pick(rng, templates)()
+
+
+def _asr(rng: np.random.Generator) -> dict:
+    text = _sentence(rng)
+    return _example([_speech_item(text, rng)], f"<audio>\n{ASR_PROMPT}", text, {"transcript": text})
+
+
+def _moving_shape(rng: np.random.Generator) -> dict:
+    """A shape crossing the frame in one direction -> its motion (frames are drawn by `render_video`)."""
+    shape, colour = _pick(rng, SHAPES), _pick(rng, list(COLOURS))
+    direction = _pick(rng, DIRECTIONS)
+    side = int(rng.integers(12, 17))
+    distance = int(rng.integers(28, IMAGE_SIZE - side - 8))
+    margin = 4
+    along = int(rng.integers(margin, IMAGE_SIZE - side - distance - margin + 1))  # start, on the axis of motion
+    across = int(rng.integers(margin, IMAGE_SIZE - side - margin + 1))
+    sign = 1 if direction in ("right", "down") else -1
+    start = along if sign > 0 else along + distance
+    positions = [start + sign * round(distance * t / (VIDEO_FRAMES - 1)) for t in range(VIDEO_FRAMES)]
+    horizontal = direction in ("left", "right")
+    corners = [(p, across) if horizontal else (across, p) for p in positions]
+    return {
+        "shape": shape,
+        "colour": colour,
+        "background": _pick(rng, list(BACKGROUNDS)),
+        "direction": direction,
+        "boxes": [[x, y, x + side, y + side] for x, y in corners],
+    }
+
+
+def render_video(motion: dict) -> np.ndarray:
+    """The frames `[8, 64, 64, 3]` uint8 of a `_moving_shape` motion."""
+    frames = []
+    for box in motion["boxes"]:
+        image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUNDS[motion["background"]])
+        _draw(ImageDraw.Draw(image), motion["shape"], box, COLOURS[motion["colour"]])
+        frames.append(np.asarray(image))
+    return np.stack(frames)
+
+
+def _narrated_video(rng: np.random.Generator) -> tuple[list[dict], dict]:
+    """A moving shape and a narration naming a colour that is not shown, or a number -> (media, truth)."""
+    motion = _moving_shape(rng)
+    if rng.random() < 0.5:
+        said = _pick(rng, [c for c in COLOURS if c != motion["colour"]])
+        template = _pick(rng, ("the ball is {}", "my favourite colour is {}", "the door was painted {}"))
+        narration = {"kind": "colour", "value": said, "text": template.format(said)}
+    else:
+        number = int(rng.integers(0, len(NUMBER_WORDS)))
+        template = _pick(rng, ("the number is {}", "I counted {} birds", "there were {} apples"))
+        narration = {"kind": "number", "value": str(number), "text": template.format(NUMBER_WORDS[number])}
+    video = {
+        "kind": "video",
+        "format": "mp4",
+        "data": _mp4(render_video(motion)),
+        "fps": float(VIDEO_FPS),
+        "size": [IMAGE_SIZE, IMAGE_SIZE],
+        "metadata": {"num_frames": VIDEO_FRAMES},
+    }
+    return [video, _speech_item(narration["text"], rng)], {"motion": motion, "narration": narration}
+
+
+def _video_visual_qa(rng: np.random.Generator) -> dict:
+    """A question only the frames answer (the narration says nothing about the shape)."""
+    media, truth = _narrated_video(rng)
+    motion = truth["motion"]
+    question, answer = _pick(
+        rng,
+        (
+            ("Which way does the shape move? Answer left, right, up or down.", motion["direction"]),
+            ("What colour is the moving shape?", motion["colour"]),
+            ("What shape moves across the video?", motion["shape"]),
+        ),
+    )
+    return _example(media, f"<video><audio>\n{question}", answer, truth)
+
+
+def _video_audio_qa(rng: np.random.Generator) -> dict:
+    """A question only the audio answers (the colour said is never on screen; numbers are never drawn)."""
+    media, truth = _narrated_video(rng)
+    if truth["narration"]["kind"] == "colour":
+        question = "What colour did the narrator say?"
+    else:
+        question = "What number did the narrator say? Answer with digits."
+    return _example(media, f"<video><audio>\n{question}", truth["narration"]["value"], truth)
+
+
+def _text_instruct(rng: np.random.Generator) -> dict:
+    kind = _pick(rng, ("arithmetic", "copy", "reverse", "described_scene"))
+    if kind == "arithmetic":
+        a, b = (int(v) for v in rng.integers(0, 50, size=2))
+        op = _pick(rng, ("+", "-", "*"))
+        value = {"+": a + b, "-": a - b, "*": a * b}[op]
+        question, answer = f"What is {a} {op} {b}?", str(value)
+    elif kind in ("copy", "reverse"):
+        words = [_pick(rng, NOUNS) for _ in range(int(rng.integers(3, 7)))]
+        if kind == "copy":
+            question, answer = f"Repeat these words exactly: {' '.join(words)}", " ".join(words)
+        else:
+            question, answer = f"Reverse the order of these words: {' '.join(words)}", " ".join(words[::-1])
+    else:
+        scene = _sample_scene(rng)
+        _, asked, answer = _image_question(scene, rng, spatial=False)
+        question = f"Picture {_describe(_items(scene))} on a {scene['background']} background. {asked}"
+    return _example([], question, answer, {"instruction_kind": kind})
+
+
+def _example(media: list[dict], user: str, answer: str, metadata: dict) -> dict:
+    return {
+        "turns": [{"role": "user", "text": user}, {"role": "assistant", "text": answer}],
+        "media": media,
+        "spoken_question": None,
+        "metadata": metadata,
+    }
+
+
+_BUILDERS = {
+    "image_caption": _image_caption,
+    "image_qa": _image_qa,
+    "image_choice": _image_choice,
+    "spoken_image_qa": _spoken_image_qa,
+    "asr": _asr,
+    "video_visual_qa": _video_visual_qa,
+    "video_audio_qa": _video_audio_qa,
+    "text_instruct": _text_instruct,
+}
+
+
+def make_example(task: str, split: str, seed: int, index: int) -> dict:
+    """Example `index` of `task` in `split` (see the module docstring for its structure)."""
+    if task not in _BUILDERS:
+        raise ValueError(f"unknown omni-synth task {task!r}; tasks are: {', '.join(TASKS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown omni-synth split {split!r}; splits are: {', '.join(SPLITS)}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    body = _BUILDERS[task](_rng(seed, split, task, index))
+    return {"id": f"{NAME}/{split}/{task}/{index:06d}", "task": task, "source": NAME, "split": split} | body
+
+
+def split_counts(size: str) -> dict[str, int]:
+    """Examples per task in each split for a named size."""
+    if size not in SIZES:
+        raise ValueError(f"unknown omni-synth size {size!r}; sizes are: {', '.join(SIZES)}")
+    return SIZES[size]
+
+
+def generate(split: str, seed: int = 0, size: str = "default") -> Iterator[dict]:
+    """The examples of one split, tasks interleaved round-robin (example i of every task, then i + 1)."""
+    count = split_counts(size)[split]
+    for index in range(count):
+        for task in TASKS:
+            yield make_example(task, split, seed, index)
+
+
+# ---------------------------------------------------------------- records, shards and the command line
+
+
+def to_schema_example(example: dict) -> schema.Example:
+    """A corpus dict -> `data_pipelines.schema.Example`: placeholders take the media items in order."""
+    turns, next_ref = [], 0
+    for turn in example["turns"]:
+        count = len(schema.placeholder_kinds(turn["text"]))
+        turns.append(schema.Turn(turn["role"], turn["text"], tuple(range(next_ref, next_ref + count))))
+        next_ref += count
+    media = [
+        schema.Media(
+            m["kind"], m["format"], m["data"], sampling_rate=m.get("sampling_rate"), fps=m.get("fps"),
+            size=tuple(m["size"]) if "size" in m else None,
+        )
+        for m in example["media"]
+    ]
+    question = example["spoken_question"]
+    spoken = None
+    if question is not None:
+        spoken = schema.SpokenQuestion(
+            question["format"], question["data"], question["text"], sampling_rate=question["sampling_rate"]
+        )
+    return schema.Example(example["id"], example["source"], example["task"], turns, media, spoken)
+
+
+MANIFEST = "manifest.json"
+NUM_SHARDS = {"default": {"train": 4, "eval": 1}, "tiny": {"train": 1, "eval": 1}}
+
+
+def _audio_seconds(example: dict) -> float:
+    clips = [m for m in example["media"] if m["kind"] == "audio"]
+    if example["spoken_question"] is not None:
+        clips.append(example["spoken_question"])
+    return sum(c["metadata"]["num_samples"] / c["sampling_rate"] for c in clips)
+
+
+def _media_bytes(example: dict) -> int:
+    question = example["spoken_question"]
+    return sum(len(m["data"]) for m in example["media"]) + (len(question["data"]) if question else 0)
+
+
+def _read_manifest(out_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(out_dir, MANIFEST)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(out_dir: str, seed: int, size: str) -> bool:
+    """Whether `out_dir` holds a finished corpus of this seed, size and version (its manifest is written last)."""
+    manifest = _read_manifest(out_dir)
+    want = {"name": NAME, "version": VERSION, "schema_version": schema.SCHEMA_VERSION, "seed": seed, "size": size}
+    if manifest is None or any(manifest.get(k) != v for k, v in want.items()):
+        return False
+    files = [f for split in manifest["splits"].values() for f in split["files"]]
+    return all(os.path.isfile(os.path.join(out_dir, f)) for f in files)
+
+
+def build(out_dir: str, seed: int = 0, size: str = "default", progress: bool = True) -> dict:
+    """Write the corpus into `out_dir` as ArrayRecord shards `<split>.array_record-*` plus `manifest.json`.
+
+    Skips the work when `out_dir` already holds a complete corpus of the same seed, size and version.
+    Returns the manifest: per split its shard files and, per task, examples, audio seconds and media bytes.
+    """
+    counts = split_counts(size)
+    if is_complete(out_dir, seed, size):
+        return _read_manifest(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    manifest_path = os.path.join(out_dir, MANIFEST)
+    if os.path.exists(manifest_path):
+        os.remove(manifest_path)  # an interrupted rebuild must not look complete
+    start = time.perf_counter()
+    splits = {}
+    for split in SPLITS:
+        prefix = os.path.join(out_dir, split)
+        stats = {task: {"examples": 0, "audio_seconds": 0.0, "media_bytes": 0} for task in TASKS}
+        bar = tqdm(total=counts[split] * len(TASKS), desc=f"{NAME} {split}", unit="ex", disable=not progress)
+        with schema.ShardWriter(prefix, NUM_SHARDS[size][split]) as writer:
+            for example in generate(split, seed, size):
+                writer.write(to_schema_example(example))
+                task = stats[example["task"]]
+                task["examples"] += 1
+                task["audio_seconds"] += _audio_seconds(example)
+                task["media_bytes"] += _media_bytes(example)
+                bar.update()
+        bar.close()
+        paths = writer.paths
+        for stale in os.listdir(out_dir):
+            if stale.startswith(f"{split}.array_record-") and os.path.join(out_dir, stale) not in paths:
+                os.remove(os.path.join(out_dir, stale))
+        for task in stats.values():
+            task["audio_seconds"] = round(task["audio_seconds"], 2)
+        splits[split] = {"files": [os.path.basename(p) for p in paths], "tasks": stats}
+    manifest = {
+        "name": NAME,
+        "version": VERSION,
+        "schema_version": schema.SCHEMA_VERSION,
+        "seed": seed,
+        "size": size,
+        "splits": splits,
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+    with open(manifest_path + ".tmp", "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(manifest_path + ".tmp", manifest_path)
+    return manifest
+
+
+def summary(manifest: dict) -> str:
+    """A table of examples, audio seconds and media bytes per task and split."""
+    lines = [f"{'task':<17} {'split':<6} {'examples':>8} {'audio s':>9} {'media MB':>9}"]
+    for split, info in manifest["splits"].items():
+        for task, s in info["tasks"].items():
+            lines.append(
+                f"{task:<17} {split:<6} {s['examples']:>8} {s['audio_seconds']:>9.1f} {s['media_bytes'] / 1e6:>9.2f}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=f"Build the {NAME} corpus (ArrayRecord shards + manifest.json).")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="corpus seed; the eval split draws its own streams")
+    parser.add_argument("--size", default="default", choices=sorted(SIZES), help="examples per task: " + str(SIZES))
+    args = parser.parse_args(argv)
+    if is_complete(args.out, args.seed, args.size):
+        print(f"{NAME}: {args.out} already holds the {args.size} corpus of seed {args.seed} (v{VERSION}); skipping")
+        manifest = _read_manifest(args.out)
+    else:
+        manifest = build(args.out, args.seed, args.size)
+        print(f"{NAME}: built {args.size} corpus of seed {args.seed} in {manifest['build_seconds']} s into {args.out}")
+    print(summary(manifest))
+
+
+if __name__ == "__main__":
+    main()
