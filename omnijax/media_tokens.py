@@ -3,10 +3,13 @@ placeholder tokens (audio counts at the end of the module).
 
 Pure Python/numpy (PIL only inside the pixel helpers): the data pipeline imports this module to expand
 each placeholder into exactly as many tokens as the model will produce, and the model side
-(``omnijax.models.image_layout``, ``omnijax.models.audio``) uses the same formulas, so both agree by
-construction.
+(``omnijax.models.layouts``, ``omnijax.models.audio``) uses the same formulas, so both agree by
+construction. ``MediaLayout`` (built by ``OmniConfig.media_layout``) bundles what a model's layout
+needs: its placeholder ids and, per modality, the tokens of one slot (an image view or tile, a video
+frame, an audio window) and of one item (the sum over its slots): Ola's layout (``ola_*_tokens``),
+AnyRes (``anyres_*``) and Qwen2-Audio's (``qwen2_audio_tokens``).
 
-Two image layouts:
+Two image tilings:
 
 **LLaVA-OneVision AnyRes** (``LlavaOnevisionProcessor`` / ``LlavaOnevisionModel.pack_image_features``
 in transformers). Tiles: a base image (the whole image squashed to ``base x base``) followed by the
@@ -107,6 +110,12 @@ class AnyResLayout:
         rh, rw = self.resized
         return self.side * self.side + rh * rw + rh
 
+    @property
+    def plan(self) -> tuple[int, ...]:
+        """The layout as the 8 ints a batch carries per image (``batch.ANYRES_PLAN``):
+        ``(rows, cols, top, bottom, left, right, resized_h, resized_w)``."""
+        return (*self.grid, *self.crop, *self.resized)
+
 
 def anyres_layout(
     image_size: Sequence[int],
@@ -147,6 +156,28 @@ def anyres_num_tokens(image_size: Sequence[int], *, multi_image: bool = False, *
         side = layout_kw.get("base_image_size", 384) // layout_kw.get("patch_size", 14)
         return side * side + 1
     return anyres_layout(image_size, **layout_kw).num_tokens
+
+
+# The plan of an image of a multi-image example: no grid, an empty 1 x 0 map, i.e. the base tile and
+# one newline (``rows * (cols + 1) = 1`` token after the base tile).
+MULTI_IMAGE_PLAN = (0, 0, 0, 0, 0, 0, 1, 0)
+
+
+def anyres_plan(image_size: Sequence[int], *, multi_image: bool = False, **layout_kw) -> tuple[int, ...]:
+    """The 8-int AnyRes plan (``AnyResLayout.plan``) the model follows for one image;
+    ``MULTI_IMAGE_PLAN`` for an image of a multi-image example."""
+    if multi_image:
+        _check_size(image_size)
+        return MULTI_IMAGE_PLAN
+    return anyres_layout(image_size, **layout_kw).plan
+
+
+def anyres_plan_tokens(plan, side: int):
+    """Tokens of an image laid out by ``plan`` (8 ints, or an int array ``[..., 8]`` of plans): the base
+    tile's ``side^2`` features, then ``resized_h`` rows of ``resized_w`` features each + newline.
+    Equals ``anyres_num_tokens`` of the image the plan was made for."""
+    plan = plan if hasattr(plan, "shape") else np.asarray(plan)
+    return side * side + plan[..., 6] * (plan[..., 7] + 1)
 
 
 def dynamic_tiling_grid(image_size: Sequence[int], *, base_size: int = 448, max_tiles: int = 9) -> tuple[int, int]:
@@ -230,6 +261,179 @@ def ola_audio_encoder_frames(num_samples: int, sampling_rate: int = 16_000, chun
     """Whisper encoder outputs of a clip in Ola's chunked form, before the speech projector:
     ``chunks * 1500`` for 30 s chunks (the last chunk is padded to a whole window)."""
     return audio_chunks(num_samples, sampling_rate, chunk_seconds, max_chunks) * whisper_frames_per_chunk(chunk_seconds)
+
+
+# ---- Ola's layout (Ola-Omni/Ola: OlaMLP image/video tokens, EncoderProjectorConcat speech tokens) ----
+#
+# Each media item fills consecutive slots of its modality (image tiles or views, video frames, audio
+# windows). A slot's tokens are a fixed function of its place in the item (first / last): the
+# ``*_slot_tokens`` functions below. An item's count is the sum over its slots, and the model lays out
+# each slot's span with the same functions (``omnijax.models.layouts``), so the pipeline's placeholder
+# counts and the model's layout agree by construction. ``first``/``last`` may be Python bools or bool
+# arrays (numpy or jax); counts are then int arrays.
+
+def ola_tile_tokens(grid: Sequence[int]) -> int:
+    """Tokens of one tile or frame feature map of ``grid = (rows, cols)``: each row followed by newline."""
+    rows, cols = grid
+    return rows * (cols + 1)
+
+
+def ola_image_slot_tokens(grid: Sequence[int], first, last):
+    """One image view: ``[begin if first] rows (+ newline each) [end if last, else sep]``."""
+    del last  # the closing token is there either way: sep between views, end after the last
+    return ola_tile_tokens(grid) + 1 + first * 1
+
+
+def ola_video_slot_tokens(grid: Sequence[int], first, last):
+    """One video frame: ``[begin if first] rows (+ newline each) sep [end if last]``."""
+    return ola_tile_tokens(grid) + 1 + first * 1 + last * 1
+
+
+def ola_audio_slot_tokens(chunk_tokens: int, first, last):
+    """One audio window: ``[speech_begin if first] its tokens speech_newline [speech_end if last]``."""
+    return chunk_tokens + 1 + first * 1 + last * 1
+
+
+def _slots(n: int, what: str) -> range:
+    if int(n) < 1:
+        raise ValueError(f"a media item has at least one {what}, got {n!r}")
+    return range(int(n))
+
+
+def ola_image_tokens(views: int = 1, *, grid: Sequence[int]) -> int:
+    """Ola image of ``views`` feature maps of ``grid`` tokens: ``[begin, view rows each + newline,
+    (sep, next view ...), end]``; ``views=2`` is Ola's lowres / sep / highres form."""
+    return sum(ola_image_slot_tokens(grid, i == 0, i == views - 1) for i in _slots(views, "view"))
+
+
+def ola_video_tokens(frames: int, *, grid: Sequence[int]) -> int:
+    """Ola video of ``frames`` frames: ``[begin, per frame: rows each + newline, sep, end]``."""
+    return sum(ola_video_slot_tokens(grid, i == 0, i == frames - 1) for i in _slots(frames, "frame"))
+
+
+def ola_audio_tokens(chunks: int, *, chunk_tokens: int) -> int:
+    """Ola audio clip of ``chunks`` windows: ``[speech_begin, per window: its tokens + speech_newline,
+    speech_end]`` (151 tokens per 30 s window at 150 tokens per window; no length masking)."""
+    return sum(ola_audio_slot_tokens(chunk_tokens, i == 0, i == chunks - 1) for i in _slots(chunks, "chunk"))
+
+
+LAYOUTS = ("ola", "llava_onevision", "qwen2_audio")
+MODALITIES = ("image", "video", "audio")
+_LAYOUT_MODALITIES = {"ola": MODALITIES, "llava_onevision": ("image",), "qwen2_audio": ("audio",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaLayout:
+    """How a model turns media items into placeholder tokens: everything the data pipeline needs to
+    expand placeholders, and what the model follows to lay the encoder outputs out.
+
+    ``OmniConfig.media_layout`` builds it from a model config; it is plain data (no JAX).
+
+    - ``layout='ola'``: images (views), videos (frames) and audio (windows) in Ola's form;
+      ``grid`` = LLM tokens ``(rows, cols)`` per view or frame after the vision connector,
+      ``chunk_tokens`` = LLM tokens per audio window after the audio connector.
+    - ``layout='llava_onevision'``: images only, AnyRes (``anyres_layout`` with ``base_image_size``,
+      ``patch_size``, ``pinpoints``, ``max_num_patches``).
+    - ``layout='qwen2_audio'``: audio only, each window's ``qwen2_audio_tokens(valid mel frames)``
+      features and nothing else.
+    """
+
+    layout: str
+    image_token_id: int | None = None
+    video_token_id: int | None = None
+    audio_token_id: int | None = None
+    grid: tuple[int, int] | None = None
+    chunk_tokens: int | None = None
+    base_image_size: int | None = None
+    patch_size: int | None = None
+    pinpoints: tuple[tuple[int, int], ...] | None = None
+    max_num_patches: int | None = None
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout {self.layout!r} is not one of {LAYOUTS}")
+        allowed = _LAYOUT_MODALITIES[self.layout]
+        for m in MODALITIES:
+            if getattr(self, f"{m}_token_id") is not None and m not in allowed:
+                raise ValueError(f"layout {self.layout!r} lays out {' and '.join(allowed)} only, not {m}s")
+        if self.layout == "llava_onevision" and None in (self.base_image_size, self.patch_size, self.pinpoints,
+                                                         self.max_num_patches):
+            raise ValueError("layout 'llava_onevision' needs base_image_size, patch_size, pinpoints, max_num_patches")
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities this model takes (those with a placeholder id)."""
+        return tuple(m for m in MODALITIES if getattr(self, f"{m}_token_id") is not None)
+
+    def token_id(self, modality: str) -> int:
+        tid = getattr(self, f"{modality}_token_id")
+        if tid is None:
+            raise ValueError(f"this model ({self.layout} layout) takes no {modality}s; it takes "
+                             f"{', '.join(self.modalities) or 'text only'}")
+        return tid
+
+    @property
+    def anyres_kw(self) -> dict:
+        """Keyword arguments of ``anyres_layout`` / ``anyres_plan`` for this model."""
+        return dict(base_image_size=self.base_image_size, patch_size=self.patch_size, pinpoints=self.pinpoints,
+                    max_num_patches=self.max_num_patches)
+
+    @property
+    def tile_side(self) -> int:
+        """AnyRes features per tile side."""
+        return self.base_image_size // self.patch_size
+
+    def _need(self, field: str, modality: str):
+        self.token_id(modality)
+        value = getattr(self, field)
+        if value is None:
+            raise ValueError(f"media layout {self.layout!r} has no {field} for {modality}s")
+        return value
+
+    # -- per slot (the model's spans; numpy or jax int arrays, or ints) --
+
+    def image_slot_tokens(self, first, last, plan=None):
+        """Tokens of one image slot. ``plan`` (llava_onevision): the item's AnyRes plan ``[..., 8]``;
+        the whole image's tokens go to its first tile's slot, the other tiles' spans are 0."""
+        if self.layout == "llava_onevision":
+            self.token_id("image")
+            return first * anyres_plan_tokens(plan, self.tile_side)
+        return ola_image_slot_tokens(self._need("grid", "image"), first, last)
+
+    def video_slot_tokens(self, first, last):
+        return ola_video_slot_tokens(self._need("grid", "video"), first, last)
+
+    def audio_slot_tokens(self, first, last, valid_frames):
+        if self.layout == "qwen2_audio":
+            self.token_id("audio")
+            return qwen2_audio_tokens(valid_frames)
+        return ola_audio_slot_tokens(self._need("chunk_tokens", "audio"), first, last)
+
+    # -- per item (the pipeline's placeholder counts) --
+
+    def image_tokens(self, views: int = 1, *, image_size: Sequence[int] | None = None,
+                     multi_image: bool = False) -> int:
+        """Placeholder tokens of one image: ``views`` feature maps (ola), or the AnyRes tokens of an
+        image of ``image_size`` (llava_onevision)."""
+        if self.layout == "llava_onevision":
+            self.token_id("image")
+            if image_size is None:
+                raise ValueError("AnyRes token counts need the image's (height, width): pass image_size")
+            return anyres_num_tokens(image_size, multi_image=multi_image, **self.anyres_kw)
+        return ola_image_tokens(views, grid=self._need("grid", "image"))
+
+    def video_tokens(self, frames: int) -> int:
+        return ola_video_tokens(frames, grid=self._need("grid", "video"))
+
+    def audio_tokens(self, chunks: int = 1, *, valid_frames: Sequence[int] | None = None) -> int:
+        """Placeholder tokens of one audio clip of ``chunks`` windows (ola), or of the windows with
+        ``valid_frames`` valid mel frames each (qwen2_audio)."""
+        if self.layout == "qwen2_audio":
+            self.token_id("audio")
+            if valid_frames is None:
+                raise ValueError("Qwen2-Audio token counts need each window's valid mel frames: pass valid_frames")
+            return int(sum(int(qwen2_audio_tokens(int(n))) for n in valid_frames))
+        return ola_audio_tokens(chunks, chunk_tokens=self._need("chunk_tokens", "audio"))
 
 
 # ---- pixels (PIL in, NHWC float32 out) ----

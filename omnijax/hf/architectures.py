@@ -31,6 +31,7 @@ class Architecture:
     # the importer notes them instead of warning.
     expected_unused: tuple[str, ...] = ()
     export_unsupported: str | None = None  # why ``save_hf`` refuses this architecture, if it does
+    init_method: str | None = None  # the module method ``init`` runs on ``init_inputs`` (None: ``__call__``)
 
 
 REGISTRY: dict[str, Architecture] = {}

@@ -9,6 +9,7 @@ safetensors files, so a host only ever holds the parameter being loaded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -74,7 +75,8 @@ def flat_paths(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def abstract_model(arch: Architecture, module: nn.Module, cfg) -> tuple[dict, dict]:
     """(logical PartitionSpec tree, ShapeDtypeStruct tree) of the params; nothing allocated."""
-    boxed = jax.eval_shape(module.init, jax.random.key(0), *arch.init_inputs(cfg))
+    init = functools.partial(module.init, method=arch.init_method) if arch.init_method else module.init
+    boxed = jax.eval_shape(init, jax.random.key(0), *arch.init_inputs(cfg))
     return nn.get_partition_spec(boxed)["params"], nn.meta.unbox(boxed)["params"]
 
 

@@ -1,4 +1,5 @@
-"""LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``) <-> ``LlavaOnevisionModel``'s groups.
+"""LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``) <-> the groups of ``OmniModel`` in its
+LLaVA-OneVision configuration (``omnijax.models.llava_onevision``).
 
 The table is the towers' tables under the keys transformers 5.23's ``save_pretrained`` writes for a
 fresh model (the legacy Hub layout)::
@@ -23,8 +24,8 @@ from omnijax.hf.architectures import Architecture, register
 from omnijax.hf.maps import LINEAR, Entry, prefixed
 from omnijax.hf.qwen2 import llm_table
 from omnijax.hf.siglip import siglip_table
-from omnijax.models.llava_onevision import (LlavaOnevisionConfig, LlavaOnevisionModel, check_image_tokens,
-                                            example_ids, static_sizes)
+from omnijax.models.llava_onevision import LlavaOnevisionConfig, LlavaOnevisionModel, hf_batch, static_sizes
+from omnijax.models.omni import example_batch
 
 
 def llava_onevision_table(cfg: LlavaOnevisionConfig) -> list[Entry]:
@@ -67,15 +68,13 @@ def llava_onevision_forward(module, params, inputs: dict):
         sizes = static_sizes(inputs["image_sizes"])
         if "batch_num_images" in inputs:
             per_example = tuple(int(n) for n in np.asarray(inputs["batch_num_images"]).reshape(-1))
-    check_image_tokens(module.cfg, ids, sizes, per_example)
-    forward = jax.jit(module.apply, static_argnames=("image_sizes", "batch_num_images"))
-    return forward({"params": params}, jnp.asarray(ids), pixels, image_sizes=sizes, attention_mask=mask,
-                   batch_num_images=per_example)
+    batch = hf_batch(module.cfg, ids, pixels, sizes, mask, per_example)
+    return jax.jit(lambda p, b: module.apply({"params": p}, b, method="forward"))(params, batch)
 
 
 def _build(hf: dict, **overrides):
     cfg = LlavaOnevisionConfig.from_hf(hf, **overrides)
-    return LlavaOnevisionModel(cfg), cfg
+    return LlavaOnevisionModel(cfg.omni()), cfg
 
 
 # (table prefix, prefix found in other checkpoints): v5-native module names, then pre-v5 SigLIP keys.
@@ -95,7 +94,8 @@ LLAVA_ONEVISION = register(Architecture(
     build=_build,
     table=llava_onevision_table,
     hf_config=LlavaOnevisionConfig.to_hf,
-    init_inputs=lambda cfg: (example_ids(),),
+    init_inputs=lambda cfg: (example_batch(cfg.omni()),),
+    init_method="forward",
     hf_forward=llava_onevision_forward,
     aliases=ALIASES,
 ))

@@ -1,4 +1,5 @@
-"""Qwen2-Audio (``Qwen2AudioForConditionalGeneration``) <-> ``{'audio', 'audio_connector', 'llm'}``.
+"""Qwen2-Audio (``Qwen2AudioForConditionalGeneration``) <-> ``{'audio', 'audio_connector', 'llm'}`` of
+``OmniModel`` in its Qwen2-Audio configuration (``omnijax.models.qwen2_audio``).
 
 Keys (the legacy Hub layout: what ``save_pretrained`` writes in transformers v5, and what export
 writes)::
@@ -16,14 +17,14 @@ The v5-native layout (``Qwen2AudioForConditionalGeneration.state_dict()``: ``mod
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from omnijax.hf.architectures import Architecture, register
 from omnijax.hf.maps import LINEAR, Entry, prefixed
 from omnijax.hf.qwen2 import llm_table
 from omnijax.hf.whisper import audio_tower_table
-from omnijax.models.qwen2_audio import Qwen2AudioConfig, Qwen2AudioModel, check_audio_placeholders
+from omnijax.models.omni import example_batch
+from omnijax.models.qwen2_audio import Qwen2AudioConfig, Qwen2AudioModel, hf_batch
 
 HF_INPUTS = ("input_ids", "attention_mask", "input_features", "feature_attention_mask")
 
@@ -49,22 +50,15 @@ def qwen2_audio_forward(module, params, inputs: dict):
     if features is not None and fmask is None:
         raise ValueError("input_features need feature_attention_mask [n_clips, frames] (1 on each clip's valid mel "
                          "frames; Qwen2AudioProcessor returns it)")
-    check_audio_placeholders(ids, None if features is None else fmask, module.cfg.audio_token_index)
     if features is not None:
-        features = jnp.asarray(np.asarray(features, np.float32))
-        fmask = jnp.asarray(np.asarray(fmask).astype(np.int32))
-    return jax.jit(module.apply)({"params": params}, jnp.asarray(ids), features, fmask, jnp.asarray(mask))
+        features, fmask = np.asarray(features, np.float32), np.asarray(fmask).astype(np.int32)
+    batch = hf_batch(module.cfg, ids, features, fmask, mask)
+    return jax.jit(lambda p, b: module.apply({"params": p}, b, method="forward"))(params, batch)
 
 
 def _build(hf: dict, **overrides):
     cfg = Qwen2AudioConfig.from_hf(hf, **overrides)
-    return Qwen2AudioModel(cfg), cfg
-
-
-def _init_inputs(cfg: Qwen2AudioConfig) -> tuple:
-    return (jax.ShapeDtypeStruct((1, 8), jnp.int32),
-            jax.ShapeDtypeStruct((1, cfg.audio.num_mel_bins, cfg.audio.frames), jnp.float32),
-            jax.ShapeDtypeStruct((1, cfg.audio.frames), jnp.int32))
+    return Qwen2AudioModel(cfg.omni()), cfg
 
 
 QWEN2_AUDIO = register(Architecture(
@@ -72,7 +66,8 @@ QWEN2_AUDIO = register(Architecture(
     build=_build,
     table=qwen2_audio_table,
     hf_config=Qwen2AudioConfig.to_hf,
-    init_inputs=_init_inputs,
+    init_inputs=lambda cfg: (example_batch(cfg.omni()),),
+    init_method="forward",
     hf_forward=qwen2_audio_forward,
     aliases=(("audio_tower.", "model.audio_tower."),
              ("multi_modal_projector.", "model.multi_modal_projector."),

@@ -39,6 +39,11 @@ def stacked_length(length: int, k: int) -> int:
     return length // k
 
 
+def strided_length(length: int, stride: int) -> int:
+    """Windows of ``stride`` frames over ``length`` frames, the last one zero-padded: ``ceil(length / stride)``."""
+    return -(-length // stride)
+
+
 def pooled_grid(height: int, width: int) -> tuple[int, int]:
     """Grid ``(height // 2, width // 2)`` after 2x2 local-global pooling; both sides must be even."""
     if height % 2 or width % 2:
@@ -237,7 +242,7 @@ class ConvGMLP(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     def output_length(self, length: int) -> int:
-        return -(-length // self.stride)
+        return strided_length(length, self.stride)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -1,11 +1,13 @@
-"""Image feature maps on the model side: torch-exact resizing and the LLaVA-OneVision AnyRes packing.
+"""Image feature maps on the model side: torch-exact resize weights and the LLaVA-OneVision AnyRes
+packing of one image.
 
 ``resize_matrix`` gives the ``[n_out, n_in]`` matrix of ``torch.nn.functional.interpolate`` along one
 axis (``align_corners=False``, no antialiasing) for ``mode='bilinear'`` and ``mode='bicubic'``
 (cubic convolution with ``A = -0.75``, borders clamped), so a 2-D resize is two small matmuls with
-static shapes and no gather: ``out = Wh @ x @ Ww^T``.
+static shapes and no gather: ``out = Wh @ x @ Ww^T`` (the vision tower's position interpolation).
 
-``pack_anyres`` is ``LlavaOnevisionModel.pack_image_features`` for one image: it follows the plan of
+``pack_anyres`` is ``LlavaOnevisionModel.pack_image_features`` for one image: the model's AnyRes
+layout (``omnijax.models.layouts``) run on one image, following the plan of
 ``omnijax.media_tokens.anyres_layout`` (the same plan that counts the image's placeholder tokens), so
 its output length equals ``anyres_num_tokens`` by construction.
 """
@@ -20,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, anyres_layout
+from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, MediaLayout, anyres_plan
+from omnijax.models import layouts
 
 _CUBIC_A = -0.75  # torch's bicubic coefficient (PIL and jax.image use -0.5)
 
@@ -60,16 +63,6 @@ def resize_matrix(n_in: int, n_out: int, mode: str) -> np.ndarray:
     return w.astype(np.float32)
 
 
-def resize_2d(x: jax.Array, size: tuple[int, int], mode: str) -> jax.Array:
-    """Resize a feature map ``[h, w, C] -> [size[0], size[1], C]`` exactly like torch's ``interpolate``."""
-    h, w = x.shape[:2]
-    if (h, w) == tuple(size):
-        return x
-    wh = jnp.asarray(resize_matrix(h, size[0], mode), x.dtype)
-    ww = jnp.asarray(resize_matrix(w, size[1], mode), x.dtype)
-    return jnp.einsum("ph,hwc,qw->pqc", wh, x, ww, precision=jax.lax.Precision.HIGHEST)
-
-
 def pack_anyres(
     features: jax.Array,
     image_size: Sequence[int],
@@ -94,23 +87,21 @@ def pack_anyres(
     Returns ``[anyres_num_tokens(image_size), C]``: base tile, then the unpadded (and, when large,
     bilinearly shrunk) grid map row by row, each row followed by ``newline``.
     """
-    side = base_image_size // patch_size
-    c = features.shape[-1]
-    if multi_image:
-        if features.shape[:2] != (1, side * side):
-            raise ValueError(f"features has shape {tuple(features.shape)}, expected [1, {side * side}, C] "
-                             "(one base tile) for an image of a multi-image sample")
-        return jnp.concatenate([features[0], newline[None].astype(features.dtype)], axis=0)
-    layout = anyres_layout(image_size, base_image_size=base_image_size, patch_size=patch_size,
-                           pinpoints=pinpoints, max_num_patches=max_num_patches)
-    rows, cols = layout.grid
-    if features.ndim != 3 or features.shape[:2] != (layout.num_tiles, side * side):
-        raise ValueError(f"features has shape {tuple(features.shape)}, expected "
-                         f"[{layout.num_tiles}, {side * side}, C]: "
-                         f"a base tile plus a {rows}x{cols} grid for an image of size {tuple(image_size)}")
-    grid = features[1:].reshape(rows, cols, side, side, c).transpose(0, 2, 1, 3, 4).reshape(rows * side, cols * side, c)
-    top, bottom, left, right = layout.crop
-    grid = resize_2d(grid[top:bottom, left:right], layout.resized, "bilinear")
-    rh, rw = layout.resized
-    grid = jnp.concatenate([grid, jnp.broadcast_to(newline.astype(grid.dtype), (rh, 1, c))], axis=1)
-    return jnp.concatenate([features[0], grid.reshape(rh * (rw + 1), c)], axis=0)
+    layout = MediaLayout("llava_onevision", image_token_id=0, base_image_size=base_image_size, patch_size=patch_size,
+                         pinpoints=tuple(map(tuple, pinpoints)), max_num_patches=max_num_patches)
+    plan = anyres_plan(image_size, multi_image=multi_image, **layout.anyres_kw)
+    side, rows, cols = layout.tile_side, plan[0], plan[1]
+    if features.ndim != 3 or features.shape[:2] != (1 + rows * cols, side * side):
+        what = "one base tile for an image of a multi-image sample" if multi_image else \
+            f"a base tile plus a {rows}x{cols} grid for an image of size {tuple(image_size)}"
+        raise ValueError(f"features has shape {tuple(features.shape)}, expected [{1 + rows * cols}, {side * side}, C]: "
+                         f"{what}")
+    item = jnp.zeros((1, 1 + rows * cols), jnp.int32)
+    _, first, last = layouts.slot_flags(item)
+    plans = jnp.broadcast_to(jnp.asarray(plan, jnp.int32), (1, 1 + rows * cols, len(plan)))
+    spans = layouts.slot_spans(layout, "image", item, plans)
+    n = layout.image_tokens(image_size=image_size, multi_image=multi_image)
+    out = layouts.splice(jnp.zeros((1, n, features.shape[-1]), features.dtype), jnp.ones((1, n), bool), spans,
+                         features.reshape(1, -1, features.shape[-1]), layouts.anyres_decoder(layout, side * side),
+                         newline[None], first=first, last=last, plan=plans)
+    return out[0]

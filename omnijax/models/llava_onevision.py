@@ -1,22 +1,25 @@
-"""LLaVA-OneVision (SigLIP + 2-layer MLP + Qwen2) as pure-functional Flax Linen, numerically equal
-to transformers' ``LlavaOnevisionForConditionalGeneration`` for images (``models/llava_onevision``;
-videos are not built).
+"""LLaVA-OneVision (SigLIP + 2-layer MLP + Qwen2): ``OmniModel`` in the configuration of transformers'
+``LlavaOnevisionForConditionalGeneration`` for images (``models/llava_onevision``; videos are not built),
+numerically equal to it.
 
-    tiles [n_tiles, H, W, 3] -> SigLIP -> hidden_states[vision_feature_layer] -> linear_1 -> GELU ->
-    linear_2 -> per image: AnyRes packing (base tile, unpadded grid rows each + image_newline) ->
-    scattered into the token embeddings at ``image_token_index`` in batch order -> Qwen2 -> logits
+This module is the configuration (``LlavaOnevisionConfig`` <-> ``config.json``, ``omni()`` -> the
+``OmniConfig``: vision tower, ``'mlp'`` connector, layout ``'llava_onevision'``) and the translation of
+transformers' forward inputs into the batch contract (``hf_batch``); the layout itself (AnyRes:
+base tile, unpadded and shrunk grid rows each + ``image_newline``) is ``omnijax.models.layouts``.
 
-Top-level parameter groups: ``vision`` (``omnijax.models.vision.VisionTower``), ``vision_connector``
-(``MLPProjector``: ``linear_1``, ``linear_2``), ``mm_embed`` (``newline`` = HF ``image_newline``),
-``llm`` (``omnijax.models.llm.LLM``).
+    tiles -> SigLIP -> hidden_states[vision_feature_layer] -> linear_1 -> GELU -> linear_2
+    -> per image: AnyRes tokens at its placeholders -> Qwen2 -> logits
+
+Parameter groups: ``vision``, ``vision_connector`` (``linear_1``, ``linear_2``), ``mm_embed``
+(``newline`` = HF ``image_newline``), ``llm``.
 
 Images and their tiles. Every image of a single-image example is tiled AnyRes (a base tile plus the
 best-fit grid of ``image_grid_pinpoints``, ``omnijax.media_tokens.anyres_layout``); every image of a
 multi-image example (``batch_num_images[i] > 1``, as HF's processor reports it) is one base tile plus
 one newline. ``image_sizes`` (original ``(height, width)`` per image, batch order) and
-``batch_num_images`` are static Python tuples: they fix each image's tile count, token count and
-packing, so the packing is unrolled in Python with static shapes (one compilation per combination
-of sizes). ``pixel_values`` are NHWC tiles in either layout:
+``batch_num_images`` fix each image's tile count and AnyRes plan on the host; the plans travel in the
+batch (``image_plan``), so one compilation serves all image sizes of a slot budget. ``pixel_values``
+are NHWC tiles in either layout:
 
 - ``[num_images, max_tiles, H, W, 3]``: HF's padded layout (transposed from NCHW); image i uses its
   first ``image_num_tiles`` tiles, the padding tiles are never encoded;
@@ -24,7 +27,7 @@ of sizes). ``pixel_values`` are NHWC tiles in either layout:
 
 Placeholders. Image i's features replace the next ``image_num_tokens`` placeholder tokens in batch
 order (HF's ``masked_scatter`` over the flattened batch); ``check_image_tokens`` checks each
-example's count on the host (``__call__`` runs it whenever ``input_ids`` are concrete).
+example's count on the host and assigns the images to examples.
 """
 
 from __future__ import annotations
@@ -34,17 +37,14 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, anyres_layout, anyres_num_tokens
-from omnijax.models.connectors import MLPProjector, MMEmbed
-from omnijax.models.image_layout import pack_anyres
-from omnijax.models.llm import LLM, LLMConfig
-from omnijax.models.splice import merge_embeddings
-from omnijax.models.vision import ATTENTION_IMPLEMENTATIONS, VisionConfig, VisionTower
+from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, MediaLayout, anyres_plan
+from omnijax.models.llm import LLMConfig
+from omnijax.models.omni import OmniConfig, OmniModel, logical_specs  # noqa: F401  (logical_specs: re-exported)
+from omnijax.models.vision import ATTENTION_IMPLEMENTATIONS, VisionConfig
 
 # LlavaOnevisionConfig's vision_config defaults (SigLIP so400m at 384/14, 26 layers, no head).
 HF_VISION_DEFAULTS = dict(hidden_size=1152, intermediate_size=4304, patch_size=14, image_size=384,
@@ -100,9 +100,19 @@ class LlavaOnevisionConfig:
 
     @property
     def layout_kw(self) -> dict[str, Any]:
-        """Keyword arguments of ``media_tokens.anyres_layout`` / ``pack_anyres`` for this model."""
-        return dict(base_image_size=self.vision.image_size, patch_size=self.vision.patch_size,
-                    pinpoints=self.image_grid_pinpoints, max_num_patches=self.max_num_patches)
+        """Keyword arguments of ``media_tokens.anyres_layout`` / ``anyres_plan`` for this model."""
+        return self.media_layout.anyres_kw
+
+    def omni(self) -> OmniConfig:
+        """The ``OmniConfig`` of this model."""
+        return OmniConfig(llm=self.text, vision=self.vision, vision_connector="mlp", layout="llava_onevision",
+                          image_token_id=self.image_token_index,
+                          vision_gelu_approximate=PROJECTOR_ACTIVATIONS[self.projector_hidden_act],
+                          anyres_pinpoints=self.image_grid_pinpoints, anyres_max_num_patches=self.max_num_patches)
+
+    @property
+    def media_layout(self) -> MediaLayout:
+        return self.omni().media_layout
 
     def replace(self, **kw) -> "LlavaOnevisionConfig":
         return dataclasses.replace(self, **kw)
@@ -189,32 +199,41 @@ def multi_image_flags(num_images: int, batch_num_images: Sequence[int] | None) -
     return tuple(n > 1 for n in batch_num_images for _ in range(n))
 
 
-def image_num_tiles(cfg: LlavaOnevisionConfig, image_sizes, batch_num_images=None) -> tuple[int, ...]:
-    """Tiles each image is encoded from (HF's ``image_size_to_num_patches``; 1 in multi-image examples)."""
+def image_plans(cfg, image_sizes, batch_num_images=None) -> tuple[tuple[int, ...], ...]:
+    """Each image's AnyRes plan (``media_tokens.anyres_plan``). ``cfg``: a ``LlavaOnevisionConfig`` or
+    its ``OmniConfig`` (anything with a ``media_layout``)."""
     sizes = static_sizes(image_sizes)
-    return tuple(1 if multi else anyres_layout(size, **cfg.layout_kw).num_tiles
+    kw = cfg.media_layout.anyres_kw
+    return tuple(anyres_plan(size, multi_image=multi, **kw)
                  for size, multi in zip(sizes, multi_image_flags(len(sizes), batch_num_images)))
 
 
-def image_num_tokens(cfg: LlavaOnevisionConfig, image_sizes, batch_num_images=None) -> tuple[int, ...]:
+def image_num_tiles(cfg, image_sizes, batch_num_images=None) -> tuple[int, ...]:
+    """Tiles each image is encoded from (HF's ``image_size_to_num_patches``; 1 in multi-image examples)."""
+    return tuple(1 + rows * cols for rows, cols, *_ in image_plans(cfg, image_sizes, batch_num_images))
+
+
+def image_num_tokens(cfg, image_sizes, batch_num_images=None) -> tuple[int, ...]:
     """Placeholder tokens each image takes (``LlavaOnevisionProcessor``'s expansion)."""
     sizes = static_sizes(image_sizes)
-    return tuple(anyres_num_tokens(size, multi_image=multi, **cfg.layout_kw)
+    layout = cfg.media_layout
+    return tuple(layout.image_tokens(image_size=size, multi_image=multi)
                  for size, multi in zip(sizes, multi_image_flags(len(sizes), batch_num_images)))
 
 
-def check_image_tokens(cfg: LlavaOnevisionConfig, input_ids, image_sizes=(), batch_num_images=None) -> None:
+def check_image_tokens(cfg, input_ids, image_sizes=(), batch_num_images=None) -> list[list[int]]:
     """Each example's placeholder count must equal the tokens of its images (host-side, before tracing).
 
     Images belong to examples in batch order: by ``batch_num_images`` when given, else each example
-    takes the next images until their tokens reach its placeholder count. Raises ValueError naming
-    the first example that disagrees.
+    takes the next images until their tokens reach its placeholder count. Returns the image indices of
+    each example; raises ValueError naming the first example that disagrees.
     """
     ids = np.asarray(input_ids)
-    counts = (ids == cfg.image_token_index).sum(axis=-1).reshape(-1)
+    token_id = cfg.media_layout.image_token_id
+    counts = (ids == token_id).sum(axis=-1).reshape(-1)
     sizes = static_sizes(image_sizes)
     tokens = image_num_tokens(cfg, sizes, batch_num_images)
-    where = f"(token id {cfg.image_token_index}; image sizes {list(sizes)})"
+    where = f"(token id {token_id}; image sizes {list(sizes)})"
     if batch_num_images is not None:
         if len(batch_num_images) != len(counts):
             raise ValueError(f"batch_num_images has {len(batch_num_images)} entries for {len(counts)} examples")
@@ -224,8 +243,8 @@ def check_image_tokens(cfg: LlavaOnevisionConfig, input_ids, image_sizes=(), bat
             if count != want:
                 raise ValueError(f"example {i} has {count} image placeholder tokens, but its "
                                  f"{batch_num_images[i]} image(s) take {want} {where}")
-        return
-    k = 0
+        return [list(range(bounds[i], bounds[i + 1])) for i in range(len(counts))]
+    k, assignment = 0, []
     for i, count in enumerate(counts):
         start, taken = k, 0
         while taken < count and k < len(tokens):
@@ -234,88 +253,74 @@ def check_image_tokens(cfg: LlavaOnevisionConfig, input_ids, image_sizes=(), bat
             got = (f"images {start}..{k - 1} take {taken} tokens" if k > start else "no images are left")
             raise ValueError(f"example {i} has {count} image placeholder tokens, but the next whole images in "
                              f"batch order do not fill them: {got} {where}")
+        assignment.append(list(range(start, k)))
     if k != len(tokens):
         raise ValueError(f"{len(tokens) - k} image(s) are left over: the batch has {int(counts.sum())} image "
                          f"placeholder tokens, its images take {sum(tokens)} {where}")
+    return assignment
 
 
-class LlavaOnevisionModel(nn.Module):
-    """``LlavaOnevisionForConditionalGeneration`` for text and images.
+def _tiles(pixel_values, num_tiles: tuple[int, ...], image_size: int):
+    """Every image's tiles back to back, ``[sum(num_tiles), H, W, 3]``, from either pixel layout."""
+    shape, s = tuple(pixel_values.shape), image_size
+    expected = (f"expected [{len(num_tiles)}, >= {max(num_tiles)}, {s}, {s}, 3] (HF's padded layout, NHWC) or "
+                f"[{sum(num_tiles)}, {s}, {s}, 3] (tiles back to back) for {len(num_tiles)} image(s) of "
+                f"{list(num_tiles)} tiles")
+    if pixel_values.ndim == 5 and shape[0] == len(num_tiles) and shape[1] >= max(num_tiles):
+        return jnp.concatenate([pixel_values[i, :n] for i, n in enumerate(num_tiles)])
+    if pixel_values.ndim == 4 and shape[0] == sum(num_tiles):
+        return pixel_values
+    raise ValueError(f"pixel_values has shape {shape}; {expected}")
 
-    ``__call__(input_ids [b, t], pixel_values, image_sizes, attention_mask [b, t] or None,
-    batch_num_images)`` -> logits float32 ``[b, t, vocab]`` (module docstring: layouts). Without
-    ``pixel_values`` it is the text model. Positions are ``arange(t)`` and ``attention_mask`` masks
-    padding keys, as transformers does when no ``position_ids`` are given.
-    """
 
-    cfg: LlavaOnevisionConfig
+def hf_batch(cfg, input_ids, pixel_values=None, image_sizes=(), attention_mask=None,
+             batch_num_images=None) -> dict:
+    """transformers' forward inputs as an ``OmniModel`` batch (``omnijax.batch``): each example's
+    images (``check_image_tokens``) fill its row's slots tile by tile with their plans; positions are
+    ``arange`` and ``attention_mask`` zeros are padding (segment 0), as transformers does without
+    ``position_ids``. ``input_ids`` must be concrete; ``pixel_values`` may be traced."""
+    if (pixel_values is None) != (len(image_sizes) == 0):
+        raise ValueError(f"pixel_values ({'None' if pixel_values is None else 'given'}) and image_sizes "
+                         f"({len(image_sizes)} image(s)) must come together: one (height, width) per image")
+    sizes = static_sizes(image_sizes) if pixel_values is not None else ()
+    plans = image_plans(cfg, sizes, batch_num_images)
+    num_tiles = tuple(1 + rows * cols for rows, cols, *_ in plans)
+    if pixel_values is not None:
+        tiles = _tiles(pixel_values, num_tiles, cfg.media_layout.base_image_size)
+    if isinstance(input_ids, jax.core.Tracer):
+        raise ValueError("input_ids must be concrete: the images' places are worked out on the host; under jit, "
+                         "build the batch with hf_batch first and apply OmniModel.forward to it")
+    ids = np.asarray(input_ids)
+    b, t = ids.shape
+    mask = np.ones((b, t), np.int32) if attention_mask is None else attention_mask
+    batch = {"input_ids": jnp.asarray(ids, jnp.int32), "segment_ids": jnp.asarray(mask, jnp.int32),
+             "positions": jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))}
+    assignment = check_image_tokens(cfg, ids, sizes, batch_num_images)
+    if pixel_values is None:
+        return batch
+    first_tile = np.cumsum((0,) + num_tiles)
+    slots = max(1, max(sum(num_tiles[k] for k in images) for images in assignment))
+    source = np.zeros((b, slots), np.int64)  # tile taken by each slot
+    item = np.full((b, slots), -1, np.int32)
+    plan = np.zeros((b, slots, len(plans[0])), np.int32)
+    for row, images in enumerate(assignment):
+        s = 0
+        for j, k in enumerate(images):
+            n = num_tiles[k]
+            source[row, s:s + n] = np.arange(first_tile[k], first_tile[k] + n)
+            item[row, s:s + n], plan[row, s:s + n] = j, plans[k]
+            s += n
+    batch["images"] = jnp.take(tiles, jnp.asarray(source.reshape(-1)), axis=0).reshape(b, slots, *tiles.shape[1:])
+    batch["image_item"], batch["image_plan"] = jnp.asarray(item), jnp.asarray(plan)
+    return batch
 
-    def setup(self):
-        cfg = self.cfg
-        text = cfg.text
-        self.vision = VisionTower(cfg.vision)
-        self.vision_connector = MLPProjector(text.hidden_size,
-                                             gelu_approximate=PROJECTOR_ACTIVATIONS[cfg.projector_hidden_act],
-                                             dtype=text.compute_dtype, param_dtype=text.weight_dtype)
-        self.mm_embed = MMEmbed(text.hidden_size, names=("newline",), dtype=text.compute_dtype,
-                                param_dtype=text.weight_dtype)
-        self.llm = LLM(text)
 
-    def _tiles(self, pixel_values, num_tiles: tuple[int, ...]):
-        """The tiles to encode, ``[sum(num_tiles), H, W, 3]``, from either pixel layout."""
-        shape, s = tuple(pixel_values.shape), self.cfg.vision.image_size
-        expected = (f"expected [{len(num_tiles)}, >= {max(num_tiles)}, {s}, {s}, 3] (HF's padded layout, NHWC) or "
-                    f"[{sum(num_tiles)}, {s}, {s}, 3] (tiles back to back) for {len(num_tiles)} image(s) of "
-                    f"{list(num_tiles)} tiles")
-        if pixel_values.ndim == 5 and shape[0] == len(num_tiles) and shape[1] >= max(num_tiles):
-            return jnp.concatenate([pixel_values[i, :n] for i, n in enumerate(num_tiles)])
-        if pixel_values.ndim == 4 and shape[0] == sum(num_tiles):
-            return pixel_values
-        raise ValueError(f"pixel_values has shape {shape}; {expected}")
-
-    def image_features(self, pixel_values, image_sizes, batch_num_images=None):
-        """All images' packed features in batch order: ``[sum(image_num_tokens), embed]``."""
-        cfg = self.cfg
-        sizes = static_sizes(image_sizes)
-        num_tiles = image_num_tiles(cfg, sizes, batch_num_images)
-        feats = self.vision_connector(self.vision(self._tiles(pixel_values, num_tiles))["features"])
-        newline = self.mm_embed()["newline"]
-        packed, offset = [], 0
-        for size, n, multi in zip(sizes, num_tiles, multi_image_flags(len(sizes), batch_num_images)):
-            packed.append(pack_anyres(feats[offset:offset + n], size, newline, multi_image=multi, **cfg.layout_kw))
-            offset += n
-        return jnp.concatenate(packed)
+class LlavaOnevisionModel(OmniModel):
+    """``OmniModel`` called like ``LlavaOnevisionForConditionalGeneration``: ``__call__(input_ids [b, t],
+    pixel_values, image_sizes, attention_mask [b, t] or None, batch_num_images)`` -> logits float32
+    ``[b, t, vocab]`` (module docstring: layouts). Without ``pixel_values`` it is the text model.
+    ``input_ids`` must be concrete (the batch is built on the host); ``forward(batch)`` jits."""
 
     def __call__(self, input_ids, pixel_values=None, image_sizes=(), attention_mask=None, batch_num_images=None):
-        cfg = self.cfg
-        if (pixel_values is None) != (len(image_sizes) == 0):
-            raise ValueError(f"pixel_values ({'None' if pixel_values is None else 'given'}) and image_sizes "
-                             f"({len(image_sizes)} image(s)) must come together: one (height, width) per image")
-        if not isinstance(input_ids, jax.core.Tracer):
-            check_image_tokens(cfg, input_ids, image_sizes if pixel_values is not None else (), batch_num_images)
-        embeds = self.llm.embed(input_ids)
-        if pixel_values is not None:
-            b, t, d = embeds.shape
-            media = self.image_features(pixel_values, image_sizes, batch_num_images)
-            # masked_scatter over the flattened batch: the k-th placeholder takes the k-th image token.
-            embeds = merge_embeddings(embeds.reshape(1, b * t, d), media[None],
-                                      (input_ids == cfg.image_token_index).reshape(1, b * t)).reshape(b, t, d)
-        elif self.is_initializing():  # create every parameter group, also for text-only init inputs
-            s = cfg.vision.image_size
-            n = image_num_tiles(cfg, ((s, s),))[0]
-            self.image_features(jnp.zeros((n, s, s, cfg.vision.num_channels), jnp.float32), ((s, s),))
-        segment_ids = jnp.ones_like(input_ids) if attention_mask is None else attention_mask.astype(jnp.int32)
-        positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        hidden, _ = self.llm.decode(embeds, positions, segment_ids)
-        return self.llm.logits(hidden)
-
-
-def example_ids(batch: int = 1, length: int = 8) -> jax.ShapeDtypeStruct:
-    """Abstract text input for ``init``/``eval_shape`` (``init`` creates every group from it)."""
-    return jax.ShapeDtypeStruct((batch, length), jnp.int32)
-
-
-def logical_specs(model: LlavaOnevisionModel):
-    """Logical ``PartitionSpec`` tree of ``model``'s params, and their abstract shapes (no allocation)."""
-    abstract = jax.eval_shape(model.init, jax.random.key(0), example_ids())
-    return nn.get_partition_spec(abstract)["params"], nn.meta.unbox(abstract)["params"]
+        return self.forward(hf_batch(self.cfg, input_ids, pixel_values, image_sizes, attention_mask,
+                                     batch_num_images))

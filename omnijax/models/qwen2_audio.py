@@ -1,7 +1,6 @@
-"""Qwen2-Audio: Whisper-style audio encoder + linear projector + Qwen2, as pure-functional Flax Linen.
-
-Numerically equal to transformers' ``Qwen2AudioForConditionalGeneration.forward``
-(``models/qwen2_audio/modeling_qwen2_audio.py``) on processor-expanded inputs::
+"""Qwen2-Audio (Whisper-style audio encoder + linear projector + Qwen2): ``OmniModel`` in the
+configuration of transformers' ``Qwen2AudioForConditionalGeneration``, numerically equal to its
+``forward`` (``models/qwen2_audio/modeling_qwen2_audio.py``) on processor-expanded inputs::
 
     input_features [n_clips, n_mels, frames], feature_attention_mask [n_clips, frames]
       -> audio (WhisperEncoder, variant 'qwen2_audio': key-padding mask from L = mask.sum(-1),
@@ -11,6 +10,11 @@ Numerically equal to transformers' ``Qwen2AudioForConditionalGeneration.forward`
          audio placeholder tokens (``audio_token_index``) of the batch in row-major order
          (HF's ``masked_scatter`` over the flattened batch)
       -> llm (Qwen2) -> logits f32 [batch, seq, vocab]
+
+This module is the configuration (``Qwen2AudioConfig`` <-> ``config.json``, ``omni()`` -> the
+``OmniConfig``: audio tower, ``'linear'`` connector, layout ``'qwen2_audio'``) and the translation of
+transformers' forward inputs into the batch contract (``hf_batch``: each example's clips fill its
+row's audio slots); the layout is ``omnijax.models.layouts``.
 
 The data pipeline (``Qwen2AudioProcessor`` in HF) expands each ``<|AUDIO|>`` into exactly
 ``qwen2_audio_tokens(L)`` placeholders, so the clips of example 0 come first, then those of example 1,
@@ -24,16 +28,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omnijax.media_tokens import qwen2_audio_tokens
-from omnijax.models.audio import AudioConfig, WhisperEncoder
-from omnijax.models.connectors import LinearProjector
-from omnijax.models.llm import LLM, LLMConfig
-from omnijax.models.splice import merge_embeddings, pack_valid
+from omnijax.media_tokens import MediaLayout, qwen2_audio_tokens
+from omnijax.models.audio import AudioConfig
+from omnijax.models.llm import LLMConfig
+from omnijax.models.omni import OmniConfig, OmniModel
 
 # transformers' defaults for the fields a Qwen2-Audio config.json may leave out (Qwen/Qwen2-Audio-7B's
 # text_config names neither hidden_size nor the layer counts): Qwen2Config and the audio_config
@@ -70,6 +72,15 @@ class Qwen2AudioConfig:
 
     def replace(self, **kw) -> "Qwen2AudioConfig":
         return dataclasses.replace(self, **kw)
+
+    def omni(self) -> OmniConfig:
+        """The ``OmniConfig`` of this model."""
+        return OmniConfig(llm=self.llm, audio=self.audio, audio_connector="linear", layout="qwen2_audio",
+                          audio_token_id=self.audio_token_index)
+
+    @property
+    def media_layout(self) -> MediaLayout:
+        return self.omni().media_layout
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any], **overrides) -> "Qwen2AudioConfig":
@@ -144,54 +155,48 @@ def check_audio_placeholders(input_ids, feature_attention_mask, audio_token_inde
     return assignment
 
 
-def _concrete(*xs) -> bool:
-    return not any(isinstance(x, jax.core.Tracer) for x in xs)
+def hf_batch(cfg, input_ids, input_features=None, feature_attention_mask=None, attention_mask=None) -> dict:
+    """transformers' forward inputs as an ``OmniModel`` batch (``omnijax.batch``): each example's clips
+    (``check_audio_placeholders``) fill its row's audio slots, one clip per item; positions are
+    ``arange`` and ``attention_mask`` zeros are padding (segment 0), as transformers does without
+    ``position_ids``. ``input_ids`` and ``feature_attention_mask`` must be concrete; ``input_features``
+    may be traced. ``cfg``: a ``Qwen2AudioConfig`` or its ``OmniConfig``."""
+    if any(isinstance(x, jax.core.Tracer) for x in (input_ids, feature_attention_mask)):
+        raise ValueError("input_ids and feature_attention_mask must be concrete: the clips' places are worked out "
+                         "on the host; under jit, build the batch with hf_batch first and apply OmniModel.forward")
+    no_audio = input_features is None or input_features.shape[0] == 0
+    if not no_audio and feature_attention_mask is None:
+        raise ValueError("feature_attention_mask [n_clips, frames] is required with input_features "
+                         "(Qwen2AudioProcessor returns it; 1 on each clip's valid mel frames)")
+    ids = np.asarray(input_ids)
+    assignment = check_audio_placeholders(ids, None if no_audio else feature_attention_mask,
+                                          cfg.media_layout.audio_token_id)
+    b, t = ids.shape
+    mask = np.ones((b, t), np.int32) if attention_mask is None else attention_mask
+    batch = {"input_ids": jnp.asarray(ids, jnp.int32), "segment_ids": jnp.asarray(mask, jnp.int32),
+             "positions": jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))}
+    if no_audio:
+        return batch
+    valid = np.asarray(feature_attention_mask).astype(np.int64).sum(-1)
+    slots = max(1, max(map(len, assignment)))
+    source = np.zeros((b, slots), np.int64)
+    item = np.full((b, slots), -1, np.int32)
+    frames = np.zeros((b, slots), np.int32)
+    for row, clips in enumerate(assignment):
+        source[row, :len(clips)], item[row, :len(clips)], frames[row, :len(clips)] = clips, range(len(clips)), \
+            valid[clips]
+    features = jnp.asarray(input_features)
+    batch["audio"] = jnp.take(features, jnp.asarray(source.reshape(-1)), axis=0).reshape(b, slots,
+                                                                                         *features.shape[1:])
+    batch["audio_item"], batch["audio_valid_frames"] = jnp.asarray(item), jnp.asarray(frames)
+    return batch
 
 
-class Qwen2AudioModel(nn.Module):
-    """``Qwen2AudioForConditionalGeneration``: params ``{'audio', 'audio_connector', 'llm'}``.
-
-    ``__call__(input_ids [b, t], input_features [n_clips, n_mels, frames] | None,
-    feature_attention_mask [n_clips, frames] | None, attention_mask [b, t] | None)`` -> logits f32
-    ``[b, t, vocab]``. Positions are ``arange`` (as HF without ``position_ids``); ``attention_mask``
-    zeros are padding (segment id 0). With concrete (non-traced) inputs the placeholder counts are
-    checked first (``check_audio_placeholders``); under ``jit`` the caller checks them.
-    """
-
-    cfg: Qwen2AudioConfig
-
-    def setup(self):
-        cfg = self.cfg
-        self.audio = WhisperEncoder(cfg.audio)
-        self.audio_connector = LinearProjector(cfg.llm.hidden_size, dtype=cfg.llm.compute_dtype,
-                                               param_dtype=cfg.llm.weight_dtype)
-        self.llm = LLM(cfg.llm)
-
-    def embed(self, input_ids, input_features=None, feature_attention_mask=None):
-        """Text embeddings with each clip's valid audio tokens at the placeholders. -> ``[b, t, hidden]``."""
-        embeds = self.llm.embed(input_ids)
-        if input_features is None or input_features.shape[0] == 0:
-            return embeds
-        if feature_attention_mask is None:
-            raise ValueError("feature_attention_mask [n_clips, frames] is required with input_features "
-                             "(Qwen2AudioProcessor returns it; 1 on each clip's valid mel frames)")
-        valid = jnp.sum(jnp.asarray(feature_attention_mask, jnp.int32), axis=-1)
-        audio = self.audio_connector(self.audio(input_features, valid))  # [n_clips, T, hidden]
-        packed = pack_valid(audio, qwen2_audio_tokens(valid))
-        b, t, d = embeds.shape
-        # HF's masked_scatter runs over the flattened batch: the k-th placeholder takes packed[k].
-        merged = merge_embeddings(embeds.reshape(1, b * t, d), packed[None],
-                                  (input_ids == self.cfg.audio_token_index).reshape(1, b * t))
-        return merged.reshape(b, t, d)
+class Qwen2AudioModel(OmniModel):
+    """``OmniModel`` called like ``Qwen2AudioForConditionalGeneration``: ``__call__(input_ids [b, t],
+    input_features [n_clips, n_mels, frames] | None, feature_attention_mask [n_clips, frames] | None,
+    attention_mask [b, t] | None)`` -> logits f32 ``[b, t, vocab]``. The placeholder counts are checked
+    on the host (``check_audio_placeholders``), so ``input_ids`` must be concrete; ``forward(batch)`` jits."""
 
     def __call__(self, input_ids, input_features=None, feature_attention_mask=None, attention_mask=None):
-        no_audio = input_features is None or input_features.shape[0] == 0
-        if _concrete(input_ids, feature_attention_mask) and (no_audio or feature_attention_mask is not None):
-            check_audio_placeholders(input_ids, None if no_audio else feature_attention_mask,
-                                     self.cfg.audio_token_index)
-        segment_ids = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
-        positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        embeds = self.embed(input_ids, input_features, feature_attention_mask)
-        hidden, _ = self.llm.decode(embeds, positions, segment_ids)
-        return self.llm.logits(hidden)
-
+        return self.forward(hf_batch(self.cfg, input_ids, input_features, feature_attention_mask, attention_mask))

@@ -1,0 +1,291 @@
+"""The batch contract between the data pipeline and the model.
+
+One definition, imported by ``data_pipelines`` (which builds batches) and ``omnijax.models`` /
+``omnijax.training`` (which consume them); neither side imports the other. Shapes are static: a stage
+fixes the batch size, the sequence length and the media budget (``MediaBudget``), so one stage
+compiles once.
+
+Text and packing (``B`` rows of ``T`` tokens; several examples may share a row):
+
+=================  =========  =========  ==========================================================
+field              shape      dtype      meaning
+=================  =========  =========  ==========================================================
+``input_ids``      [B, T]     int32      token ids; a media item appears as one run of its
+                                         modality's placeholder id, one id per token it produces
+``segment_ids``    [B, T]     int32      1, 2, ... per packed example in the row (each one
+                                         contiguous run); 0 = padding
+``positions``      [B, T]     int32      RoPE positions, restarting at 0 in every segment
+``targets``        [B, T]     int32      the token position t predicts (next token of its segment,
+                                         ``training.losses.shift_targets``)
+``loss_weights``   [B, T]     float32    weight of position t's prediction (1 on response tokens)
+``task_ids``       [B, T]     int32      task of position t's example, for per-task losses
+=================  =========  =========  ==========================================================
+
+Media slots (present when the budget has slots of that modality). A slot holds one image view or
+tile, one video frame or one audio window; an item (an image, a video, an audio clip) fills
+consecutive slots. ``*_item[b, s]`` is the index of the item slot ``s`` belongs to, counting that
+modality's items of row ``b`` in placeholder order (0, 0, 1, 2, 2, 2, ...); used slots come first,
+the rest are ``-1`` (empty, their pixels/features are ignored):
+
+======================  ============================  =======  =========================================
+``images``              [B, I, S, S, 3]               float32  image views/tiles (NHWC, processor-normalised)
+``image_item``          [B, I]                        int32    item of each image slot (-1 empty)
+``image_plan``          [B, I, 8]                     int32    llava_onevision layout only: the AnyRes plan
+                                                               of the slot's image
+                                                               (``media_tokens.anyres_plan``)
+``videos``              [B, V, Sv, Sv, 3]             float32  video frames
+``video_item``          [B, V]                        int32    item (video) of each frame slot (-1 empty)
+``audio``               [B, A, n_mels, frames]        float32  log-mel windows (one encoder window each)
+``audio_item``          [B, A]                        int32    item (clip) of each window slot (-1 empty)
+``audio_valid_frames``  [B, A]                        int32    valid mel frames of each window
+======================  ============================  =======  =========================================
+
+The k-th item of a modality in a row takes the row's placeholder tokens of that modality number
+``sum(tokens of items < k) ...`` onward, as one contiguous run inside one segment. Its token count is
+the sum of its slots' spans, ``omnijax.media_tokens.MediaLayout.*_slot_tokens``: the same functions
+give the pipeline's placeholder counts (``MediaLayout.image_tokens`` etc.) and the model's layout.
+
+``media_slots`` fills the slot arrays from per-example item lists; ``check_batch`` verifies a host
+batch against a model config before anything is traced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+
+from omnijax.media_tokens import MODALITIES
+
+TEXT_FIELDS = {
+    "input_ids": np.int32, "segment_ids": np.int32, "positions": np.int32,
+    "targets": np.int32, "loss_weights": np.float32, "task_ids": np.int32,
+}
+ANYRES_PLAN = 8  # ints per AnyRes plan: rows, cols, top, bottom, left, right, resized_h, resized_w
+SLOT_FIELDS = {"image": "images", "video": "videos", "audio": "audio"}  # modality -> its slot field
+_WHAT = {"image": "image slots (views/tiles)", "video": "video slots (frames)", "audio": "audio slots (windows)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaBudget:
+    """Static media slots per row. Zero slots = the modality is absent from the stage's batches.
+    ``OmniConfig.budget`` builds it from a model config (sizes from the towers)."""
+
+    image_slots: int = 0
+    image_size: int = 384
+    video_slots: int = 0
+    video_size: int = 384
+    audio_slots: int = 0
+    n_mels: int = 128
+    audio_frames: int = 3000
+
+    def slots(self, modality: str) -> int:
+        return getattr(self, f"{modality}_slots")
+
+
+def batch_spec(batch_size: int, seq_len: int, budget: MediaBudget = MediaBudget(),
+               layout: str = "ola") -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of every field of a batch (the global batch)."""
+    b, t = batch_size, seq_len
+    spec = {name: jax.ShapeDtypeStruct((b, t), dtype) for name, dtype in TEXT_FIELDS.items()}
+    if budget.image_slots:
+        s, n = budget.image_size, budget.image_slots
+        spec["images"] = jax.ShapeDtypeStruct((b, n, s, s, 3), np.float32)
+        spec["image_item"] = jax.ShapeDtypeStruct((b, n), np.int32)
+        if layout == "llava_onevision":
+            spec["image_plan"] = jax.ShapeDtypeStruct((b, n, ANYRES_PLAN), np.int32)
+    if budget.video_slots:
+        s, n = budget.video_size, budget.video_slots
+        spec["videos"] = jax.ShapeDtypeStruct((b, n, s, s, 3), np.float32)
+        spec["video_item"] = jax.ShapeDtypeStruct((b, n), np.int32)
+    if budget.audio_slots:
+        n = budget.audio_slots
+        spec["audio"] = jax.ShapeDtypeStruct((b, n, budget.n_mels, budget.audio_frames), np.float32)
+        spec["audio_item"] = jax.ShapeDtypeStruct((b, n), np.int32)
+        spec["audio_valid_frames"] = jax.ShapeDtypeStruct((b, n), np.int32)
+    return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaItem:
+    """One media item of an example, as ``media_slots`` takes it.
+
+    ``data``: image views/tiles ``[n, S, S, 3]``, video frames ``[f, S, S, 3]`` or audio windows
+    ``[c, n_mels, frames]``; ``valid_frames``: audio only, valid mel frames per window ``[c]``
+    (default: whole windows); ``plan``: llava_onevision images only, ``media_tokens.anyres_plan``.
+    """
+
+    kind: str
+    data: np.ndarray
+    valid_frames: Sequence[int] | None = None
+    plan: Sequence[int] | None = None
+
+    def __post_init__(self):
+        if self.kind not in MODALITIES:
+            raise ValueError(f"media kind {self.kind!r} is not one of {MODALITIES}")
+
+
+def media_slots(rows: Sequence[Sequence[Sequence[MediaItem]]], budget: MediaBudget,
+                layout: str = "ola") -> dict[str, np.ndarray]:
+    """The media fields of a batch: ``rows[b][e]`` lists the items of the e-th example packed into row
+    b (segment e + 1), in placeholder order. Raises ``ValueError`` naming the row and example when a
+    row's items need more slots than the budget has."""
+    spec = batch_spec(len(rows), 1, budget, layout)
+    out = {k: np.zeros(s.shape, s.dtype) for k, s in spec.items() if k not in TEXT_FIELDS}
+    for m in MODALITIES:
+        if budget.slots(m):
+            out[f"{m}_item"][:] = -1
+    for b, examples in enumerate(rows):
+        used = dict.fromkeys(MODALITIES, 0)
+        count = dict.fromkeys(MODALITIES, 0)
+        for e, items in enumerate(examples):
+            for item in items:
+                m, data = item.kind, np.asarray(item.data)
+                n, cap = data.shape[0], budget.slots(m)
+                if used[m] + n > cap:
+                    raise ValueError(
+                        f"row {b}, example {e} (segment {e + 1}): its {m} (item {count[m]} of the row) needs {n} "
+                        f"{_WHAT[m]}, but only {cap - used[m]} of the stage's {m}_slots={cap} are left: more "
+                        f"media than the budget holds; pack fewer examples per row or raise {m}_slots")
+                field = out[SLOT_FIELDS[m]]
+                if data.shape[1:] != field.shape[2:]:
+                    raise ValueError(f"row {b}, example {e}: {m} data has shape {data.shape}, slots hold "
+                                     f"{list(field.shape[2:])}")
+                sl = slice(used[m], used[m] + n)
+                field[b, sl] = data
+                out[f"{m}_item"][b, sl] = count[m]
+                if m == "audio":
+                    valid = budget.audio_frames if item.valid_frames is None else item.valid_frames
+                    out["audio_valid_frames"][b, sl] = valid
+                if m == "image" and layout == "llava_onevision":
+                    if item.plan is None:
+                        raise ValueError(f"row {b}, example {e}: layout 'llava_onevision' needs each image's "
+                                         "AnyRes plan (media_tokens.anyres_plan)")
+                    out["image_plan"][b, sl] = item.plan
+                used[m] += n
+                count[m] += 1
+    return out
+
+
+def _segment_of(seg_row: np.ndarray, pos: int) -> str:
+    return f"segment {int(seg_row[pos])}" if seg_row[pos] else "padding"
+
+
+def _check_items(b: int, m: str, batch: Mapping[str, np.ndarray], layout, budget: MediaBudget) -> None:
+    """Row b's items of modality m against its placeholder tokens (module docstring)."""
+    ids, seg = np.asarray(batch["input_ids"][b]), np.asarray(batch["segment_ids"][b])
+    tid = layout.token_id(m)
+    item = np.asarray(batch[f"{m}_item"][b])
+    n_used = int((item >= 0).sum())
+    runs = item[:n_used]
+    steps = np.diff(runs)
+    if (item[n_used:] != -1).any() or (n_used and (runs[0] != 0 or (steps < 0).any() or (steps > 1).any())):
+        raise ValueError(f"row {b}: {m}_item {item.tolist()} must number the items 0, 1, 2, ... over consecutive "
+                         "slots, used slots first and -1 after them")
+    valid = item >= 0
+    first = valid & (np.concatenate([[-1], item[:-1]]) != item)
+    last = valid & (np.concatenate([item[1:], [-1]]) != item)
+    if m == "image":
+        plan = np.asarray(batch["image_plan"][b]) if "image_plan" in batch else None
+        spans = layout.image_slot_tokens(first, last, plan)
+        if plan is not None:
+            for k in range(int(runs.max()) + 1 if n_used else 0):
+                s = np.flatnonzero(item == k)
+                rows, cols = plan[s[0], 0], plan[s[0], 1]
+                if len(s) != 1 + rows * cols:
+                    raise ValueError(f"row {b}: image item {k} fills {len(s)} tile slots, its AnyRes plan "
+                                     f"{plan[s[0]].tolist()} needs 1 + {rows} x {cols} = {1 + rows * cols}")
+    elif m == "video":
+        spans = layout.video_slot_tokens(first, last)
+    else:
+        frames = np.asarray(batch["audio_valid_frames"][b])
+        bad = valid & ((frames < 1) | (frames > budget.audio_frames))
+        if bad.any():
+            s = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"row {b}: audio slot {s} has {int(frames[s])} valid mel frames, outside "
+                             f"[1, {budget.audio_frames}]")
+        spans = layout.audio_slot_tokens(first, last, frames)
+    spans = np.where(valid, spans, 0).astype(np.int64)
+    n_items = int(runs.max()) + 1 if n_used else 0
+    tokens = np.bincount(item[valid], weights=spans[valid], minlength=n_items).astype(np.int64)
+    where = np.flatnonzero(ids == tid)
+    fix = (f"expand each {m} placeholder to MediaLayout.{m}_tokens(...) ids {tid} and list the row's {m}s in "
+           "placeholder order in the slots")
+    if len(where) > tokens.sum():
+        pos = int(where[tokens.sum()])
+        raise ValueError(
+            f"row {b}, {_segment_of(seg, pos)}: {len(where) - int(tokens.sum())} {m} placeholder token(s) (id {tid}) "
+            f"from position {pos} on have no {m} in the row's slots: its {n_items} {m} item(s) take "
+            f"{int(tokens.sum())} tokens, the row has {len(where)}. More {m}s than the stage's "
+            f"{m}_slots={budget.slots(m)} hold, or a placeholder run longer than its {m}; {fix}")
+    ends = np.cumsum(tokens)
+    for k in range(n_items):
+        lo, hi = int(ends[k] - tokens[k]), int(ends[k])
+        if hi == lo:  # a window too short to give a token (Qwen2-Audio: 1 valid mel frame)
+            continue
+        if hi > len(where):
+            at = _segment_of(seg, int(where[-1])) if len(where) else "no placeholders"
+            raise ValueError(f"row {b} ({at}): {m} item {k} takes {int(tokens[k])} tokens, but only "
+                             f"{max(len(where) - lo, 0)} {m} placeholder token(s) (id {tid}) are left for it; {fix}")
+        pos = where[lo:hi]
+        segs = np.unique(seg[pos])
+        if len(segs) != 1 or segs[0] == 0 or pos[-1] - pos[0] != hi - lo - 1:
+            raise ValueError(f"row {b}, {_segment_of(seg, int(pos[0]))}: {m} item {k} takes the {m} placeholder "
+                             f"tokens at positions {int(pos[0])}..{int(pos[-1])}, which are not one run inside one "
+                             f"example (segments {segs.tolist()}): a placeholder run does not match its {m}; {fix}")
+
+
+def check_batch(batch: Mapping[str, np.ndarray], cfg) -> None:
+    """Check a host (numpy) batch against a model config before tracing; a ``ValueError`` naming the
+    field, or the row and example (segment), otherwise.
+
+    ``cfg`` is an ``omnijax.models.omni.OmniConfig`` (or anything with ``budget``, ``media_layout`` and
+    ``vocab_size``): fields, shapes and dtypes of ``batch_spec``; no empty row; each segment one
+    contiguous run; token ids inside the vocabulary; and for every modality, the items in the slots
+    fill the row's placeholder tokens exactly, each item one run inside one example.
+    """
+    budget, layout = cfg.budget, cfg.media_layout
+    ids = np.asarray(batch["input_ids"]) if "input_ids" in batch else None
+    if ids is None or ids.ndim != 2 or 0 in ids.shape:
+        shape = None if ids is None else list(ids.shape)
+        raise ValueError(f"batch input_ids has shape {shape}; expected [batch, seq] with batch, seq > 0")
+    spec = batch_spec(*ids.shape, budget, layout.layout)
+    missing = sorted(set(spec) - set(batch))
+    unknown = sorted(set(batch) - set(spec))
+    if missing or unknown:
+        raise ValueError(f"batch fields do not match the stage's spec: missing {missing}, unexpected {unknown}")
+    for name, s in spec.items():
+        a = batch[name]
+        if tuple(a.shape) != tuple(s.shape) or np.dtype(a.dtype) != np.dtype(s.dtype):
+            raise ValueError(f"batch field {name!r} is {np.dtype(a.dtype).name}{list(a.shape)}, "
+                             f"the stage expects {np.dtype(s.dtype).name}{list(s.shape)}")
+    seg = np.asarray(batch["segment_ids"])
+    for b in range(ids.shape[0]):
+        row = seg[b]
+        if not row.any():
+            raise ValueError(f"row {b} of the batch is empty: all its segment_ids are 0 (an empty sequence); "
+                             "drop empty examples before packing")
+        starts = row[np.r_[True, row[1:] != row[:-1]]]
+        starts = starts[starts != 0]
+        if len(np.unique(starts)) != len(starts) or (row < 0).any():
+            raise ValueError(f"row {b}: segment_ids {row.tolist()} do not form one contiguous run per example")
+    for name in ("input_ids", "targets"):
+        a = np.asarray(batch[name])
+        bad = np.argwhere((a < 0) | (a >= cfg.vocab_size))
+        if len(bad):
+            b, t = (int(x) for x in bad[0])
+            raise ValueError(f"row {b}, {_segment_of(seg[b], t)}: {name}[{b}, {t}] = {int(a[b, t])} is outside the "
+                             f"vocabulary [0, {cfg.vocab_size})")
+    for m in MODALITIES:
+        has_slots = budget.slots(m) > 0
+        tid = getattr(layout, f"{m}_token_id")
+        if not has_slots:
+            if tid is not None and (ids == tid).any():
+                b, t = (int(x) for x in np.argwhere(ids == tid)[0])
+                raise ValueError(f"row {b}, {_segment_of(seg[b], t)}: {m} placeholder tokens (id {tid}) but the "
+                                 f"stage's budget has no {m} slots ({m}_slots=0)")
+            continue
+        for b in range(ids.shape[0]):
+            _check_items(b, m, batch, layout, budget)

@@ -1,0 +1,287 @@
+"""The omni model: any subset of {vision tower, audio tower}, their connectors and a Qwen2 LLM,
+configured by ``OmniConfig``; it reads the batch contract of ``omnijax.batch``.
+
+    images / videos [B, slots, S, S, 3] -> vision (SigLIP, slots folded into the batch)
+        -> vision_connector ('mlp': LLaVA 2-layer GELU MLP; 'ola': OlaVisionProjector, 2x2 local-global pooling)
+    audio [B, slots, n_mels, frames] -> audio (Whisper / Qwen2-Audio encoder, slots folded into the batch)
+        -> audio_connector ('linear': Qwen2-Audio; 'mlp': Capybara-OMNI; 'frame_stack': Ola, k stacked frames;
+                            'conv_gmlp': Baichuan-Omni-1.5)
+    -> per row and modality, placeholder tokens take layout vectors (mm_embed) or encoder outputs
+       (``omnijax.models.layouts``: 'ola', 'llava_onevision' or 'qwen2_audio')
+    -> llm (Qwen2; packed rows: segment ids and per-segment positions) -> hidden -> logits
+
+Top-level parameter groups: ``llm``, ``vision``, ``vision_connector``, ``audio``, ``audio_connector``,
+``mm_embed``; a group the configuration does not use is absent.
+
+Connectors. ``'mlp'`` audio is Capybara-OMNI's adapter read from its paper (arXiv 2504.12315): "a
+1-layer MLP adapter" (one hidden layer: ``linear_1``, GELU, ``linear_2``, as ``MLPProjector``) on the
+Qwen2-Audio encoder, whose ``AvgPool1d(2, 2)`` is the paper's stride-2 pooling; its tokens are
+Qwen2-Audio's. ``'frame_stack'`` and ``'conv_gmlp'`` see whole windows (Ola pads every chunk to 30 s
+and masks nothing).
+
+Images in the Ola layout are one view each unless the pipeline gives several views (tiles) of an
+image, e.g. Ola's lowres + highres pair: views are separated by ``sep`` (``media_tokens.ola_image_tokens``).
+Videos are not built for the llava_onevision layout, images and videos not for qwen2_audio.
+
+Methods (pure; ``apply(..., method=...)``): ``embed(batch) -> [B, T, embed]``, ``hidden(batch) ->
+[B, T, embed]`` (the LLM's final-norm output, what the losses take), ``logits(hidden) -> f32 [B, T,
+vocab]``, ``forward(batch)`` = ``__call__(batch)`` = logits. Check a batch on the host with
+``omnijax.batch.check_batch(batch, cfg)`` before tracing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from omnijax.batch import SLOT_FIELDS, MediaBudget, batch_spec
+from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, MODALITIES, MediaLayout
+from omnijax.models import layouts
+from omnijax.models.audio import AudioConfig, WhisperEncoder
+from omnijax.models.connectors import (ConvGMLP, FrameStackProjector, LinearProjector, MLPProjector, MMEmbed,
+                                       OlaVisionProjector, pooled_grid, stacked_length, strided_length)
+from omnijax.models.llm import LLM, LLMConfig
+from omnijax.models.vision import VisionConfig, VisionTower
+
+VISION_CONNECTORS = ("mlp", "ola")
+AUDIO_CONNECTORS = ("linear", "mlp", "frame_stack", "conv_gmlp")
+
+
+@dataclasses.dataclass(frozen=True)
+class OmniConfig:
+    """An omni model: the LLM, optional towers and connectors, the media layout, placeholder token ids
+    and the media budget (slots per row; sizes come from the towers). ``media_layout`` and ``budget``
+    are what the data pipeline needs."""
+
+    llm: LLMConfig
+    vision: VisionConfig | None = None
+    vision_connector: str | None = None  # mlp | ola
+    audio: AudioConfig | None = None
+    audio_connector: str | None = None  # linear | mlp | frame_stack | conv_gmlp
+    layout: str = "ola"  # ola | llava_onevision | qwen2_audio
+    image_token_id: int | None = None
+    video_token_id: int | None = None
+    audio_token_id: int | None = None
+    image_slots: int = 0
+    video_slots: int = 0
+    audio_slots: int = 0
+    vision_gelu_approximate: bool = False  # 'mlp' vision connector: tanh GELU (LLaVA's projector_hidden_act)
+    frame_stack_k: int = 10  # Ola: 1500 Whisper frames per 30 s -> 150 tokens
+    frame_stack_hidden: int = 2048
+    conv_gmlp_stride: int = 4  # Baichuan: 50 Hz -> 12.5 Hz
+    anyres_pinpoints: tuple[tuple[int, int], ...] = LLAVA_ONEVISION_GRID_PINPOINTS
+    anyres_max_num_patches: int = 9  # N of 'anyres_max_N'
+
+    def __post_init__(self):
+        object.__setattr__(self, "anyres_pinpoints", tuple((int(h), int(w)) for h, w in self.anyres_pinpoints))
+        for tower, conn, allowed in (("vision", "vision_connector", VISION_CONNECTORS),
+                                     ("audio", "audio_connector", AUDIO_CONNECTORS)):
+            has, name = getattr(self, tower) is not None, getattr(self, conn)
+            if has != (name is not None):
+                raise ValueError(f"{tower} and {conn} come together: got {tower} "
+                                 f"{'set' if has else 'None'} and {conn}={name!r}")
+            if name is not None and name not in allowed:
+                raise ValueError(f"{conn} {name!r} is not one of {allowed}")
+        for m in MODALITIES:
+            tid = getattr(self, f"{m}_token_id")
+            tower = "audio" if m == "audio" else "vision"
+            if tid is not None and getattr(self, tower) is None:
+                raise ValueError(f"{m}_token_id={tid} needs a{'n' if tower == 'audio' else ''} {tower} tower")
+            if tid is not None and not 0 <= tid < self.llm.vocab_size:
+                raise ValueError(f"{m}_token_id {tid} is outside the vocabulary [0, {self.llm.vocab_size})")
+            if getattr(self, f"{m}_slots") < 0 or (getattr(self, f"{m}_slots") and tid is None):
+                raise ValueError(f"{m}_slots={getattr(self, f'{m}_slots')}: slots need a {m}_token_id (and >= 0)")
+        ids = [t for t in (self.image_token_id, self.video_token_id, self.audio_token_id) if t is not None]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"placeholder token ids {ids} must differ per modality")
+        if self.vision is not None and self.image_token_id is None and self.video_token_id is None:
+            raise ValueError("a vision tower needs image_token_id and/or video_token_id")
+        if self.audio is not None and self.audio_token_id is None:
+            raise ValueError("an audio tower needs audio_token_id")
+        if self.vision_connector == "ola":
+            pooled_grid(self.vision.grid_side, self.vision.grid_side)
+        if self.audio_connector == "frame_stack" and self.audio.output_length % self.frame_stack_k:
+            raise ValueError(f"frame_stack_k={self.frame_stack_k} must divide the encoder's {self.audio.output_length} "
+                             "outputs per window")
+        if self.layout == "qwen2_audio" and self.audio is not None and (
+                self.audio.variant != "qwen2_audio" or self.audio_connector not in ("linear", "mlp")):
+            raise ValueError("layout 'qwen2_audio' takes each window's valid-length tokens: it needs the "
+                             "variant='qwen2_audio' encoder and a length-preserving connector ('linear' or 'mlp')")
+        if self.layout == "llava_onevision" and self.vision is not None:
+            if self.vision_connector != "mlp":
+                raise ValueError("layout 'llava_onevision' lays out per-patch features: vision_connector must be 'mlp'")
+            base = self.vision.image_size
+            if not self.anyres_pinpoints or any(h % base or w % base or min(h, w) <= 0
+                                                for h, w in self.anyres_pinpoints):
+                raise ValueError(f"anyres_pinpoints {list(self.anyres_pinpoints)}: every pinpoint must be a positive "
+                                 f"multiple of the vision image_size {base} (whole tiles)")
+        self.media_layout  # noqa: B018  (validates the layout against the modalities)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.llm.vocab_size
+
+    @property
+    def image_grid(self) -> tuple[int, int] | None:
+        """LLM tokens ``(rows, cols)`` per image view / video frame after the vision connector."""
+        if self.vision is None:
+            return None
+        g = self.vision.grid_side
+        return pooled_grid(g, g) if self.vision_connector == "ola" else (g, g)
+
+    @property
+    def audio_chunk_tokens(self) -> int | None:
+        """LLM tokens per audio window (whole window) after the audio connector."""
+        if self.audio is None:
+            return None
+        n = self.audio.output_length
+        if self.audio_connector == "frame_stack":
+            return stacked_length(n, self.frame_stack_k)
+        if self.audio_connector == "conv_gmlp":
+            return strided_length(n, self.conv_gmlp_stride)
+        return n
+
+    @property
+    def media_layout(self) -> MediaLayout:
+        anyres = self.layout == "llava_onevision" and self.vision is not None
+        return MediaLayout(
+            self.layout, self.image_token_id, self.video_token_id, self.audio_token_id,
+            grid=self.image_grid if self.layout == "ola" else None,
+            chunk_tokens=self.audio_chunk_tokens if self.layout == "ola" else None,
+            base_image_size=self.vision.image_size if anyres else None,
+            patch_size=self.vision.patch_size if anyres else None,
+            pinpoints=self.anyres_pinpoints if anyres else None,
+            max_num_patches=self.anyres_max_num_patches if anyres else None)
+
+    @property
+    def budget(self) -> MediaBudget:
+        v, a = self.vision, self.audio
+        return MediaBudget(image_slots=self.image_slots, image_size=v.image_size if v else 0,
+                           video_slots=self.video_slots, video_size=v.image_size if v else 0,
+                           audio_slots=self.audio_slots, n_mels=a.num_mel_bins if a else 0,
+                           audio_frames=a.frames if a else 0)
+
+    @property
+    def mm_embed_names(self) -> tuple[str, ...]:
+        return layouts.mm_embed_names(self.media_layout)
+
+    def replace(self, **kw) -> "OmniConfig":
+        return dataclasses.replace(self, **kw)
+
+
+class OmniModel(nn.Module):
+    """Towers + connectors + LLM on the batch contract (module docstring)."""
+
+    cfg: OmniConfig
+
+    def setup(self):
+        cfg, text = self.cfg, self.cfg.llm
+        kw = dict(dtype=text.compute_dtype, param_dtype=text.weight_dtype)
+        d = text.hidden_size
+        self.llm = LLM(text)
+        if cfg.vision is not None:
+            self.vision = VisionTower(cfg.vision)
+            self.vision_connector = (OlaVisionProjector(d, **kw) if cfg.vision_connector == "ola" else
+                                     MLPProjector(d, gelu_approximate=cfg.vision_gelu_approximate, **kw))
+        if cfg.audio is not None:
+            self.audio = WhisperEncoder(cfg.audio)
+            self.audio_connector = {
+                "linear": lambda: LinearProjector(d, **kw),
+                "mlp": lambda: MLPProjector(d, in_axis="audio_embed", **kw),
+                "frame_stack": lambda: FrameStackProjector(d, k=cfg.frame_stack_k, hidden_dim=cfg.frame_stack_hidden,
+                                                           **kw),
+                "conv_gmlp": lambda: ConvGMLP(cfg.conv_gmlp_stride, out_dim=d, **kw),
+            }[cfg.audio_connector]()
+        if cfg.mm_embed_names:
+            self.mm_embed = MMEmbed(d, names=cfg.mm_embed_names, **kw)
+
+    def encode_vision(self, pixels):
+        """Image views or video frames ``[B, S, H, W, 3]`` -> ``[B, S * tokens_per_slot, embed]``."""
+        b, s = pixels.shape[:2]
+        feats = self.vision(pixels)["features"]  # [B, S, n, D]
+        feats = feats.reshape(b * s, *feats.shape[2:])
+        if self.cfg.vision_connector == "ola":
+            g = self.cfg.vision.grid_side
+            feats = feats.reshape(b * s, g, g, feats.shape[-1])
+        out = self.vision_connector(feats)
+        return out.reshape(b, -1, out.shape[-1])
+
+    def encode_audio(self, audio, valid_frames):
+        """Windows ``[B, S, n_mels, frames]`` (valid mel frames ``[B, S]``, which only the Qwen2-Audio
+        encoder reads: its padding mask) -> ``[B, S * tokens_per_slot, embed]``."""
+        valid = valid_frames if self.cfg.audio.variant == "qwen2_audio" else None
+        enc = self.audio.encode_chunks(audio, valid)  # [B, S, L, D]
+        b, s = enc.shape[:2]
+        out = self.audio_connector(enc.reshape(b * s, *enc.shape[2:]))
+        return out.reshape(b, -1, out.shape[-1])
+
+    def embed(self, batch):
+        """Token embeddings with every media item laid out at its placeholders. -> ``[B, T, embed]``."""
+        cfg, layout = self.cfg, self.cfg.media_layout
+        ids = batch["input_ids"]
+        x = self.llm.embed(ids)
+        mm = self.mm_embed() if cfg.mm_embed_names else {}
+        for m in MODALITIES:
+            field = SLOT_FIELDS[m]
+            if field not in batch:
+                continue
+            tid = layout.token_id(m)
+            item = batch[f"{m}_item"]
+            plan = valid_frames = None
+            if m == "audio":
+                valid_frames = batch["audio_valid_frames"]
+                feats = self.encode_audio(batch[field], valid_frames)
+            else:
+                feats = self.encode_vision(batch[field])
+            if m == "image" and layout.layout == "llava_onevision":
+                if "image_plan" not in batch:
+                    raise ValueError("layout 'llava_onevision' needs the images' AnyRes plans: batch field "
+                                     "'image_plan' [B, slots, 8] (media_tokens.anyres_plan)")
+                plan = batch["image_plan"]
+            _, first, last = layouts.slot_flags(item)
+            spans = layouts.slot_spans(layout, m, item, plan, valid_frames)
+            decode = layouts.decoder(layout, m, feats.shape[1] // item.shape[1])
+            names = layouts.table_names(layout, m)
+            table = jnp.stack([mm[n] for n in names]) if names else None
+            x = layouts.splice(x, ids == tid, spans, feats, decode, table, first=first, last=last, plan=plan)
+        return nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+
+    def hidden(self, batch):
+        """The LLM's final hidden states ``[B, T, embed]`` (segment ids isolate packed examples)."""
+        hidden, _ = self.llm.decode(self.embed(batch), batch["positions"], batch["segment_ids"])
+        return hidden
+
+    def logits(self, hidden):
+        return self.llm.logits(hidden)
+
+    def forward(self, batch):
+        """Logits float32 ``[B, T, vocab]``."""
+        return self.logits(self.hidden(batch))
+
+    def __call__(self, batch):
+        return self.forward(batch)
+
+
+def example_batch(cfg: OmniConfig, batch: int = 1, length: int = 8) -> dict[str, jax.ShapeDtypeStruct]:
+    """Abstract batch for ``init`` / ``eval_shape``: at least one slot of every modality the model
+    takes, so that every parameter group is created."""
+    budget = dataclasses.replace(cfg.budget, **{f"{m}_slots": max(1, getattr(cfg, f"{m}_slots"))
+                                                for m in cfg.media_layout.modalities})
+    return batch_spec(batch, length, budget, cfg.layout)
+
+
+def init_params(model: OmniModel, rng: jax.Array):
+    """Random params (plain pytree, logical metadata stripped)."""
+    zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in example_batch(model.cfg).items()}
+    return nn.meta.unbox(jax.jit(lambda r, b: model.init(r, b, method="forward"))(rng, zeros))["params"]
+
+
+def logical_specs(model: OmniModel):
+    """Logical ``PartitionSpec`` tree of ``model``'s params, and their abstract shapes (no allocation)."""
+    abstract = jax.eval_shape(lambda r, b: model.init(r, b, method="forward"), jax.random.key(0),
+                              example_batch(model.cfg))
+    return nn.get_partition_spec(abstract)["params"], nn.meta.unbox(abstract)["params"]
+
