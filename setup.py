@@ -32,6 +32,8 @@ setup(
         "array-record>=0.8.0",
         "av>=14.0",
         "espeakng-loader>=0.2.4",
+        "tokenizers>=0.21",
+        "threadpoolctl>=3.0",
     ],
     extras_require={
         # The CPU wheel of torch that lies on the machines' disk; a bare `torch` pulls a CUDA build.

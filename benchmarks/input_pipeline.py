@@ -1,0 +1,114 @@
+"""Input-pipeline throughput: examples/s and tokens/s of the omni-synth mixture, by worker count.
+
+The mixture is the eight omni-synth tasks as eight sources of equal weight (one ArrayRecord shard
+per task, split from the corpus once), through the whole pipeline (`data_pipelines.pipeline`):
+read, decode (PNG, H.264, FLAC), features (SigLIP-normalised views, Whisper log-mel), ChatML +
+placeholder expansion, first-fit packing, mixing, `mp_prefetch` workers, batching. Each worker
+count gets a fresh pipeline; `--warmup` batches (worker start-up, first decodes) are not timed,
+then `--batches` batches are. Tokens are non-padding tokens (`Pipeline.metrics['tokens']`).
+
+Stages (`--stage`):
+- `tiny`: the CPU presets' sizes (64-pixel views, 2 x 2 tokens per view, 4 s audio windows of 80 mels).
+- `ola`: Ola's sizes (384-pixel views, 14 x 14 tokens per view after 2 x 2 pooling, 30 s windows of
+  128 mels, 150 tokens per window), 8 frames per video, 4096 tokens per row.
+
+    python benchmarks/input_pipeline.py                    # builds workdirs/omni-synth on first use
+    python benchmarks/input_pipeline.py --stage ola --workers 0,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+from data_pipelines import schema, synth
+from data_pipelines import tokenizer as tok
+from data_pipelines.pipeline import Pipeline, PipelineConfig, Source
+from omnijax.batch import MediaBudget
+from omnijax.media_tokens import MediaLayout
+
+IDS = {m: tok.SYNTH_TOKEN_IDS[tok.PLACEHOLDER_TOKENS[m]] for m in ("image", "video", "audio")}
+STAGES = {
+    "tiny": dict(
+        layout=MediaLayout("ola", IDS["image"], IDS["video"], IDS["audio"], grid=(2, 2), chunk_tokens=20),
+        budget=MediaBudget(image_slots=8, image_size=64, video_slots=32, video_size=64, audio_slots=16, n_mels=80,
+                           audio_frames=400),
+        seq_len=1024, batch_size=8, video_frames=8),
+    "ola": dict(
+        layout=MediaLayout("ola", IDS["image"], IDS["video"], IDS["audio"], grid=(14, 14), chunk_tokens=150),
+        budget=MediaBudget(image_slots=4, image_size=384, video_slots=16, video_size=384, audio_slots=4, n_mels=128,
+                           audio_frames=3000),
+        seq_len=4096, batch_size=4, video_frames=8),
+}
+
+
+def task_sources(corpus: str) -> tuple[Source, ...]:
+    """One source per omni-synth task (shards under `corpus/tasks/`, written on first use)."""
+    folder = os.path.join(corpus, "tasks")
+    paths = {task: schema.shard_paths(os.path.join(folder, task), 1) for task in synth.TASKS}
+    if not all(os.path.isfile(p[0]) for p in paths.values()):
+        files = synth.build(corpus, progress=False)["splits"]["train"]["files"]
+        writers = {task: schema.ShardWriter(os.path.join(folder, task), 1) for task in synth.TASKS}
+        for example in schema.read_shards([os.path.join(corpus, f) for f in files]):
+            writers[example.task].write(example)
+        for writer in writers.values():
+            writer.close()
+    return tuple(Source(task, tuple(paths[task])) for task in synth.TASKS)
+
+
+def measure(config: PipelineConfig, warmup: int, batches: int) -> dict:
+    with Pipeline(config) as pipeline:
+        start = time.perf_counter()
+        for _ in range(warmup):
+            next(pipeline)
+        first = time.perf_counter() - start
+        before = dict(pipeline.metrics)
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(pipeline)
+        seconds = time.perf_counter() - start
+        after = pipeline.metrics
+    delta = {k: after[k] - before[k] for k in ("examples", "tokens", "records")}
+    return {"workers": config.workers, "warmup_s": first, "seconds": seconds, "batches": batches,
+            "examples_per_s": delta["examples"] / seconds, "tokens_per_s": delta["tokens"] / seconds,
+            "rows_per_s": batches * config.batch_size / seconds,
+            "fill": delta["tokens"] / (batches * config.batch_size * config.seq_len)}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--corpus", default="workdirs/omni-synth", help="omni-synth corpus folder (built when missing)")
+    p.add_argument("--stage", default="tiny", choices=sorted(STAGES))
+    p.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
+    p.add_argument("--batches", type=int, default=20, help="timed batches per worker count")
+    p.add_argument("--warmup", type=int, default=3, help="untimed batches first (worker start-up)")
+    args = p.parse_args(argv)
+
+    sources = task_sources(args.corpus)
+    tokenizer_dir = os.path.join(args.corpus, tok.SYNTH_TOKENIZER_DIR)
+    if not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
+        tok.build_synth_tokenizer(args.corpus)
+    stage = STAGES[args.stage]
+    rows = []
+    for workers in (int(w) for w in args.workers.split(",")):
+        config = PipelineConfig(sources=sources, tokenizer=tokenizer_dir, task_names=synth.TASKS, workers=workers,
+                                process_index=0, process_count=1, **stage)
+        rows.append(measure(config, args.warmup, args.batches))
+        print(f"workers={workers} done", flush=True)
+
+    budget = stage["budget"]
+    print(f"\nomni-synth mixture ({len(sources)} tasks, equal weights), stage '{args.stage}': batch "
+          f"{stage['batch_size']} x {stage['seq_len']} tokens, views {budget.image_size}px, "
+          f"{stage['video_frames']} frames/video, audio windows {budget.audio_frames / 100:g} s x {budget.n_mels} mels")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'workers':>7} {'examples/s':>11} {'tokens/s':>10} {'rows/s':>8} {'row fill':>8} {'warm-up s':>9}")
+    for r in rows:
+        print(f"{r['workers']:>7} {r['examples_per_s']:>11.1f} {r['tokens_per_s']:>10.0f} {r['rows_per_s']:>8.2f} "
+              f"{r['fill']:>8.1%} {r['warmup_s']:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()

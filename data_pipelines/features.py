@@ -1,0 +1,214 @@
+"""Decode media bytes and turn them into model inputs, each item with its placeholder token count.
+
+`MediaFeatures.item(media, ...)` takes one `schema.Media` (encoded bytes) and returns a `Feature`: the
+slot arrays of the item (`omnijax.batch.MediaItem` form) and the number of placeholder tokens the
+model will produce for it, from the shared count functions (`omnijax.media_tokens.MediaLayout`).
+
+- images: PIL, RGB; `ola` layout: one view resized to the budget's `image_size` (bicubic), or
+  `image_tiling='dynamic'`: thumbnail + MiniCPM-V tiles (`media_tokens.dynamic_pixel_tiles`), one view
+  per tile; `llava_onevision`: AnyRes tiles and plan, or the base tile alone for an image of a
+  multi-image example. Pixels are normalised as SigLIP's processor does (/255, mean = std = 0.5).
+- videos: PyAV (one decoder thread); `video_frames` frames taken uniformly
+  (`linspace(0, n - 1, k)` floored, Ola's sampling), fewer when the video has fewer; each resized to
+  `video_size`. `jpeg_frames` videos sample their JPEG list the same way.
+- audio: soundfile, channels averaged, resampled to 16 kHz, cut into windows of the budget's
+  `audio_frames / 100` seconds (`audio.split_into_chunks`), Whisper log-mel per window
+  (`audio.whisper_log_mel`) and its valid frames (`audio.chunk_valid_frames`).
+
+Broken media raise `MediaError` with a reason (`corrupt_image`, `corrupt_video`, `corrupt_audio`)
+for the pipeline's skip counters; an audio clip needing more than `max_audio_chunks` windows raises
+`TooLongError` (the pipeline's over-long policy decides).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+
+from data_pipelines import audio as audio_features
+from data_pipelines import schema
+from omnijax import media_tokens
+from omnijax.batch import MediaBudget
+
+IMAGE_TILINGS = ("resize", "dynamic")
+
+
+class MediaError(ValueError):
+    """A media item that cannot be decoded; `reason` names the skip counter."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class TooLongError(ValueError):
+    """A media item longer than the pipeline accepts (audio beyond `max_audio_chunks` windows)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    """One media item ready for the slots: `data` `[slots, ...]` float32, `tokens` placeholder tokens,
+    `valid_frames` (audio, per window) and `plan` (llava_onevision images, AnyRes plan)."""
+
+    kind: str
+    data: np.ndarray
+    tokens: int
+    valid_frames: np.ndarray | None = None
+    plan: tuple[int, ...] | None = None
+    trimmed: bool = False  # audio cut to max_audio_chunks windows
+
+    @property
+    def slots(self) -> int:
+        return int(self.data.shape[0])
+
+
+def _open_image(data: bytes):
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image.convert("RGB")
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        raise MediaError("corrupt_image", f"image does not decode ({type(e).__name__}: {e})") from e
+
+
+def _view(image, size: int) -> np.ndarray:
+    """The whole image resized (bicubic) to `size` x `size`, normalised: `[1, size, size, 3]`."""
+    return media_tokens.dynamic_pixel_tiles(image, base_size=size, max_tiles=1)
+
+
+def _uniform(n: int, k: int) -> np.ndarray:
+    """`k` of `n` frame indices spread uniformly, first and last included (Ola's `linspace`)."""
+    return np.linspace(0, n - 1, min(k, n), dtype=int)
+
+
+def _video_frames(data: bytes, k: int) -> list:
+    """`k` frames (PIL images) sampled uniformly from an encoded video."""
+    import av
+    from PIL import Image
+
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                raise MediaError("corrupt_video", "the file has no video stream")
+            count = sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
+        if count == 0:
+            raise MediaError("corrupt_video", "the video has no frames")
+        wanted = set(_uniform(count, k).tolist())
+        frames = []
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1  # one FFmpeg thread per pipeline worker
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    frames.append(Image.fromarray(frame.to_ndarray(format="rgb24")))
+    except MediaError:
+        raise
+    except Exception as e:  # av.error.FFmpegError and friends
+        raise MediaError("corrupt_video", f"video does not decode ({type(e).__name__}: {e})") from e
+    if not frames:
+        raise MediaError("corrupt_video", f"none of the video's {count} frames decodes")
+    return frames
+
+
+def _waveform(data: bytes) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            expected, rate = f.frames, f.samplerate
+            samples = f.read(dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile.LibsndfileError, RuntimeError
+        raise MediaError("corrupt_audio", f"audio does not decode ({type(e).__name__}: {e})") from e
+    if len(samples) == 0:
+        raise MediaError("corrupt_audio", "the audio has no samples")
+    if len(samples) != expected:
+        raise MediaError("corrupt_audio", f"the audio is truncated: {len(samples)} of {expected} samples decode")
+    return samples.mean(axis=1), rate
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaFeatures:
+    """Turns media items into slot arrays for one stage: its budget (sizes, mel bins, window) and
+    layout (token counts), plus the sampling options."""
+
+    budget: MediaBudget
+    layout: media_tokens.MediaLayout
+    video_frames: int = 8
+    image_tiling: str = "resize"  # ola layout: 'resize' (one view) or 'dynamic' (thumbnail + tiles)
+    max_image_tiles: int = 9
+    max_audio_chunks: int = 25
+
+    def __post_init__(self):
+        if self.image_tiling not in IMAGE_TILINGS:
+            raise ValueError(f"image_tiling {self.image_tiling!r} is not one of {IMAGE_TILINGS}")
+        if self.video_frames < 1 or self.max_image_tiles < 1 or self.max_audio_chunks < 1:
+            raise ValueError("video_frames, max_image_tiles and max_audio_chunks must be at least 1")
+        if self.layout.layout == "llava_onevision" and self.budget.image_slots and \
+                self.budget.image_size != self.layout.base_image_size:
+            raise ValueError(f"budget image_size {self.budget.image_size} differs from the AnyRes tile size "
+                             f"{self.layout.base_image_size} of the llava_onevision layout")
+
+    @property
+    def chunk_seconds(self) -> float:
+        """Audio window length: the budget's mel frames at 100 frames per second."""
+        return self.budget.audio_frames / audio_features.FRAMES_PER_SECOND
+
+    def item(self, media: schema.Media, *, multi_image: bool = False, trim_audio: bool = False) -> Feature:
+        """The features of one media item. `multi_image`: the example holds several images (AnyRes
+        tiles only single images); `trim_audio`: keep the first `max_audio_chunks` windows of a longer
+        clip instead of raising `TooLongError`."""
+        if media.kind == "image":
+            return self.image(_open_image(media.data), multi_image=multi_image)
+        if media.kind == "video":
+            return self.video(media)
+        return self.audio(media, trim=trim_audio)
+
+    def image(self, image, *, multi_image: bool = False) -> Feature:
+        size = self.budget.image_size
+        hw = (image.height, image.width)
+        if self.layout.layout == "llava_onevision":
+            kw = self.layout.anyres_kw
+            plan = media_tokens.anyres_plan(hw, multi_image=multi_image, **kw)
+            tokens = self.layout.image_tokens(image_size=hw, multi_image=multi_image)
+            if multi_image:
+                return Feature("image", _view(image, size), tokens, plan=plan)
+            tiles = media_tokens.anyres_pixel_tiles(image, base_image_size=size, pinpoints=kw["pinpoints"])
+            return Feature("image", tiles, tokens, plan=plan)
+        if self.image_tiling == "dynamic":
+            views = media_tokens.dynamic_pixel_tiles(image, base_size=size, max_tiles=self.max_image_tiles)
+        else:
+            views = _view(image, size)
+        return Feature("image", views, self.layout.image_tokens(len(views)))
+
+    def video(self, media: schema.Media) -> Feature:
+        if media.format == "jpeg_frames":
+            try:
+                frames = [_open_image(media.data[i]) for i in _uniform(len(media.data), self.video_frames)]
+            except MediaError as e:
+                raise MediaError("corrupt_video", f"a JPEG frame: {e}") from e
+        else:
+            frames = _video_frames(media.data, self.video_frames)
+        data = np.concatenate([_view(frame.convert("RGB"), self.budget.video_size) for frame in frames])
+        return Feature("video", data, self.layout.video_tokens(len(frames)))
+
+    def audio(self, media: schema.Media, *, trim: bool = False) -> Feature:
+        waveform, rate = _waveform(media.data)
+        waveform = audio_features.resample_to_16k(waveform, rate)
+        rate = audio_features.SAMPLING_RATE
+        window = round(self.chunk_seconds * rate)
+        trimmed = len(waveform) > self.max_audio_chunks * window
+        if trimmed:
+            if not trim:
+                raise TooLongError(f"audio of {len(waveform) / rate:.1f} s needs more than max_audio_chunks="
+                              f"{self.max_audio_chunks} windows of {self.chunk_seconds} s")
+            waveform = waveform[: self.max_audio_chunks * window]
+        chunks = audio_features.split_into_chunks(waveform, rate, self.chunk_seconds, self.max_audio_chunks)
+        mels = np.stack([audio_features.whisper_log_mel(c, rate, self.budget.n_mels, self.chunk_seconds)
+                         for c in chunks])
+        valid = np.array([audio_features.chunk_valid_frames(len(c), self.chunk_seconds) for c in chunks], np.int32)
+        tokens = self.layout.audio_tokens(len(chunks), valid_frames=valid.tolist())
+        return Feature("audio", mels, tokens, valid_frames=valid, trimmed=trimmed)
