@@ -17,7 +17,7 @@ demo: setup
 	$(BIN)/python -m omnijax.demo --workdir workdirs/demo
 
 test: setup
-	$(BIN)/python -m pytest -n 2 -q tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests
 
 bench: setup
 	$(BIN)/python benchmarks/llm_train_step.py

@@ -1,1 +1,1 @@
-"""Training: parameter groups and stages, losses, the train/eval step, the trainer loop."""
+"""Training: stages and freezing, optimizer, losses, the train step, checkpoints, the trainer loop."""

@@ -1,0 +1,155 @@
+"""A stage config's fields, their defaults, and the checks that run before anything compiles.
+
+A stage file (``experiments/<recipe>/<stage>.py``) has ``get_config(arg)``, starts from
+``base_config()`` and assigns what the stage is about; every field is listed here once::
+
+    c.name              stage name (in errors and logs)
+    c.model             task builder (``model.name``, ``omnijax.training.task``) and its fields
+    c.init_from         None | path | list of paths: HF or omnijax model directories (the groups they
+                        hold replace the fresh init) or a previous stage's workdir (its final params)
+    c.trainable         [(regex, schedule | None), ...] over param paths (``omnijax.training.stages``)
+    c.optimizer         AdamW b1, b2, eps, weight_decay; no_decay regexes; clip_norm (None: off)
+    c.frozen_param_dtype  None | 'bfloat16' | ...: store frozen params in this dtype
+    c.mesh              {'data', 'fsdp', 'tensor'} sizes, -1 = the remaining devices
+    c.rules             logical-axis rules preset (``omnijax.sharding.RULES``)
+    c.batch_size        global batch (rows); c.microbatches: gradient accumulation steps
+    c.seq_len           tokens per row
+    c.media             media slots per row: image_slots, video_slots, audio_slots (the slot sizes
+                        are the model's: ``omnijax.batch.MediaBudget``)
+    c.num_tasks         task ids in the batches (per-task losses); c.task_names: their names
+    c.data              source ('random' until the stage's Grain pipeline is wired in) and seed
+    c.num_steps, c.seed, c.log_every
+    c.checkpoint        every (steps), keep (newest N), async_save
+    c.max_nonfinite_in_a_row   K: that many skipped non-finite steps in a row stop the run
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections as mlc
+
+from omnijax import sharding
+from omnijax.training.checkpointing import final_step, is_stage_workdir
+from omnijax.training.stages import DEFAULT_NO_DECAY, StageConfigError, check_rules
+
+
+MEDIA_SLOTS = ("image_slots", "video_slots", "audio_slots")
+FROZEN_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def base_config() -> mlc.ConfigDict:
+    c = mlc.ConfigDict()
+    c.name = "stage"
+    c.model = mlc.ConfigDict({"name": "omni"})
+    c.init_from = None
+    c.trainable = [(".*", dict(lr=1e-4, warmup_fraction=0.05, decay="cosine"))]
+    c.optimizer = mlc.ConfigDict(dict(b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                                      no_decay=DEFAULT_NO_DECAY, clip_norm=1.0))
+    c.frozen_param_dtype = None
+    c.mesh = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.rules = "fsdp"
+    c.batch_size = 8
+    c.microbatches = 1
+    c.seq_len = 256
+    c.media = mlc.ConfigDict(dict(image_slots=0, video_slots=0, audio_slots=0))  # a stage turns on its modalities
+    c.num_tasks = 0
+    c.task_names = ()
+    c.data = mlc.ConfigDict(dict(source="random", seed=0))
+    c.num_steps = 100
+    c.seed = 0
+    c.log_every = 1
+    c.checkpoint = mlc.ConfigDict(dict(every=50, keep=3, async_save=True))
+    c.max_nonfinite_in_a_row = 5
+    return c
+
+
+def init_sources(c) -> list[str]:
+    if not c.init_from:
+        return []
+    return [c.init_from] if isinstance(c.init_from, str) else list(c.init_from)
+
+
+def check_config(c, num_devices: int, process_count: int = 1) -> None:
+    """Everything that can be wrong with a stage config without building the model; each error
+    names the field and the fix. (Rules against the actual parameters: ``stages.assign_labels``.)"""
+    stage = f"stage {c.name!r}"
+    unknown = sorted(set(c.mesh) - set(sharding.MESH_AXES))
+    if unknown:
+        raise StageConfigError(f"{stage}: unknown mesh axis {unknown} in c.mesh; mesh axes are "
+                               f"{', '.join(sharding.MESH_AXES)}")
+    if c.rules not in sharding.RULES:
+        raise StageConfigError(f"{stage}: c.rules {c.rules!r} is not a logical-axis rules preset; presets are: "
+                               f"{', '.join(sharding.RULES)}")
+    try:
+        sizes = resolve_mesh(dict(c.mesh), num_devices)
+    except ValueError as e:
+        raise StageConfigError(f"{stage}: c.mesh: {e}") from None
+    dp = data_parallel_size(sizes, c.rules)
+    for name in ("batch_size", "microbatches", "seq_len", "num_steps", "log_every"):
+        if int(c[name]) < 1:
+            raise StageConfigError(f"{stage}: c.{name} is {c[name]}; it must be at least 1")
+    if c.batch_size % (dp * c.microbatches):
+        raise StageConfigError(
+            f"{stage}: global batch {c.batch_size} is not divisible by the data-parallel size {dp} (mesh {sizes}, "
+            f"batch over the {'/'.join(batch_axes(c.rules))} axes) times microbatches {c.microbatches}; make "
+            f"c.batch_size a multiple of {dp * c.microbatches}")
+    if c.batch_size % process_count:
+        raise StageConfigError(f"{stage}: global batch {c.batch_size} does not split over {process_count} processes")
+    if c.checkpoint.every < 1:
+        raise StageConfigError(f"{stage}: c.checkpoint.every is {c.checkpoint.every}; it must be at least 1")
+    if c.task_names and len(c.task_names) != c.num_tasks:
+        raise StageConfigError(f"{stage}: c.task_names has {len(c.task_names)} names for c.num_tasks={c.num_tasks}")
+    if c.frozen_param_dtype not in (None, *FROZEN_DTYPES):
+        raise StageConfigError(f"{stage}: c.frozen_param_dtype {c.frozen_param_dtype!r} is not one of "
+                               f"{(None, *FROZEN_DTYPES)}")
+    if c.data.source != "random":
+        raise StageConfigError(f"{stage}: c.data.source {c.data.source!r} is not available; sources: 'random'")
+    unknown = sorted(set(c.media) - set(MEDIA_SLOTS))
+    if unknown:
+        raise StageConfigError(f"{stage}: c.media has {unknown}; it holds the slots per row: {', '.join(MEDIA_SLOTS)}")
+    check_rules(c.trainable, c.name)
+    for src in init_sources(c):
+        if not os.path.exists(src):
+            raise StageConfigError(f"{stage}: c.init_from {src!r} does not exist; point it at a HF or omnijax model "
+                                   "directory or at a previous stage's workdir")
+        if is_stage_workdir(src):
+            final_step(src)
+            continue
+        marks = ("config.json", "omnijax.json")
+        if not any(os.path.exists(os.path.join(src, m)) for m in marks):
+            raise StageConfigError(f"{stage}: c.init_from {src!r} is neither a model directory (config.json or "
+                                   "omnijax.json) nor a stage workdir (checkpoints/); point it at one of those")
+
+
+def resolve_mesh(shape: dict, num_devices: int) -> dict[str, int]:
+    """Mesh axis sizes with -1 resolved (the checks of ``sharding.make_mesh``, without devices)."""
+    sizes = {a: int(shape.get(a, 1)) for a in sharding.MESH_AXES}
+    free = [a for a, s in sizes.items() if s == -1]
+    if len(free) > 1:
+        raise ValueError(f"at most one axis may be -1, got {sizes}")
+    known = 1
+    for s in sizes.values():
+        if s != -1:
+            if s < 1:
+                raise ValueError(f"axis sizes must be positive or -1, got {sizes}")
+            known *= s
+    if free:
+        if num_devices % known:
+            raise ValueError(f"{num_devices} devices are not divisible by {known} ({sizes})")
+        sizes[free[0]] = num_devices // known
+    elif known != num_devices:
+        raise ValueError(f"{sizes} needs {known} devices, {num_devices} are available; set one axis to -1")
+    return sizes
+
+
+def batch_axes(rules_preset: str) -> tuple[str, ...]:
+    axes = dict(sharding.logical_rules(rules_preset)).get("activation_batch") or ()
+    return (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def data_parallel_size(sizes: dict[str, int], rules_preset: str) -> int:
+    n = 1
+    for a in batch_axes(rules_preset):
+        n *= sizes[a]
+    return n

@@ -1,0 +1,67 @@
+"""The omni model (``omnijax.models.omni``) with its objective (``omnijax.training.objective``) as a
+trainer ``Task``: ``c.model.name = 'omni'``.
+
+``c.model`` holds the fields of ``OmniConfig``, with the sub-configs as dicts::
+
+    c.model.llm = dict(vocab_size=..., hidden_size=..., ...)        # LLMConfig fields
+    c.model.vision = dict(image_size=..., patch_size=..., ...)      # VisionConfig fields, or None
+    c.model.vision_connector = 'mlp'                                 # or 'ola', or None
+    c.model.audio = dict(num_mel_bins=..., d_model=..., ...)         # AudioConfig fields, or None
+    c.model.audio_connector = 'linear'                               # 'mlp', 'frame_stack', 'conv_gmlp', None
+    c.model.layout = 'ola'                                           # 'llava_onevision', 'qwen2_audio'
+    c.model.image_token_id = ...                                     # and video_/audio_token_id
+    c.model.vocab_parallel = False   # CE on vocabulary shards under shard_map: no full-vocabulary logits
+
+The media slots per row come from ``c.media``, their sizes from the towers.
+"""
+
+from __future__ import annotations
+
+from omnijax.batch import batch_spec, check_batch
+from omnijax.models.audio import AudioConfig
+from omnijax.models.llm import LLMConfig
+from omnijax.models.omni import OmniConfig, OmniModel, example_batch
+from omnijax.models.vision import VisionConfig
+from omnijax.training import objective
+from omnijax.training.stages import StageConfigError
+from omnijax.training.task import Task, from_module
+
+_OWN = ("name", "vocab_parallel")
+_SUB = {"llm": LLMConfig, "vision": VisionConfig, "audio": AudioConfig}
+
+
+def omni_config(c) -> OmniConfig:
+    """The ``OmniConfig`` of a stage config (``StageConfigError`` naming the field if it is wrong)."""
+    fields = {k: v for k, v in c.model.to_dict().items() if k not in _OWN}
+    try:
+        for name, cls in _SUB.items():
+            if fields.get(name) is not None:
+                fields[name] = cls(**fields[name])
+        return OmniConfig(**fields, **{k: int(c.media[k]) for k in ("image_slots", "video_slots", "audio_slots")})
+    except (TypeError, ValueError) as e:
+        raise StageConfigError(f"stage {c.name!r}: c.model: {e}") from None
+
+
+def build(c, mesh) -> Task:
+    cfg = omni_config(c)
+    model = OmniModel(cfg)
+    vocab_parallel = bool(c.model.get("vocab_parallel", False))
+
+    def loss(params, batch, rng):
+        del rng  # the omni model has no dropout
+        return objective.loss_fn(model, params, batch, mesh=mesh, vocab_parallel=vocab_parallel,
+                                 num_tasks=c.num_tasks)
+
+    lay = cfg.media_layout
+    media = {}
+    if cfg.image_slots:
+        media["image"] = ("images", lay.image_token_id, lay.image_tokens(1))
+    if cfg.video_slots:
+        media["video"] = ("videos", lay.video_token_id, lay.video_tokens(1))
+    if cfg.audio_slots:
+        kw = {"valid_frames": [cfg.audio.frames]} if lay.layout == "qwen2_audio" else {}
+        media["audio"] = ("audio", lay.audio_token_id, lay.audio_tokens(1, **kw))
+    return from_module(model, [example_batch(cfg)], loss,
+                       batch_spec=batch_spec(c.batch_size, c.seq_len, cfg.budget, cfg.layout),
+                       vocab_size=cfg.vocab_size, num_tasks=c.num_tasks, media_tokens=media,
+                       check_batch=lambda batch: check_batch(batch, cfg))

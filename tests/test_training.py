@@ -1,0 +1,291 @@
+"""The training core on the toy omni model (``training_fixtures``), in this process (8 CPU devices):
+freezing and optimizer state, sharded = single-device step, non-finite steps, exact resume,
+restore onto another mesh, stage chaining, config errors."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from training_fixtures import SCHED, cache_dir, compilation_cache, toy_config
+
+from omnijax.training import checkpointing, trainer
+from omnijax.training.stages import FROZEN, StageConfigError, path_str
+
+# Stage B of the chaining test, and the step the mesh test compares: LLM + connectors + mm_embed.
+LLM_STAGE = [("(vision|audio)/.*", None), (".*", SCHED)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compile_once(tmp_path_factory):
+    with compilation_cache(cache_dir(tmp_path_factory)):
+        yield
+
+
+def flat(tree) -> dict:
+    return {path_str(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def assert_trees_equal(a, b, paths=None):
+    fa, fb = flat(a), flat(b)
+    for k in paths if paths is not None else fa:
+        assert fa[k].dtype == fb[k].dtype and np.array_equal(fa[k], fb[k]), k
+
+
+@pytest.fixture(scope="module")
+def connectors_run(tmp_path_factory):
+    """10 steps of the connectors-only toy stage on an fsdp 2 x tensor 4 mesh."""
+    workdir = str(tmp_path_factory.mktemp("connectors"))
+    c = toy_config()
+    stage = trainer.setup(c)
+    init = jax.device_get(stage.init_params())
+    result = trainer.run(c, workdir)
+    return c, stage, init, result, workdir
+
+
+def test_connectors_stage_freezes_everything_else(connectors_run):
+    c, stage, init, result, workdir = connectors_run
+    assert result.status == "finished" and result.step == 10 and len(result.metrics) == 10
+    labels = flat(stage.labels)
+    final = flat(jax.device_get(result.state.params))
+    init = flat(init)
+    frozen = [k for k, label in labels.items() if label == FROZEN]
+    trained = [k for k, label in labels.items() if label != FROZEN]
+    assert {k.split("/")[0] for k in trained} == {"vision_connector", "audio_connector"}
+    for k in frozen:  # bitwise, after 10 updates of the rest
+        assert final[k].dtype == init[k].dtype and np.array_equal(final[k], init[k]), k
+    assert all(not np.array_equal(final[k], init[k]) for k in trained)
+
+    # The optimizer state holds leaves for the connectors only: Adam's mu and nu = 2x their bytes.
+    groups = {r["group"]: r for r in json.load(open(os.path.join(workdir, "param_groups.json")))}
+    for g in ("llm", "vision", "audio", "mm_embed"):
+        assert groups[g]["trainable"] == "no" and groups[g]["opt_state_bytes"] == 0, groups[g]
+    for g in ("vision_connector", "audio_connector"):
+        assert groups[g]["trainable"] == "yes" and groups[g]["opt_state_bytes"] == 2 * groups[g]["param_bytes"]
+    opt_bytes = sum(x.nbytes for x in jax.tree.leaves(result.state.opt_state))
+    assert opt_bytes == sum(r["opt_state_bytes"] for r in groups.values())
+
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    for key in ("loss", "grad_norm", "tokens_per_s", "step_seconds", "task_loss/caption", "task_loss/asr",
+                "lr/(vision|audio)_connector"):
+        assert all(isinstance(r[key], float) for r in rows), key
+    lr = [r["lr/(vision|audio)_connector"] for r in rows]
+    assert lr[0] == 0.0 and lr[1] == pytest.approx(5e-3) and lr[2] == pytest.approx(1e-2) and lr[9] < lr[3]
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+    # The logged grad norm of step 1 is the norm of the trainable gradients alone.
+    batch = stage.random_batches().batch_at(0)
+    params = jax.tree.map(jnp.asarray, connectors_run[2])
+    grads = flat(jax.jit(jax.grad(lambda p: stage.task.loss(p, batch, None)[0]))(params))
+    trainable_norm = np.sqrt(sum(np.sum(grads[k].astype(np.float64) ** 2) for k in trained))
+    full_norm = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads.values()))
+    np.testing.assert_allclose(rows[0]["grad_norm"], trainable_norm, rtol=1e-5)
+    assert full_norm > 1.5 * trainable_norm  # the frozen gradients are far from zero, and not counted
+
+
+def test_sharded_step_equals_single_device_and_skips_nonfinite(devices):
+    """One step (LLM + connectors) on fsdp 2 x tensor 4, also with 2 microbatches, = on one device."""
+    out = {}
+    init = None
+    for name, mesh, micro in (("2x4", {"fsdp": 2, "tensor": 4}, 1), ("2x4/2mb", {"fsdp": 2, "tensor": 4}, 2),
+                              ("single", {"data": 1}, 1)):
+        c = toy_config(trainable=LLM_STAGE, microbatches=micro)
+        c.mesh = {"data": 1, "fsdp": 1, "tensor": 1, **mesh}
+        stage = trainer.setup(c, devices=devices[:1] if name == "single" else devices)
+        init = init if init is not None else jax.device_get(stage.init_params())  # the same on any mesh
+        state = jax.jit(stage.new_state, out_shardings=stage.state_shardings)(
+            jax.device_put(init, stage.param_shardings))
+        with stage.context():
+            step = stage.train_step()
+            batch = stage.random_batches().batch_at(0)
+            new, metrics = step(state, stage.global_batch(batch))
+            out[name] = jax.device_get((new.params, metrics["loss"]))
+            if name == "2x4":
+                before = jax.device_get((new.params, new.opt_state))
+                bad = dict(batch, images=np.full_like(batch["images"], np.nan))
+                after, m = step(new, stage.global_batch(bad))
+                assert bool(m["skipped"]) and not np.isfinite(m["loss"]) and int(m["nonfinite_in_a_row"]) == 1
+                assert int(after.step) == 2 and int(after.skipped) == 1 and int(after.nonfinite) == 1
+                assert_trees_equal(before, jax.device_get((after.params, after.opt_state)))
+    ref_params, ref_loss = out["single"]
+    for name in ("2x4", "2x4/2mb"):
+        params, loss = out[name]
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, err_msg=name)
+        for k, v in flat(params).items():
+            np.testing.assert_allclose(v, flat(ref_params)[k], rtol=1e-5, atol=1e-5, err_msg=f"{name}: {k}")
+
+
+def test_resume_is_exact(tmp_path):
+    """20 steps straight = 10 steps, a new run in the same workdir, 10 more: bitwise."""
+    cfg = lambda n: toy_config(num_steps=n, **{"checkpoint.every": 10, "checkpoint.async_save": True})  # noqa: E731
+    straight = trainer.run(cfg(20), str(tmp_path / "straight"))
+    first = trainer.run(cfg(10), str(tmp_path / "resumed"))
+    second = trainer.run(cfg(20), str(tmp_path / "resumed"))
+    assert [r["step"] for r in second.metrics] == list(range(11, 21))
+    losses = [r["loss"] for r in straight.metrics]
+    assert losses == [r["loss"] for r in first.metrics + second.metrics]
+    assert_trees_equal(jax.device_get(straight.state.params), jax.device_get(second.state.params))
+    assert_trees_equal(jax.device_get(straight.state.opt_state), jax.device_get(second.state.opt_state))
+    rows = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
+    assert [r["loss"] for r in rows] == losses
+
+
+def test_restore_onto_another_mesh(connectors_run, tmp_path):
+    """The fsdp 2 x tensor 4 checkpoint restores onto a 4-way data-parallel mesh, bitwise."""
+    c, _, _, result, workdir = connectors_run
+    c2 = toy_config(rules="dp")
+    c2.mesh = {"data": 4, "fsdp": 1, "tensor": 2}  # batch over data only, params replicated
+    stage = trainer.setup(c2)
+    data = stage.random_batches()
+    ckpt = checkpointing.Checkpoints(workdir, every=5, keep=3, data_handler=data.checkpoint_handler())
+    target = checkpointing.abstract_with_shardings(stage.abstract_state, stage.state_shardings)
+    state = ckpt.restore(10, target, data)
+    ckpt.close()
+    assert data.step == 10 and int(state.step) == 10
+    kernel = state.params["llm"]["layers"]["mlp"]["up_proj"]["kernel"]
+    assert all(a is None for a in kernel.sharding.spec) and len(kernel.sharding.device_set) == 8
+    assert_trees_equal(jax.device_get(result.state.params), jax.device_get(state.params))
+    assert_trees_equal(jax.device_get(result.state.opt_state), jax.device_get(state.opt_state))
+
+
+def test_next_stage_starts_from_the_previous_one(connectors_run, tmp_path):
+    """Stage B (LLM + connectors, towers frozen) from stage A's workdir: A's final params, a fresh
+    optimizer, and B's frozen groups end bitwise equal to A's."""
+    _, stage_a, _, result_a, workdir_a = connectors_run
+    a_final = jax.device_get(result_a.state.params)
+    c = toy_config(name="toy_llm", init_from=workdir_a, num_steps=3, trainable=LLM_STAGE)
+    result = trainer.run(c, str(tmp_path / "b"))
+    b_final = flat(jax.device_get(result.state.params))
+    frozen = [k for k in b_final if k.split("/")[0] in ("vision", "audio")]
+    assert frozen
+    assert_trees_equal(a_final, result.state.params, frozen)
+    assert all(not np.array_equal(b_final[k], flat(a_final)[k]) for k in b_final if k not in frozen)
+    counts = [x for x in jax.tree.leaves(result.state.opt_state) if x.ndim == 0]
+    assert counts and all(int(x) == 3 for x in counts)  # B's 3 updates: the optimizer started fresh
+    batch = trainer.setup(c).random_batches().batch_at(0)
+    loss = jax.jit(lambda p: stage_a.task.loss(p, batch, None)[0])(a_final)
+    np.testing.assert_allclose(result.metrics[0]["loss"], loss, rtol=1e-5)
+
+
+class NaNImagesAt:
+    """RandomBatches whose images are NaN at the given (0-based) steps."""
+
+    def __init__(self, data, steps):
+        self.data, self.steps = data, set(steps)
+
+    def __next__(self):
+        step = self.data.step
+        batch = next(self.data)
+        if step in self.steps:
+            batch["images"] = np.full_like(batch["images"], np.nan)
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self.data, name)
+
+
+def test_nonfinite_steps_are_skipped_and_k_in_a_row_stop(tmp_path):
+    c = toy_config(num_steps=10, max_nonfinite_in_a_row=3, **{"checkpoint.every": 2})
+    data = NaNImagesAt(trainer.setup(c).random_batches(), steps=[2, 5, 6, 7])
+    with pytest.raises(trainer.NonFiniteLossError, match=r"not finite 3 steps in a row \(steps 6\.\.8"):
+        trainer.run(c, str(tmp_path), data=data)
+    rows = {r["step"]: r for r in map(json.loads, open(tmp_path / "metrics.jsonl"))}
+    assert [s for s, r in rows.items() if r["skipped"]] == [3, 6, 7, 8]
+    assert rows[3]["loss"] is None and rows[4]["nonfinite_in_a_row"] == 0 and rows[8]["nonfinite_in_a_row"] == 3
+    ckpts = checkpointing.Checkpoints(str(tmp_path), every=2, keep=3, data_handler=data.checkpoint_handler())
+    assert ckpts.manager.all_steps() == [2, 4, 6] and ckpts.latest_step() == 6  # nothing saved at or after 8
+    ckpts.close()
+
+
+def test_config_errors_before_compiling(tmp_path, monkeypatch):
+    def no_compile(*a, **k):
+        raise AssertionError("compiled before the config error")
+
+    monkeypatch.setattr(trainer, "make_train_step", no_compile)
+    monkeypatch.setattr(trainer.Stage, "init_state", no_compile)
+    cases = [
+        (dict(trainable=[("vision_conector/.*", SCHED), (".*", None)]),
+         r"rule 'vision_conector/\.\*' matches no parameter.*groups are: audio, audio_connector, llm, mm_embed, "
+         r"vision, vision_connector"),
+        (dict(trainable=[("llm/.*", SCHED)]), r"no rule matches these parameters: .*\(\d+ in all\); add a rule"),
+        (dict(mesh={"data": 1, "fsdp": 2, "model": 4}), r"unknown mesh axis \['model'\].*data, fsdp, tensor"),
+        (dict(batch_size=3), r"global batch 3 is not divisible by the data-parallel size 2 .*multiple of 2"),
+        (dict(init_from=str(tmp_path / "nothing")), r"init_from .*nothing' does not exist; point it at"),
+        (dict(init_from=str(tmp_path)), r"neither a model directory .* nor a stage workdir"),
+    ]
+    for overrides, message in cases:
+        c = toy_config(**overrides)
+        with pytest.raises(StageConfigError, match=message):
+            trainer.run(c, str(tmp_path / "w"))
+    shutil.rmtree(tmp_path / "w", ignore_errors=True)
+
+
+def test_init_from_hf_directory(tmp_path):
+    """A HF Qwen2 directory fills the llm group (frozen here: it ends bitwise equal to the import);
+    a source whose shapes differ is refused, naming the parameter and both shapes."""
+    from hf_fixtures import make_qwen2
+
+    from omnijax.checkpoint import load_model
+
+    hf = str(tmp_path / "qwen2")
+    make_qwen2(hf, "mha_untied_1e4", vocab_size=64, hidden_size=32, intermediate_size=64, num_key_value_heads=2)
+    result = trainer.run(toy_config(init_from=hf, num_steps=2), str(tmp_path / "w"))
+    assert_trees_equal(jax.device_get(load_model(hf).params["llm"]), jax.device_get(result.state.params["llm"]))
+
+    wide = str(tmp_path / "qwen2_wide")
+    make_qwen2(wide, "mha_untied_1e4", vocab_size=64, hidden_size=48, intermediate_size=64, num_key_value_heads=2)
+    with pytest.raises(StageConfigError, match=r"init_from .*qwen2_wide: llm/.* has shape \(.*48.*\), the model "
+                                               r"wants \(.*32.*\)"):
+        trainer.run(toy_config(init_from=wide), str(tmp_path / "w2"))
+
+
+def test_frozen_params_stored_in_compute_dtype():
+    c = toy_config(frozen_param_dtype="bfloat16")
+    stage = trainer.setup(c)
+    params = flat(jax.device_get(stage.init_params()))
+    labels = flat(stage.labels)
+    assert all(params[k].dtype == (np.float32 if labels[k] != FROZEN else jnp.bfloat16) for k in params)
+    table = {r["group"]: r for r in trainer.opt_lib.group_table(stage.abstract_params, stage.labels,
+                                                                stage.abstract_state.opt_state)}
+    assert table["llm"]["param_bytes"] == 2 * table["llm"]["params"]
+    assert table["vision_connector"]["opt_state_bytes"] == 2 * 4 * table["vision_connector"]["params"]
+
+
+@pytest.mark.parametrize("name", ["tiny_connectors", "tiny_full"])
+def test_example_stage_configs_set_up(name):
+    """The example stages build the omni model and label every parameter (no compilation)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "experiments", "examples", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stage = trainer.setup(module.get_config())
+    groups = {k.split("/")[0]: label for k, label in flat(stage.labels).items()}
+    assert set(groups) == {"llm", "vision", "vision_connector", "audio", "audio_connector", "mm_embed"}
+    trained = {g for g, label in groups.items() if label != FROZEN}
+    assert trained == ({"vision_connector", "audio_connector"} if name == "tiny_connectors" else
+                       {"llm", "vision_connector", "audio_connector", "mm_embed"})
+    stage.task.check_batch(stage.random_batches().batch_at(0))  # synthetic batches fit the omni layout
+
+
+def test_schedules_and_weight_decay_mask():
+    from omnijax.training import optimizer, stages
+
+    lr = lambda spec, steps: [float(stages.make_schedule(spec, 10)(s)) for s in steps]  # noqa: E731
+    assert lr(dict(lr=1.0, warmup_steps=2, decay="constant"), [0, 1, 2, 9]) == [0.0, 0.5, 1.0, 1.0]
+    assert lr(dict(lr=1.0, warmup_fraction=0.2, decay="linear", end_factor=0.5), [2, 6, 10]) == [1.0, 0.75, 0.5]
+    assert lr(dict(lr=1.0, decay="cosine"), [0, 5, 10]) == pytest.approx([1.0, 0.5, 0.0], abs=1e-6)
+
+    c = toy_config(trainable=LLM_STAGE)
+    stage = trainer.setup(c)
+    mask = flat(stages.decay_mask(stage.abstract_params))
+    assert not any(v for k, v in mask.items() if k.endswith(("/bias", "/scale")) or k.startswith("mm_embed/"))
+    assert mask["llm/layers/mlp/up_proj/kernel"] and mask["llm/embed_tokens/embedding"]
+    labels = flat(optimizer.optimizer_labels(stage.labels, stages.decay_mask(stage.abstract_params), 0.1))
+    assert labels["llm/norm/scale"] == "all/no_decay" and labels["llm/lm_head/kernel"] == "all"
+    assert labels["vision/norm/scale"] == FROZEN
