@@ -289,7 +289,7 @@ def test_vocab_parallel_loss_equals_plain_without_full_vocab_logits(devices):
           f"{grad_diff:.1e}; temp bytes per device {temp}; rank >= 3 full-vocab f32 buffers {full}")
     assert abs(float(l0) - float(l1)) <= 1e-5 and task_diff <= 1e-5 and grad_diff <= 1e-5
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g1)) > 1e-2
-    assert full["vocab_parallel"] == [] and full["plain"] == [f"1,{T},{vocab}"]
+    assert full["vocab_parallel"] == [] and f"1,{T},{vocab}" in full["plain"]
     assert temp["plain"] - temp["vocab_parallel"] >= T * vocab * 4
 
 

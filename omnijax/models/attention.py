@@ -4,7 +4,8 @@
 masking and segment ids (packed sequences: a query attends only to keys of its own segment; segment
 id 0 is padding). Implementations:
 
-- ``xla``: plain einsums, softmax in float32. The reference; runs everywhere (CPU tests).
+- ``xla``: einsums, softmax in float32, a hand-written backward and causal query blocks (see
+  ``xla_attention``). The reference; runs everywhere (CPU tests, CPU training).
 - ``cudnn``: cuDNN flash attention through ``jax.nn.dot_product_attention(implementation='cudnn')``.
   Without segment ids (or with a single segment per row) it runs as pure causal flash attention with
   per-row valid lengths; packed rows pass an explicit boolean mask.
@@ -51,17 +52,85 @@ def make_attention_mask(
     return mask
 
 
-def xla_attention(q, k, v, mask, scale):
-    """Reference attention. ``mask`` is boolean ``[batch, q_len, kv_len]``."""
+# Query rows per block when the mask is causal over aligned slots (see ``xla_attention``).
+CAUSAL_QUERY_BLOCK = 128
+
+
+def _query_blocks(q_len: int, kv_len: int, causal_block: int | None) -> tuple[tuple[int, int, int], ...]:
+    """Static ``(q_start, q_end, kv_end)`` per block of query rows."""
+    if not causal_block or causal_block >= q_len:
+        return ((0, q_len, kv_len),)
+    return tuple((s, e, e) for s in range(0, q_len, causal_block) for e in [min(s + causal_block, q_len)])
+
+
+def _grouped_forward(qg, kg, vg, mask, scale, blocks):
+    """qg ``[b, kv, rep, t, h]``, kg/vg ``[b, kv, s, h]`` -> (out ``[b, kv, rep, t, h]``, f32 probs per block)."""
+    outs, probs = [], []
+    for qs, qe, ke in blocks:
+        scores = jnp.einsum("bkrth,bksh->bkrts", qg[:, :, :, qs:qe], kg[:, :, :ke],
+                            preferred_element_type=jnp.float32) * scale
+        p = jax.nn.softmax(jnp.where(mask[:, None, None, qs:qe, :ke], scores, _MASK_VALUE), axis=-1)
+        outs.append(jnp.einsum("bkrts,bksh->bkrth", p.astype(vg.dtype), vg[:, :, :ke]))
+        probs.append(p)
+    return jnp.concatenate(outs, axis=3) if len(outs) > 1 else outs[0], probs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _grouped_attention(qg, kg, vg, mask, scale, blocks):
+    return _grouped_forward(qg, kg, vg, mask, scale, blocks)[0]
+
+
+def _grouped_attention_fwd(qg, kg, vg, mask, scale, blocks):
+    out, probs = _grouped_forward(qg, kg, vg, mask, scale, blocks)
+    return out, (qg, kg, vg, mask, probs)
+
+
+def _grouped_attention_bwd(scale, blocks, res, dout):
+    # Every product keeps the big [rows, keys] operand row-major with its contraction where XLA:CPU's
+    # matmul library takes it; dk and dv come out as [h, keys] and are transposed (small) at the end.
+    qg, kg, vg, mask, probs = res
+    f32 = jnp.float32
+    dq = []
+    dkt = jnp.zeros(kg.shape[:2] + kg.shape[3:] + kg.shape[2:3], f32)  # [b, kv, h, s]
+    dvt = jnp.zeros_like(dkt)
+    for (qs, qe, ke), p in zip(blocks, probs):
+        q_i, do_i, m_i = qg[:, :, :, qs:qe], dout[:, :, :, qs:qe], mask[:, None, None, qs:qe, :ke]
+        dp = jnp.einsum("bkrth,bksh->bkrts", do_i, vg[:, :, :ke], preferred_element_type=f32)
+        ds = jnp.where(m_i, p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)), 0.0) * scale
+        dq.append(jnp.einsum("bkrts,bksh->bkrth", ds.astype(kg.dtype), kg[:, :, :ke], preferred_element_type=f32))
+        dk_i = jnp.einsum("bkrth,bkrts->bkhs", q_i, ds.astype(qg.dtype), preferred_element_type=f32)
+        dv_i = jnp.einsum("bkrth,bkrts->bkhs", do_i, p.astype(vg.dtype), preferred_element_type=f32)
+        dkt, dvt = dkt.at[..., :ke].add(dk_i), dvt.at[..., :ke].add(dv_i)
+    dq = jnp.concatenate(dq, axis=3) if len(dq) > 1 else dq[0]
+    return (dq.astype(qg.dtype), jnp.swapaxes(dkt, 2, 3).astype(kg.dtype),
+            jnp.swapaxes(dvt, 2, 3).astype(vg.dtype), None)
+
+
+_grouped_attention.defvjp(_grouped_attention_fwd, _grouped_attention_bwd)
+
+
+def xla_attention(q, k, v, mask, scale, causal_block: int | None = None):
+    """Reference attention. ``mask`` is boolean ``[batch, q_len, kv_len]``.
+
+    The query heads of one kv head are laid out ``[batch, kv_heads, rep, q_len, head_dim]``, so each
+    product is one batched matmul over (batch, kv head) with ``rep * q_len`` rows, and the backward
+    is written out (``custom_vjp``) so that it keeps that layout instead of autodiff's transposed
+    copies of the ``[q_len, kv_len]`` probabilities. Softmax in float32.
+
+    ``causal_block``: only when ``mask`` implies causality over aligned slots (query ``i`` sees at
+    most keys ``<= i``, ``q_len == kv_len``): query rows go in blocks of this many, each against the
+    keys up to its own end, which skips the masked upper triangle. Rows that see at least one key are
+    unchanged; a row that sees none (a padding query) averages ``v`` over its block's keys instead
+    of over all keys — such rows carry no information either way.
+    """
     b, t, n, h = q.shape
     kv_heads = k.shape[2]
     rep = n // kv_heads
-    q = q.reshape(b, t, kv_heads, rep, h)
-    scores = jnp.einsum("btkrh,bskh->bkrts", q, k, preferred_element_type=jnp.float32) * scale
-    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkrts,bskh->btkrh", probs, v)
-    return out.reshape(b, t, n, h)
+    qg = q.reshape(b, t, kv_heads, rep, h).transpose(0, 2, 3, 1, 4)
+    kg, vg = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    blocks = _query_blocks(t, k.shape[1], causal_block)
+    out = _grouped_attention(qg, kg, vg, mask, scale, blocks)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, mask, scale, causal: bool, use_mask: bool):
@@ -142,6 +211,7 @@ def attention(
             raise ValueError("splash attention supports causal self-attention over a full row only (no KV cache)")
         return splash_attention(q, k, v, q_segment_ids, kv_segment_ids, scale, interpret=splash_interpret)
     q_slots_given = q_slots is not None
+    aligned = q_slots is None and kv_slots is None and t == k.shape[1]
     if q_slots is None:
         q_slots = jnp.broadcast_to(jnp.arange(t), (b, t))
     if kv_slots is None:
@@ -150,4 +220,4 @@ def attention(
     if implementation == "cudnn":
         use_mask = packed or q_slots_given
         return cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, mask, scale, causal, use_mask)
-    return xla_attention(q, k, v, mask, scale)
+    return xla_attention(q, k, v, mask, scale, CAUSAL_QUERY_BLOCK if causal and aligned else None)

@@ -222,9 +222,9 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.cfg
-        dense = lambda feats, names, name: nn.Dense(  # noqa: E731
-            feats, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-            kernel_init=_init(cfg, names), name=name)
+        dense = lambda feats, names, name: DenseGeneral(  # noqa: E731
+            (feats,), names, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+            kernel_init=nn.initializers.normal(cfg.initializer_range), name=name)
         gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x)
         up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)
         h = nn.with_logical_constraint(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
@@ -278,8 +278,9 @@ class LLM(nn.Module):
         )(cfg, name="layers")
         self.norm = RMSNorm(cfg.rms_norm_eps, cfg.compute_dtype, cfg.weight_dtype)
         if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
-                                    param_dtype=cfg.weight_dtype, kernel_init=_init(cfg, ("embed", "vocab")))
+            self.lm_head = DenseGeneral((cfg.vocab_size,), ("embed", "vocab"), use_bias=False, dtype=cfg.compute_dtype,
+                                        param_dtype=cfg.weight_dtype,
+                                        kernel_init=nn.initializers.normal(cfg.initializer_range))
 
     def embed(self, input_ids):
         return self.embed_tokens(input_ids)
