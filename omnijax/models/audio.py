@@ -43,7 +43,7 @@ import numpy as np
 from omnijax.media_tokens import whisper_conv_steps
 from omnijax.models.attention import attention
 from omnijax.models.layers import DenseGeneral
-from omnijax.models.llm import DTYPES, REMAT_POLICIES
+from omnijax.models.llm import REMAT_POLICIES, Numerics
 
 VARIANTS = ("whisper", "qwen2_audio")
 # Bidirectional encoders: splash attention in omnijax is causal-only.
@@ -52,7 +52,7 @@ _MODEL_TYPE_VARIANT = {"whisper": "whisper", "qwen2_audio_encoder": "qwen2_audio
 
 
 @dataclasses.dataclass(frozen=True)
-class AudioConfig:
+class AudioConfig(Numerics):
     """Sizes and numerics of a Whisper-style audio encoder. ``from_hf`` reads a ``WhisperConfig`` or a
     ``Qwen2AudioEncoderConfig`` dict (the variant follows its ``model_type``)."""
 
@@ -79,11 +79,7 @@ class AudioConfig:
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"audio attention {self.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}: the "
                              "encoder attends bidirectionally and splash attention is causal-only; use 'xla' on TPU")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat {self.remat!r} is not one of {tuple(REMAT_POLICIES)}")
-        for f in ("dtype", "param_dtype"):
-            if getattr(self, f) not in DTYPES:
-                raise ValueError(f"{f} {getattr(self, f)!r} is not one of {tuple(DTYPES)}")
+        self.check_numerics()
 
     @property
     def head_dim(self) -> int:
@@ -103,17 +99,6 @@ class AudioConfig:
     def output_length(self) -> int:
         """Positions per window out of the encoder: 1500 (Whisper) / 750 (Qwen2-Audio) for 30 s."""
         return self.max_source_positions // self.pool_stride
-
-    @property
-    def compute_dtype(self):
-        return DTYPES[self.dtype]
-
-    @property
-    def weight_dtype(self):
-        return DTYPES[self.param_dtype]
-
-    def replace(self, **kw) -> "AudioConfig":
-        return dataclasses.replace(self, **kw)
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any], **overrides) -> "AudioConfig":

@@ -35,8 +35,31 @@ REMAT_POLICIES = {
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+class Numerics:
+    """Shared by the frozen config dataclasses of the LLM and the towers (fields ``dtype``,
+    ``param_dtype``, ``remat``): their checks, the jnp dtypes, and ``replace``."""
+
+    def check_numerics(self) -> None:
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat {self.remat!r} is not one of {tuple(REMAT_POLICIES)}")
+        for f in ("dtype", "param_dtype"):
+            if getattr(self, f) not in DTYPES:
+                raise ValueError(f"{f} {getattr(self, f)!r} is not one of {tuple(DTYPES)}")
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def weight_dtype(self):
+        return DTYPES[self.param_dtype]
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)
+
+
 @dataclasses.dataclass(frozen=True)
-class LLMConfig:
+class LLMConfig(Numerics):
     """Sizes and numerics of a Qwen2-family decoder. ``from_hf`` reads a transformers config."""
 
     vocab_size: int
@@ -67,22 +90,7 @@ class LLMConfig:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
         if self.attention not in IMPLEMENTATIONS:
             raise ValueError(f"attention {self.attention!r} is not one of {IMPLEMENTATIONS}")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat {self.remat!r} is not one of {tuple(REMAT_POLICIES)}")
-        for f in ("dtype", "param_dtype"):
-            if getattr(self, f) not in DTYPES:
-                raise ValueError(f"{f} {getattr(self, f)!r} is not one of {tuple(DTYPES)}")
-
-    @property
-    def compute_dtype(self):
-        return DTYPES[self.dtype]
-
-    @property
-    def weight_dtype(self):
-        return DTYPES[self.param_dtype]
-
-    def replace(self, **kw) -> "LLMConfig":
-        return dataclasses.replace(self, **kw)
+        self.check_numerics()
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any], **overrides) -> "LLMConfig":

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from omnijax.models.attention import attention
 from omnijax.models.image_layout import resize_matrix
 from omnijax.models.layers import DenseGeneral
-from omnijax.models.llm import DTYPES, REMAT_POLICIES
+from omnijax.models.llm import REMAT_POLICIES, Numerics
 
 # Bidirectional encoder: omnijax's splash attention is causal-only, so TPU runs use 'xla'.
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
@@ -65,7 +65,7 @@ def _square(v, name: str) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(Numerics):
     """Sizes and numerics of a SigLIP vision tower (defaults: so400m-patch14-384).
     ``from_hf`` reads a ``SiglipVisionConfig`` dict."""
 
@@ -97,11 +97,7 @@ class VisionConfig:
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"vision attention {self.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}: the "
                              "encoder attends bidirectionally and splash attention is causal-only; use 'xla' on TPU")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat {self.remat!r} is not one of {tuple(REMAT_POLICIES)}")
-        for f in ("dtype", "param_dtype"):
-            if getattr(self, f) not in DTYPES:
-                raise ValueError(f"{f} {getattr(self, f)!r} is not one of {tuple(DTYPES)}")
+        self.check_numerics()
         if self.feature_layer is not None and not -(self.num_layers + 1) <= self.feature_layer <= self.num_layers:
             raise ValueError(f"feature_layer {self.feature_layer} is outside "
                              f"[-{self.num_layers + 1}, {self.num_layers}] "
@@ -120,17 +116,6 @@ class VisionConfig:
     def num_patches(self) -> int:
         """Tokens per image at ``image_size`` (729 for 384/14)."""
         return self.grid_side ** 2
-
-    @property
-    def compute_dtype(self):
-        return DTYPES[self.dtype]
-
-    @property
-    def weight_dtype(self):
-        return DTYPES[self.param_dtype]
-
-    def replace(self, **kw) -> "VisionConfig":
-        return dataclasses.replace(self, **kw)
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any], **overrides) -> "VisionConfig":
