@@ -17,7 +17,11 @@ A stage file (``experiments/<recipe>/<stage>.py``) has ``get_config(arg)``, star
     c.media             media slots per row: image_slots, video_slots, audio_slots (the slot sizes
                         are the model's: ``omnijax.batch.MediaBudget``)
     c.num_tasks         task ids in the batches (per-task losses); c.task_names: their names
-    c.data              source ('random' until the stage's Grain pipeline is wired in) and seed
+    c.data              source: 'random' (in-memory random rows, ``data_source.RandomBatches``) or
+                        'grain' (``data_pipelines.pipeline.Pipeline``); seed (both); for 'grain':
+                        sources [dict(name, paths: shard glob(s), weight=1.0, spoken=False), ...],
+                        tokenizer (HF tokenizer dir), workers (0: decode in the trainer process),
+                        pipeline (dict of further ``PipelineConfig`` fields: video_frames, too_long, ...)
     c.num_steps, c.seed, c.log_every
     c.checkpoint        every (steps), keep (newest N), async_save
     c.max_nonfinite_in_a_row   K: that many skipped non-finite steps in a row stop the run
@@ -36,6 +40,7 @@ from omnijax.training.stages import DEFAULT_NO_DECAY, StageConfigError, check_ru
 
 MEDIA_SLOTS = ("image_slots", "video_slots", "audio_slots")
 FROZEN_DTYPES = ("bfloat16", "float16", "float32")
+DATA_SOURCES = ("random", "grain")
 
 
 def base_config() -> mlc.ConfigDict:
@@ -55,7 +60,7 @@ def base_config() -> mlc.ConfigDict:
     c.media = mlc.ConfigDict(dict(image_slots=0, video_slots=0, audio_slots=0))  # a stage turns on its modalities
     c.num_tasks = 0
     c.task_names = ()
-    c.data = mlc.ConfigDict(dict(source="random", seed=0))
+    c.data = mlc.ConfigDict(dict(source="random", seed=0, sources=[], tokenizer="", workers=0, pipeline={}))
     c.num_steps = 100
     c.seed = 0
     c.log_every = 1
@@ -103,8 +108,22 @@ def check_config(c, num_devices: int, process_count: int = 1) -> None:
     if c.frozen_param_dtype not in (None, *FROZEN_DTYPES):
         raise StageConfigError(f"{stage}: c.frozen_param_dtype {c.frozen_param_dtype!r} is not one of "
                                f"{(None, *FROZEN_DTYPES)}")
-    if c.data.source != "random":
-        raise StageConfigError(f"{stage}: c.data.source {c.data.source!r} is not available; sources: 'random'")
+    if c.data.source not in DATA_SOURCES:
+        raise StageConfigError(f"{stage}: c.data.source {c.data.source!r} is not available; sources: "
+                               f"{', '.join(map(repr, DATA_SOURCES))}")
+    if c.data.source == "grain":
+        if not c.data.get("sources"):
+            raise StageConfigError(f"{stage}: c.data.source is 'grain' but c.data.sources is empty; give "
+                                   "[dict(name=..., paths='shards-*', weight=1.0), ...]")
+        if not c.data.get("tokenizer"):
+            raise StageConfigError(f"{stage}: c.data.source is 'grain' but c.data.tokenizer is not set; point it "
+                                   "at the stage's HF tokenizer directory")
+        if int(c.data.get("workers", 0)) < 0:
+            raise StageConfigError(f"{stage}: c.data.workers is {c.data.workers}; it must be >= 0")
+        for i, src in enumerate(c.data.sources):
+            if not isinstance(src, dict | mlc.ConfigDict) or not src.get("name") or not src.get("paths"):
+                raise StageConfigError(f"{stage}: c.data.sources[{i}] is {src!r}; each source is a dict with "
+                                       "name and paths (a shard glob or a list of them), optional weight, spoken")
     unknown = sorted(set(c.media) - set(MEDIA_SLOTS))
     if unknown:
         raise StageConfigError(f"{stage}: c.media has {unknown}; it holds the slots per row: {', '.join(MEDIA_SLOTS)}")

@@ -33,7 +33,7 @@ from omnijax.training import optimizer as opt_lib
 from omnijax.training.checkpointing import (STAGE_FILE, Checkpoints, abstract_with_shardings, final_params,
                                             is_stage_workdir)
 from omnijax.training.config import batch_axes, check_config, init_sources
-from omnijax.training.data_source import RandomBatches
+from omnijax.training.data_source import RandomBatches, build_data
 from omnijax.training.metrics import MetricsLogger, format_group_table
 from omnijax.training.stages import FROZEN, StageConfigError, assign_labels, decay_mask, path_str
 from omnijax.training.step import TrainState, make_train_step, state_shardings
@@ -208,6 +208,11 @@ class Stage:
                              num_tasks=t.num_tasks, reserved_ids=t.reserved_ids, seed=c.data.seed,
                              rows=process_rows(self.batch_shardings["input_ids"], c.batch_size))
 
+    def data(self):
+        """The stage's data iterator (``c.data.source``: ``RandomBatches`` or the Grain pipeline)."""
+        return build_data(self.config, self.task, self.mesh,
+                          rows=process_rows(self.batch_shardings["input_ids"], self.config.batch_size))
+
 
 def setup(c, task: Task | None = None, devices=None) -> Stage:
     """Check the config, build the task, label the params, lay out the mesh (over ``devices``,
@@ -242,7 +247,8 @@ def run(c, workdir: str, *, task: Task | None = None, data=None) -> Result:
     main = jax.process_index() == 0
     say = (lambda msg: print(msg, flush=True)) if main else (lambda msg: None)
     stage = setup(c, task)
-    data = data if data is not None else stage.random_batches()
+    own_data = data is None
+    data = data if data is not None else stage.data()
     os.makedirs(workdir, exist_ok=True)
     if main:
         with open(os.path.join(workdir, STAGE_FILE), "w") as f:
@@ -277,6 +283,8 @@ def run(c, workdir: str, *, task: Task | None = None, data=None) -> Result:
             logger.close()
         ckpt.wait()
         ckpt.close()
+        if own_data and hasattr(data, "close"):
+            data.close()  # the pipeline's workers
 
 
 def _loop(stage: Stage, state: TrainState, step: int, data, ckpt: Checkpoints, logger: MetricsLogger,
