@@ -43,7 +43,7 @@ import numpy as np
 from omnijax.media_tokens import whisper_conv_steps
 from omnijax.models.attention import attention
 from omnijax.models.layers import DenseGeneral
-from omnijax.models.llm import REMAT_POLICIES, Numerics
+from omnijax.models.llm import Numerics, scanned
 
 VARIANTS = ("whisper", "qwen2_audio")
 # Bidirectional encoders: splash attention in omnijax is causal-only.
@@ -247,17 +247,8 @@ class WhisperEncoder(nn.Module):
             cfg.max_source_positions, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
             embedding_init=_part(lambda key, shape, dtype: jnp.asarray(table, dtype),
                                  ("audio_positions", "audio_embed")))
-        layer = EncoderLayer
-        if cfg.remat != "none":
-            layer = nn.remat(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        self.layers = nn.scan(
-            layer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast),
-            length=cfg.encoder_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(cfg, name="layers")
+        self.layers = scanned(EncoderLayer, cfg.remat, cfg.encoder_layers,
+                              (nn.broadcast, nn.broadcast))(cfg, name="layers")
         self.layer_norm = _layer_norm(cfg, "layer_norm")
 
     def _check(self, features, valid_frames, layout: str):

@@ -35,6 +35,15 @@ REMAT_POLICIES = {
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def scanned(layer: type[nn.Module], remat: str, length: int, in_axes, unroll: int = 1):
+    """``layer`` stacked ``length`` times under ``nn.scan`` (params on a leading ``layers`` axis),
+    rematerialised with the named policy: the layer stack of the LLM and of both towers."""
+    if remat != "none":
+        layer = nn.remat(layer, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    return nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=in_axes,
+                   length=length, unroll=unroll, metadata_params={nn.PARTITION_NAME: "layers"})
+
+
 class Numerics:
     """Shared by the frozen config dataclasses of the LLM and the towers (fields ``dtype``,
     ``param_dtype``, ``remat``): their checks, the jnp dtypes, and ``replace``."""
@@ -271,19 +280,9 @@ class LLM(nn.Module):
         cfg = self.cfg
         self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype,
                                      param_dtype=cfg.weight_dtype, embedding_init=_init(cfg, ("vocab", "embed")))
-        layer = DecoderLayer
-        policy = REMAT_POLICIES[cfg.remat]
-        if cfg.remat != "none":
-            layer = nn.remat(layer, policy=policy, prevent_cse=False)
-        self.layers = nn.scan(
-            layer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-            length=cfg.num_layers,
-            unroll=cfg.scan_unroll,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(cfg, name="layers")
+        self.layers = scanned(DecoderLayer, cfg.remat, cfg.num_layers,
+                              (0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                              cfg.scan_unroll)(cfg, name="layers")
         self.norm = RMSNorm(cfg.rms_norm_eps, cfg.compute_dtype, cfg.weight_dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = DenseGeneral((cfg.vocab_size,), ("embed", "vocab"), use_bias=False, dtype=cfg.compute_dtype,

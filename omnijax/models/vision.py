@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from omnijax.models.attention import attention
 from omnijax.models.image_layout import resize_matrix
 from omnijax.models.layers import DenseGeneral
-from omnijax.models.llm import REMAT_POLICIES, Numerics
+from omnijax.models.llm import Numerics, scanned
 
 # Bidirectional encoder: omnijax's splash attention is causal-only, so TPU runs use 'xla'.
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
@@ -234,18 +234,7 @@ class Encoder(nn.Module):
         cfg = self.cfg
         select = _selected_layer(cfg)
         self.inner = select if select not in (None, 0, cfg.num_layers) else None
-        layer = EncoderLayer
-        if cfg.remat != "none":
-            layer = nn.remat(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        self.layers = nn.scan(
-            layer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=0,
-            length=cfg.num_layers,
-            unroll=cfg.scan_unroll,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(cfg, self.inner)
+        self.layers = scanned(EncoderLayer, cfg.remat, cfg.num_layers, 0, cfg.scan_unroll)(cfg, self.inner)
 
     def __call__(self, x):
         selected = None if self.inner is None else jnp.zeros_like(x)
