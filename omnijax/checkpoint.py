@@ -6,7 +6,12 @@ Layout::
     DIR/params/        Orbax (StandardCheckpointer) pytree of the params
     DIR/assets/        tokenizer / generation-config files carried from the HF source
 
-``load_model(path)`` opens either such a directory or a HF model directory.
+A trainer stage workdir of an omni model is a model directory too: the trainer writes
+``WORKDIR/omnijax.json`` (``describe_stage``: architecture ``OmnijaxOmniModel``, its config, the stage's
+name and its tokenizer directory ``c.data.tokenizer`` as ``assets_dir``), and the params are those of
+the finished stage (``WORKDIR/checkpoints/<last step>/params``).
+
+``load_model(path)`` opens any of these or a HF model directory.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from omnijax import sharding
 from omnijax.hf import architectures
 from omnijax.hf.exporter import ASSET_FILES
 from omnijax.hf.importer import Loaded, abstract_model, load_hf
+from omnijax.hf.omni import OMNI
 from omnijax.hf.safetensors_io import CheckpointError
 from omnijax.outdir import atomic_dir
 
@@ -47,32 +53,73 @@ def save_model_dir(out: str, loaded: Loaded, assets_dir: str | None = None, over
                     shutil.copy2(os.path.join(assets_dir, name), os.path.join(tmp, "assets"))
 
 
-def assets_of(path: str) -> str | None:
-    """Where a model directory keeps its tokenizer / generation-config files."""
-    if os.path.exists(os.path.join(path, MODEL_FILE)):
-        return os.path.join(path, "assets") if os.path.isdir(os.path.join(path, "assets")) else None
-    return path
+def describe_stage(c, workdir: str) -> None:
+    """Make an omni stage's workdir (``c.model.name == 'omni'``) a model directory: write
+    ``WORKDIR/omnijax.json`` (module docstring). Stages of other task builders get none."""
+    if c.model.name != "omni":
+        return
+    from omnijax.training.omni_task import omni_config  # training imports this module
+
+    tokenizer = c.data.get("tokenizer") or None
+    desc = {"format_version": FORMAT_VERSION, "architecture": OMNI.name, "hf_config": OMNI.hf_config(omni_config(c)),
+            "stage": c.name, "assets_dir": os.path.abspath(tokenizer) if tokenizer else None}
+    tmp = os.path.join(workdir, f".{MODEL_FILE}.partial")
+    with open(tmp, "w") as f:
+        json.dump(desc, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, MODEL_FILE))
 
 
-def load_model_dir(path: str, *, mesh: Mesh | None = None, rules=None, **overrides) -> Loaded:
+def _description(path: str) -> dict:
     with open(os.path.join(path, MODEL_FILE)) as f:
         desc = json.load(f)
     if desc.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {desc.get('format_version')} is not {FORMAT_VERSION}")
-    arch = architectures.get(desc["architecture"])
-    module, cfg = arch.build(desc["hf_config"], **overrides)
+    return desc
+
+
+def assets_of(path: str) -> str | None:
+    """Where a model directory keeps its tokenizer / generation-config files."""
+    if not os.path.exists(os.path.join(path, MODEL_FILE)):
+        return path
+    desc = _description(path)
+    if "stage" in desc:
+        return desc.get("assets_dir")
+    return os.path.join(path, "assets") if os.path.isdir(os.path.join(path, "assets")) else None
+
+
+def _restore_target(arch, module, cfg, mesh: Mesh | None, rules):
+    """The params' ``ShapeDtypeStruct``s with their shardings on ``mesh`` (default: the first device)."""
     specs, abstract = abstract_model(arch, module, cfg)
     if mesh is None:
         mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
         rules = ()
     shardings = sharding.logical_to_sharding(specs, abstract, mesh, rules or ())
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    params = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(path, "params")), target)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def load_model_dir(path: str, *, mesh: Mesh | None = None, rules=None, **overrides) -> Loaded:
+    """An omnijax model directory, or a finished stage workdir that describes its model."""
+    desc = _description(path)
+    arch = architectures.get(desc["architecture"])
+    module, cfg = arch.build(desc["hf_config"], **overrides)
+    target = _restore_target(arch, module, cfg, mesh, rules)
+    if "stage" in desc:
+        from omnijax.training.checkpointing import final_params  # training imports this module
+        from omnijax.training.stages import StageConfigError
+
+        try:
+            params = final_params(path, target)
+        except StageConfigError as e:
+            why = str(e).removeprefix(f"init_from {path}: ")  # the message as the next stage's config would get it
+            raise CheckpointError(f"{path} is the workdir of stage {desc['stage']!r}, which is not finished, so it "
+                                  f"holds no final params to load: {why}") from None
+    else:
+        params = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(path, "params")), target)
     return Loaded(arch, module, cfg, params, desc["hf_config"])
 
 
 def load_model(path: str, *, mesh: Mesh | None = None, rules=None, progress: bool = True, **overrides) -> Loaded:
-    """Open an omnijax model directory or a HF model directory."""
+    """Open an omnijax model directory, a finished omni stage workdir or a HF model directory."""
     if os.path.exists(os.path.join(path, MODEL_FILE)):
         return load_model_dir(path, mesh=mesh, rules=rules, **overrides)
     if os.path.exists(os.path.join(path, "config.json")):

@@ -1,7 +1,14 @@
 """HF <-> omnijax conversion.
 
     python -m omnijax.hf.convert import --hf DIR --out CKPT [--overwrite]
-    python -m omnijax.hf.convert export --ckpt CKPT --out DIR [--dtype bfloat16] [--max-shard-size 5GB] [--overwrite]
+    python -m omnijax.hf.convert export --ckpt CKPT --out DIR [--part full|llm|stock] [--dtype bfloat16]
+                                        [--max-shard-size 5GB] [--overwrite]
+
+CKPT is an omnijax model directory, a finished omni stage workdir or a HF model directory. ``--part``
+(``omnijax.hf.omni.part``): ``full`` (default) the model as it is, an omni model as one
+``OmnijaxOmniModel`` directory; ``llm`` its LLM as ``Qwen2ForCausalLM``; ``stock`` the model as
+``LlavaOnevisionForConditionalGeneration`` / ``Qwen2AudioForConditionalGeneration`` when it is exactly
+one (else an error naming why). The tokenizer files come along (a stage's: ``c.data.tokenizer``).
 
 Both refuse an existing non-empty output (unless ``--overwrite``) and write it whole or not at all.
 """
@@ -15,6 +22,7 @@ import sys
 from omnijax.checkpoint import assets_of, load_model, save_model_dir
 from omnijax.hf.exporter import DEFAULT_SHARD_BYTES, save_hf
 from omnijax.hf.importer import load_hf
+from omnijax.hf.omni import PARTS, part
 from omnijax.outdir import check_writable
 
 _UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
@@ -36,8 +44,10 @@ def main(argv=None) -> int:
     imp.add_argument("--out", required=True, help="omnijax checkpoint directory to create")
     imp.add_argument("--overwrite", action="store_true")
     exp = sub.add_parser("export", help="omnijax checkpoint -> HF model directory")
-    exp.add_argument("--ckpt", required=True, help="omnijax checkpoint (or HF) directory")
+    exp.add_argument("--ckpt", required=True, help="omnijax checkpoint, omni stage workdir or HF directory")
     exp.add_argument("--out", required=True, help="HF directory to create")
+    exp.add_argument("--part", choices=PARTS, default="full",
+                     help="full: the whole model; llm: its LLM (Qwen2ForCausalLM); stock: its stock transformers class")
     exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="tensor dtype (default: as stored)")
     exp.add_argument("--max-shard-size", type=parse_size, default=DEFAULT_SHARD_BYTES)
     exp.add_argument("--overwrite", action="store_true")
@@ -48,7 +58,7 @@ def main(argv=None) -> int:
             loaded = load_hf(args.hf)
             save_model_dir(args.out, loaded, assets_dir=args.hf, overwrite=args.overwrite)
         else:
-            loaded = load_model(args.ckpt)
+            loaded = part(load_model(args.ckpt), args.part)
             dtype = None
             if args.dtype:
                 import jax.numpy as jnp
