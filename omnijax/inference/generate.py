@@ -6,7 +6,8 @@ RoPE positions are ``cumsum(mask) - 1`` clipped at 0, so a padded row computes e
 prompt alone would. The whole block is prefilled in one call; then one token per step is decoded in
 a ``jax.lax.while_loop`` that ends when every row has emitted a stop token or ``max_new_tokens``
 tokens exist. Decoding is greedy at ``temperature == 0``, else temperature + nucleus (top-p)
-sampling with ``jax.random``.
+sampling with ``jax.random``. ``decode_loop`` is that loop alone, after any prefill
+(``omnijax.inference.omni`` prefills over the media-spliced embeddings of an omni model).
 
 Shapes: ``b`` = number of prompts, ``P`` = longest prompt, ``N`` = ``max_new_tokens``, cache length
 ``max_len`` (default ``P + N``).
@@ -33,10 +34,14 @@ class GenerationResult(NamedTuple):
     lengths: np.ndarray
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int = 0):
-    """Left-pad prompts into a block. Returns numpy int32 (ids, segment_ids, positions), each
-    ``[b, P]``: segment id 1 on real tokens and 0 on padding, positions ``cumsum(mask) - 1`` clipped at 0."""
-    width = max(len(p) for p in prompts)
+def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int = 0, width: int | None = None):
+    """Left-pad prompts into a block of ``width`` tokens (default: the longest prompt). Returns numpy
+    int32 (ids, segment_ids, positions), each ``[b, width]``: segment id 1 on real tokens and 0 on
+    padding, positions ``cumsum(mask) - 1`` clipped at 0."""
+    longest = max(len(p) for p in prompts)
+    width = longest if width is None else width
+    if width < longest:
+        raise ValueError(f"width {width} is shorter than the longest prompt ({longest} tokens)")
     ids = np.full((len(prompts), width), pad_token_id, np.int32)
     mask = np.zeros((len(prompts), width), np.int32)
     for i, p in enumerate(prompts):
@@ -66,21 +71,32 @@ def _next_token(logits, rng, temperature, top_p, sample: bool):
     return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "max_len", "sample"))
-def _generate(model: nn.Module, params, ids, segment_ids, positions, stop_ids, pad_token_id,
-              temperature, top_p, rng, *, max_new_tokens: int, max_len: int, sample: bool):
-    """Jitted core. ids/segment_ids/positions int32 ``[b, P]``, stop_ids int32 ``[s]``.
-    Returns (tokens int32 ``[b, N]``, lengths int32 ``[b]``)."""
-    b, width = ids.shape
-    cache = init_cache(model.cfg, b, max_len)
-    logits, cache = model.apply({"params": params}, ids, positions, segment_ids, cache=cache, cache_index=0)
-    next_pos = positions[:, -1] + 1  # [b]: RoPE position of the first generated token
+def stop_id_block(stop_token_ids: Sequence[int]) -> np.ndarray:
+    """Stop ids as int32 ``[s]``, padded with -1 (never emitted) to a multiple of 8, so that changing
+    the stop list rarely recompiles."""
+    stop_ids = np.full(-(-len(stop_token_ids) // 8) * 8, -1, np.int32)
+    stop_ids[:len(stop_token_ids)] = list(stop_token_ids)
+    return stop_ids
+
+
+def decode_loop(step, logits, cache, next_pos, cache_index, stop_ids, pad_token_id, temperature, top_p, rng, *,
+                max_new_tokens: int, sample: bool):
+    """The token loop after a prefill, traced inside a jit: the first token from the prefill's last
+    logits, then one ``step`` per token in a ``jax.lax.while_loop`` until every row has emitted a stop
+    token or ``max_new_tokens`` tokens exist.
+
+    ``step(ids [b, 1], positions [b, 1], cache, cache_index) -> (logits [b, 1, vocab], cache)`` runs one
+    token per row through the model at cache slot ``cache_index``. ``logits`` f32 ``[b, vocab]``: the
+    prefill's last position; ``next_pos`` int32 ``[b]``: RoPE position of the first generated token;
+    ``cache_index``: the cache slot after the prefill. Returns (tokens int32 ``[b, N]``, lengths int32 ``[b]``).
+    """
+    b = logits.shape[0]
 
     def is_stop(tok):
         return jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
 
     rng, step_rng = jax.random.split(rng)
-    tok = _next_token(logits[:, -1], step_rng, temperature, top_p, sample)
+    tok = _next_token(logits, step_rng, temperature, top_p, sample)
     tokens = jnp.full((b, max_new_tokens), pad_token_id, jnp.int32).at[:, 0].set(tok)
     done = is_stop(tok)
     lengths = jnp.ones((b,), jnp.int32)
@@ -93,8 +109,7 @@ def _generate(model: nn.Module, params, ids, segment_ids, positions, stop_ids, p
         # `last` is the raw previous choice (always a valid id), fed even to finished rows so that
         # an out-of-vocabulary pad_token_id never reaches the embedding.
         i, cache, tokens, done, lengths, last, rng = state
-        logits, cache = model.apply({"params": params}, last[:, None], (next_pos + i - 1)[:, None],
-                                    jnp.ones((b, 1), jnp.int32), cache=cache, cache_index=width + i - 1)
+        logits, cache = step(last[:, None], (next_pos + i - 1)[:, None], cache, cache_index + i - 1)
         rng, step_rng = jax.random.split(rng)
         tok = _next_token(logits[:, -1], step_rng, temperature, top_p, sample)
         out = jnp.where(done, pad_token_id, tok)
@@ -106,6 +121,22 @@ def _generate(model: nn.Module, params, ids, segment_ids, positions, stop_ids, p
     state = (jnp.int32(1), cache, tokens, done, lengths, tok, rng)
     _, _, tokens, _, lengths, _, _ = jax.lax.while_loop(cond, body, state)
     return tokens, lengths
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "max_len", "sample"))
+def _generate(model: nn.Module, params, ids, segment_ids, positions, stop_ids, pad_token_id,
+              temperature, top_p, rng, *, max_new_tokens: int, max_len: int, sample: bool):
+    """Jitted core. ids/segment_ids/positions int32 ``[b, P]``, stop_ids int32 ``[s]``.
+    Returns (tokens int32 ``[b, N]``, lengths int32 ``[b]``)."""
+    b, width = ids.shape
+    cache = init_cache(model.cfg, b, max_len)
+    logits, cache = model.apply({"params": params}, ids, positions, segment_ids, cache=cache, cache_index=0)
+
+    def step(last, pos, cache, index):
+        return model.apply({"params": params}, last, pos, jnp.ones_like(last), cache=cache, cache_index=index)
+
+    return decode_loop(step, logits[:, -1], cache, positions[:, -1] + 1, width, stop_ids, pad_token_id, temperature,
+                       top_p, rng, max_new_tokens=max_new_tokens, sample=sample)
 
 
 def generate(
@@ -169,12 +200,9 @@ def generate(
 
     # Prompt padding is masked out; it only has to be a valid embedding row.
     ids, segment_ids, positions = left_pad(prompts, pad_token_id if 0 <= pad_token_id < cfg.vocab_size else 0)
-    # Padded with -1 (never emitted) to a multiple of 8, so changing the stop list rarely recompiles.
-    stop_ids = np.full(-(-len(stop_token_ids) // 8) * 8, -1, np.int32)
-    stop_ids[:len(stop_token_ids)] = list(stop_token_ids)
     rng = jax.random.key(0) if rng is None else rng
     tokens, lengths = _generate(
-        model, params, ids, segment_ids, positions, stop_ids, jnp.int32(pad_token_id),
+        model, params, ids, segment_ids, positions, stop_id_block(stop_token_ids), jnp.int32(pad_token_id),
         jnp.float32(temperature if sample else 1.0), jnp.float32(top_p), rng,
         max_new_tokens=int(max_new_tokens), max_len=int(max_len), sample=sample)
     return GenerationResult(np.asarray(tokens, np.int32), np.asarray(lengths, np.int32))

@@ -1,11 +1,29 @@
-"""Generate text from a model.
+"""Generate from a model.
+
+Token ids in, token ids out (any language model, sampling optional):
 
     python -m omnijax.tools.generate --model PATH --input-ids 1,2,3 --max-new-tokens N
            [--temperature T --top-p P --seed S] [--stop-ids 2,7] [--dtype bfloat16]
 
-PATH is a HF model directory or an omnijax checkpoint. Greedy by default. Stops at the model's
-``eos_token_id`` (from its config / generation config) unless ``--stop-ids`` is given. The last line
-printed is the generated ids, space-separated.
+Stops at the model's ``eos_token_id`` (from its config / generation config) unless ``--stop-ids`` is
+given. The last line printed is the generated ids, space-separated.
+
+A question with media (an omni model, or a text LLM without media), greedy, printed sentence by
+sentence as it is written:
+
+    python -m omnijax.tools.generate --model PATH [--image a.png] [--audio b.wav] [--video c.mp4]
+           (--prompt "What is in the picture?" | --spoken-question q.wav)
+           [--max-new-tokens N] [--speak-dir DIR] [--tokenizer DIR] [--max-prompt-len L] [--video-frames K]
+
+The user turn is the media placeholders (``<image>``, ``<audio>``, ``<video>``, in the order of the
+flags, each repeatable), a newline and the prompt; ``--spoken-question`` asks the question as speech
+instead (the turn ends in ``<audio>`` with the recording, as ``Example.spoken_view`` writes Ola's
+spoken queries). The prompt is prepared as the training pipeline prepares examples
+(``omnijax.inference.omni``), with the model's media slots per row. ``--speak-dir`` speaks each
+sentence with eSpeak NG into ``DIR/sentence_000.wav``, ... (16 kHz mono).
+
+PATH is a HF model directory, an omnijax model directory or a finished omni stage workdir; the
+tokenizer is the one it carries (``--tokenizer`` to choose another).
 """
 
 from __future__ import annotations
@@ -17,8 +35,12 @@ import sys
 
 import jax
 
+from data_pipelines import schema
+from data_pipelines.speech import SpeechSynthesisError
 from omnijax.checkpoint import assets_of, load_model
 from omnijax.inference import generate
+from omnijax.models.llm import LLMConfig
+from omnijax.models.omni import OmniConfig
 
 
 def _ids(text: str) -> list[int]:
@@ -40,18 +62,129 @@ def default_stop_ids(path: str, cfg) -> list[int]:
     return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
 
+class _Media(argparse.Action):
+    """``--image/--audio/--video PATH``: appends (kind, path) to one list, so the flags keep their order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), (self.const, values)])
+
+
+def _media(kind: str, path: str, flag: str) -> schema.Media:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} {path}: no such file")
+    with open(path, "rb") as f:
+        data = f.read()
+    found = schema.sniff_format(data)
+    formats = [f for f in schema.FORMATS[kind] if f != "jpeg_frames"]
+    if found not in formats:
+        raise ValueError(f"{flag} {path}: {kind} files must be {' or '.join(formats)}, this one is "
+                         f"{found or 'of no known format'}; convert it first")
+    return schema.Media(kind, found, data)
+
+
+def build_example(media: list[tuple[str, str]], prompt: str | None = None,
+                  spoken_question: str | None = None) -> schema.Example:
+    """The example the chat flags describe: one user turn with the media placeholders in the flags'
+    order, a newline and ``prompt``; with ``spoken_question`` (a WAV/FLAC path) instead of ``prompt``,
+    the question as speech, written as ``Example.spoken_view`` writes it (``<audio>`` last, the
+    recording the last media item). ``media``: (kind, path) pairs. Raises FileNotFoundError or
+    ValueError naming the flag."""
+    if (prompt is None) == (spoken_question is None):
+        raise ValueError("give the question as --prompt TEXT or as --spoken-question WAV (one of them)")
+    items = [_media(kind, path, f"--{kind}") for kind, path in media]
+    placeholders = "".join(schema.PLACEHOLDERS[kind] for kind, _ in media)
+    if spoken_question is not None:
+        items.append(_media("audio", spoken_question, "--spoken-question"))
+        question = schema.PLACEHOLDERS["audio"]
+    else:
+        question = prompt
+    text = f"{placeholders}\n{question}" if placeholders else question
+    return schema.Example(id="command-line", source="command-line", task="chat",
+                          turns=(schema.Turn("user", text, tuple(range(len(items)))),), media=tuple(items))
+
+
+DEFAULT_MAX_PROMPT_LEN = 2048
+
+
+def chat_config(module) -> OmniConfig:
+    """The ``OmniConfig`` of a loaded module: an omni model's own (omnijax omni, LLaVA-OneVision,
+    Qwen2-Audio), or a text LLM's as an omni model without towers (the same ``llm`` params)."""
+    cfg = getattr(module, "cfg", None)
+    if isinstance(cfg, OmniConfig):
+        return cfg
+    if isinstance(cfg, LLMConfig):
+        return OmniConfig(llm=cfg)
+    raise ValueError(f"--prompt needs an omni model or a language model, not a {type(module).__name__}; "
+                     "use --input-ids")
+
+
+def _chat(args) -> int:
+    from omnijax.inference.omni import OmniGenerator, media_unsupported, stage_prompt_options
+    from omnijax.inference.sentences import espeak_callback
+
+    if args.temperature != 0.0 or args.top_p != 1.0 or args.stop_ids is not None:
+        raise ValueError("--temperature, --top-p and --stop-ids go with --input-ids; --prompt decodes greedily "
+                         "and stops at <|im_end|>")
+    example = build_example(args.media or [], args.prompt, args.spoken_question)
+    tokenizer = args.tokenizer or assets_of(args.model)
+    if not tokenizer:
+        raise ValueError(f"{args.model} carries no tokenizer: pass --tokenizer DIR (a HF tokenizer directory)")
+    loaded = load_model(args.model, dtype=args.dtype, progress=False)
+    cfg = chat_config(loaded.module)
+    flags = [(kind, f"--{kind}") for kind, _ in args.media or []]
+    flags += [("audio", "--spoken-question")] if args.spoken_question else []
+    for kind, flag in flags:
+        reason = media_unsupported(cfg, kind)
+        if reason:
+            raise ValueError(f"{flag}: {reason}; leave out {flag} or use a model that takes {kind}s")
+    options, seq_len = stage_prompt_options(args.model)  # a stage workdir: prompts as its batches were
+    if args.video_frames is not None:
+        options["video_frames"] = args.video_frames
+    room = cfg.llm.max_position_embeddings - args.max_new_tokens
+    max_prompt_len = args.max_prompt_len or min(seq_len or DEFAULT_MAX_PROMPT_LEN, room)
+    generator = OmniGenerator(cfg, loaded.params, tokenizer, max_prompt_len=max_prompt_len, batch_size=1,
+                              **options)
+    speak = espeak_callback(args.speak_dir) if args.speak_dir else None
+    for sentence in generator.stream(example, args.max_new_tokens, on_sentence=speak):
+        print(sentence, end="", flush=True)
+    print()
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m omnijax.tools.generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="HF model directory or omnijax checkpoint")
-    parser.add_argument("--input-ids", required=True, type=_ids, help="prompt token ids, e.g. 1,2,3")
+    parser.add_argument("--model", required=True, help="HF or omnijax model directory, or an omni stage workdir")
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--input-ids", type=_ids, help="prompt token ids, e.g. 1,2,3")
+    query.add_argument("--prompt", help="the question (a chat turn, after any media)")
+    query.add_argument("--spoken-question", metavar="WAV", help="the question as speech (WAV or FLAC)")
+    for kind in ("image", "audio", "video"):
+        parser.add_argument(f"--{kind}", dest="media", action=_Media, const=kind, metavar="PATH",
+                            help=f"{kind} file ({', '.join(f for f in schema.FORMATS[kind] if f != 'jpeg_frames')}) "
+                                 "before the question; repeatable, in order")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (--input-ids)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="(--input-ids)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stop-ids", type=_ids, help="stop token ids (default: the model's eos)")
+    parser.add_argument("--stop-ids", type=_ids, help="stop token ids (default: the model's eos; --input-ids)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--speak-dir", metavar="DIR", help="speak each sentence into DIR/sentence_000.wav, ...")
+    parser.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model's)")
+    parser.add_argument("--max-prompt-len", type=int,
+                        help="most prompt tokens, media tokens included (default: a stage's seq_len, else "
+                             f"{DEFAULT_MAX_PROMPT_LEN}, within the model's positions)")
+    parser.add_argument("--video-frames", type=int,
+                        help="frames sampled per video (default: the stage's, else the pipeline's)")
     args = parser.parse_args(argv)
+    if args.input_ids is None:
+        try:
+            return _chat(args)
+        except (ValueError, FileNotFoundError, SpeechSynthesisError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if args.media or args.speak_dir:
+        parser.error("--image/--audio/--video and --speak-dir go with --prompt or --spoken-question, not --input-ids")
     try:
         loaded = load_model(args.model, dtype=args.dtype, progress=False)
         stop = args.stop_ids if args.stop_ids is not None else default_stop_ids(args.model, loaded.cfg)
