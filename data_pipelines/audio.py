@@ -8,6 +8,7 @@ plays the role of the extractor's `chunk_length`.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import librosa
@@ -116,6 +117,13 @@ def chunk_valid_frames(num_samples: int, chunk_seconds: float = 30.0) -> int:
     return min(math.ceil(num_samples / HOP_LENGTH), frames)
 
 
+@functools.lru_cache(maxsize=8)
+def _mel_filters(n_mels: int) -> np.ndarray:
+    """Slaney mel filters 0-8000 Hz for n_fft 400 at 16 kHz, float64 ``[n_mels, 201]`` (built once)."""
+    return librosa.filters.mel(sr=SAMPLING_RATE, n_fft=N_FFT, n_mels=n_mels, fmin=0.0, fmax=8000.0, htk=False,
+                               norm="slaney", dtype=np.float64)
+
+
 def whisper_log_mel(
     waveform: np.ndarray,
     sampling_rate: float,
@@ -137,22 +145,8 @@ def whisper_log_mel(
     array = _check_waveform(waveform, sampling_rate, max_seconds)
     array = _resample(array, sampling_rate).astype(np.float64)
     array = librosa.util.fix_length(array, size=frames * HOP_LENGTH)
-    mel = librosa.feature.melspectrogram(
-        y=array,
-        sr=SAMPLING_RATE,
-        n_fft=N_FFT,
-        hop_length=HOP_LENGTH,
-        window="hann",
-        center=True,
-        pad_mode="reflect",
-        power=2.0,
-        n_mels=n_mels,
-        fmin=0.0,
-        fmax=8000.0,
-        htk=False,
-        norm="slaney",
-        dtype=np.float64,
-    )[:, :-1]
+    stft = librosa.stft(array, n_fft=N_FFT, hop_length=HOP_LENGTH, window="hann", center=True, pad_mode="reflect")
+    mel = _mel_filters(n_mels) @ (np.abs(stft[:, :-1]) ** 2)
     log_mel = np.log10(np.maximum(mel, 1e-10))
     log_mel = np.maximum(log_mel, log_mel.max() - 8.0)
     return ((log_mel + 4.0) / 4.0).astype(np.float32)

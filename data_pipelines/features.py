@@ -33,6 +33,17 @@ from omnijax import media_tokens
 from omnijax.batch import MediaBudget
 
 IMAGE_TILINGS = ("resize", "dynamic")
+_BLAS_LIMIT = []
+
+
+def limit_blas_threads() -> None:
+    """One BLAS thread in this process from now on. The features are small matrix products (mel filters,
+    resizing); OpenBLAS's worker threads spin against a train step or other workers on the same cores and
+    made them 30x slower on a 2-core machine. XLA does not use this BLAS."""
+    if not _BLAS_LIMIT:
+        from threadpoolctl import threadpool_limits
+
+        _BLAS_LIMIT.append(threadpool_limits(limits=1, user_api="blas"))
 
 
 class MediaError(ValueError):

@@ -17,6 +17,8 @@ modality's placeholder token and then repeated to exactly the count the shared c
 gives for that item (`MediaLayout.image_tokens` etc. via `features.MediaFeatures`). Loss weights are
 1 on the text and `<|im_end|>` of assistant turns, never on placeholders; `targets` are the next
 token within the example (the last token predicts nothing), so packing never crosses examples.
+`Prepare.prompt` writes a generation prompt the same way, up to the assistant's header
+(`omnijax.inference.omni`).
 
 Packing. Grain's first-fit packer carries media as sequence features: each modality's slot array
 (`images [k, S, S, 3]`, ...) and per-slot fields are packed along their first axis with the stage's
@@ -24,6 +26,17 @@ slot count as capacity, so an example goes into a row only when its tokens *and*
 a row's slots hold its examples' items in segment order. The packer gives each slot the segment
 of its example; `FinishRow` turns the per-example item numbers into the row's (`*_item`, -1 for
 empty slots). Bins are emitted in order (no bin shuffle).
+
+Self-KD pairs (arXiv 2503.00059). In a source with `self_kd=True` every example becomes one element
+holding two parts: the example with its written question (the teacher, `kd_part` 1) followed by its
+spoken view (`Example.spoken_view`, the student, `kd_part` 2), each tokenised as an example of its own
+(targets never cross from teacher to student); its media in placeholder order across the pair (teacher
+image, student image, student audio). `FinishRow` gives each part its own segment and restarts the
+positions at 0 for the student. Pairs are packed whole: one that does not fit a row is dropped (counted
+as `dropped_too_long`) under either over-long policy, since a cut pair would not answer with the same
+tokens on both sides. An example without a spoken question in such a source is an error. When any
+source is a Self-KD source, every element carries `kd_part` (0 for ordinary examples) and the batches
+have it (`omnijax.batch.batch_spec(self_kd=True)`).
 
 Bad records (undecodable record or media, placeholders that do not match the media) are skipped
 and counted per reason (`BAD_REASONS`). When more than `max_bad_fraction * bad_window` of the last
@@ -43,6 +56,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import itertools
 import zlib
 from collections.abc import Sequence
 
@@ -53,7 +67,7 @@ import numpy as np
 from data_pipelines import features as features_lib
 from data_pipelines import schema
 from data_pipelines.tokenizer import DEFAULT_SYSTEM_PROMPT, IM_END, IM_START, load_tokenizer
-from omnijax.batch import ANYRES_PLAN, SLOT_FIELDS, MediaBudget, batch_spec
+from omnijax.batch import ANYRES_PLAN, KD_ORDINARY, KD_STUDENT, KD_TEACHER, SLOT_FIELDS, MediaBudget, batch_spec
 from omnijax.media_tokens import MODALITIES, MediaLayout
 
 TOO_LONG_POLICIES = ("drop", "truncate")
@@ -70,12 +84,14 @@ class BadRecordsError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class Source:
     """One corpus in a stage's mixture: ArrayRecord shards of `schema.Example` records and its weight.
-    `spoken`: feed examples with a spoken question in their spoken form (`Example.spoken_view`)."""
+    `spoken`: feed examples with a spoken question in their spoken form (`Example.spoken_view`).
+    `self_kd`: feed each example as a Self-KD pair, its written then its spoken form (module docstring)."""
 
     name: str
     paths: tuple[str, ...]
     weight: float = 1.0
     spoken: bool = False
+    self_kd: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "paths", (self.paths,) if isinstance(self.paths, str) else tuple(self.paths))
@@ -83,6 +99,9 @@ class Source:
             raise ValueError(f"source {self.name!r} has no shards")
         if not self.weight > 0:
             raise ValueError(f"source {self.name!r}: weight must be positive, got {self.weight!r}")
+        if self.spoken and self.self_kd:
+            raise ValueError(f"source {self.name!r} is spoken and self_kd: a Self-KD pair already holds the spoken "
+                             "form (its student part); set only self_kd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +157,11 @@ class PipelineConfig:
                                  f"layout has no {m} placeholder token")
 
     @property
+    def self_kd(self) -> bool:
+        """Whether a source gives Self-KD pairs: then the batches carry `kd_part`."""
+        return any(s.self_kd for s in self.sources)
+
+    @property
     def counters(self) -> tuple[str, ...]:
         """Names of the pipeline's counters (`Pipeline.metrics`)."""
         return COUNTERS + tuple(f"records/{s.name}" for s in self.sources)
@@ -185,13 +209,15 @@ class Records:
 
 class Prepare:
     """One record -> a tokenised example with its media features (the packer's input), or a skip
-    marker `{"skip": reason, "where": ..., "detail": ...}`. Runs in the pipeline workers."""
+    marker `{"skip": reason, "where": ..., "detail": ...}`. Runs in the pipeline workers. `prompt`
+    prepares a generation prompt the same way (inference; `records` may then be None)."""
 
     def __init__(self, config: PipelineConfig, source: Source, records: Records, tokenizer):
         self.source, self.records = source, records
         self.seq_len, self.budget = config.seq_len, config.budget
         self.system_prompt, self.truncate = config.system_prompt, config.too_long == "truncate"
         self.task_names = config.task_names
+        self.kd_part = config.self_kd  # every element carries kd_part
         self.features = features_lib.MediaFeatures(
             config.budget, config.layout, video_frames=config.video_frames, image_tiling=config.image_tiling,
             max_image_tiles=config.max_image_tiles, max_audio_chunks=config.max_audio_chunks)
@@ -232,11 +258,14 @@ class Prepare:
     def task_id(self, task: str) -> int:
         return self.task_names.index(task) if task in self.task_names else len(self.task_names)
 
-    def text(self, example: schema.Example) -> tuple[str, list[tuple[int, int]], list[int]]:
+    def text(self, example: schema.Example, generation: bool = False) -> tuple[str, list[tuple[int, int]], list[int]]:
         """ChatML text with one placeholder token per media item, the assistant spans to learn
-        (characters), and the media indices in placeholder order."""
+        (characters), and the media indices in placeholder order. `generation`: the prompt to answer
+        instead, the turns before the first assistant turn and then the assistant's header."""
         turns = list(example.turns)
-        if self.system_prompt is not None and turns[0].role != "system":
+        if generation:
+            turns = list(itertools.takewhile(lambda turn: turn.role != "assistant", turns))
+        if self.system_prompt is not None and (not turns or turns[0].role != "system"):
             turns.insert(0, schema.Turn("system", self.system_prompt))
         parts, spans, order, length = [], [], [], 0
         for turn in turns:
@@ -257,29 +286,72 @@ class Prepare:
                 spans.append((length + len(head), length + len(head) + len(body)))
             parts.append(f"{head}{body}\n")
             length += len(parts[-1])
+        if generation:
+            parts.append(f"{IM_START}assistant\n")
         return "".join(parts), spans, order
 
     def example(self, example: schema.Example) -> dict:
+        if self.source.self_kd:
+            return self.pair(example)
         ids, learn, order = self.tokens(example)
         items, trimmed = self.media(example, order)
         ids, learn, items, truncated = self.expand(ids, learn, items)
+        out = self.text_fields(ids, learn, example.task, KD_ORDINARY)
+        out.update(self.slots(items), truncated=truncated or trimmed, source=self.source.name)
+        return out
+
+    def pair(self, example: schema.Example) -> dict:
+        """A Self-KD pair as one element: the teacher part (the written question) then the student part
+        (`spoken_view`), whole or skipped as `dropped_too_long` (module docstring)."""
+        if example.spoken_question is None:
+            raise ValueError(
+                f"source {self.source.name!r} is a Self-KD source (self_kd=True), but example {example.id!r} has no "
+                "spoken_question; such a source holds questions with their recordings (omni-synth's spoken_image_qa): "
+                "leave other examples out of it, or set self_kd=False")
+        views = (example, example.spoken_view())
+        tokens = [self.tokens(view) for view in views]
+        text = sum(len(ids) - len(order) for ids, _, order in tokens)
+        if text > self.seq_len:
+            raise _Skip("dropped_too_long", f"{text} text tokens in the Self-KD pair for seq_len {self.seq_len}")
+        # The student's media are the teacher's and the recording: each item is decoded once.
+        student_items, trimmed = self.media(views[1], tokens[1][2])
+        decoded = dict(zip(tokens[1][2], student_items, strict=True))
+        per_part = ([decoded[i] for i in tokens[0][2]], student_items)
+        parts = []
+        for kd_part, (ids, learn, _), mine in zip((KD_TEACHER, KD_STUDENT), tokens, per_part, strict=True):
+            ids, learn, _, _ = self.runs(ids, learn, mine)
+            parts.append(self.text_fields(ids, learn, example.task, kd_part))
+        items = per_part[0] + per_part[1]  # placeholder order across the pair
+        n = sum(len(p["input_ids"]) for p in parts)
+        used = collections.Counter()
+        for item in items:
+            used[item.kind] += item.slots
+        if n > self.seq_len or any(used[m] > self.budget.slots(m) for m in used):
+            raise _Skip("dropped_too_long", f"the Self-KD pair takes {n} tokens for seq_len {self.seq_len} and "
+                                            f"slots {dict(used)}; pairs are never cut")
+        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        out.update(self.slots(items), truncated=trimmed, source=self.source.name)
+        return out
+
+    def text_fields(self, ids: np.ndarray, learn: np.ndarray, task: str, kd_part: int) -> dict[str, np.ndarray]:
+        """An example's token fields: ids, next-token targets and weights inside the example, task ids,
+        and (Self-KD pipelines) its `kd_part`."""
         out = {
             "input_ids": ids.astype(np.int32),
             "targets": np.append(ids[1:], 0).astype(np.int32),
             "loss_weights": np.append(learn[1:], False).astype(np.float32),
-            "task_ids": np.full(len(ids), self.task_id(example.task), np.int32),
-            "truncated": truncated or trimmed,
-            "source": self.source.name,
+            "task_ids": np.full(len(ids), self.task_id(task), np.int32),
         }
-        out.update(self.slots(items))
+        if self.kd_part:
+            out["kd_part"] = np.full(len(ids), kd_part, np.int32)
         return out
 
-    def tokens(self, example: schema.Example) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    def tokens(self, example: schema.Example, generation: bool = False) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Token ids with one placeholder token per media item, which tokens to learn, and the media
-        indices in placeholder order. Skips examples whose placeholder tokens do not match their media
-        (e.g. a placeholder token written in the text) and, under `too_long='drop'`, examples whose
-        text alone passes `seq_len` (before any media is decoded)."""
-        text, spans, order = self.text(example)
+        indices in placeholder order (`generation`: of the prompt, `text`). Skips examples whose
+        placeholder tokens do not match their media (e.g. a placeholder token written in the text) and,
+        under `too_long='drop'`, examples whose text alone passes `seq_len` (before any media is decoded)."""
+        text, spans, order = self.text(example, generation)
         encoding = self.backend.encode(text, add_special_tokens=False)
         ids = np.asarray(encoding.ids, np.int64)
         starts = np.fromiter((o[0] for o in encoding.offsets), np.int64, len(ids))
@@ -295,6 +367,20 @@ class Prepare:
         if not self.truncate and len(ids) - len(order) > self.seq_len:
             raise _Skip("dropped_too_long", f"{len(ids) - len(order)} text tokens for seq_len {self.seq_len}")
         return ids, learn, order
+
+    def prompt(self, example: schema.Example) -> tuple[np.ndarray, list[features_lib.Feature]]:
+        """A generation prompt (inference), prepared as training prepares examples: the turns before the
+        first assistant turn as ChatML, then the assistant's header `<|im_start|>assistant\\n`, each
+        placeholder expanded to its item's tokens. Returns (input_ids int32 `[n]`, the media features in
+        placeholder order). Raises `ValueError` naming the example when a media item does not decode or
+        the prompt does not fit `seq_len` or the budget's slots (a `too_long='drop'` config)."""
+        try:
+            ids, learn, order = self.tokens(example, generation=True)
+            items, _ = self.media(example, order)
+            ids, _, items, _ = self.expand(ids, learn, items)
+        except _Skip as skip:
+            raise ValueError(f"example {example.id!r}: {skip} ({skip.reason})") from None
+        return ids.astype(np.int32), items
 
     def media(self, example: schema.Example, order: list[int]) -> tuple[list[features_lib.Feature], bool]:
         """The features of the media items in placeholder order, and whether an audio clip was cut."""
@@ -312,14 +398,8 @@ class Prepare:
     def expand(self, ids, learn, items):
         """Each placeholder token -> its item's run of placeholder tokens; then the over-long policy.
         Returns (ids, learn, items, truncated)."""
-        pads = np.asarray(list(self.pad_ids.values()), np.int64)
-        positions = np.flatnonzero(np.isin(ids, pads))  # one per item, in placeholder order
-        reps = np.ones(len(ids), np.int64)
-        reps[positions] = [f.tokens for f in items]
-        ends = np.cumsum(reps)[positions]
-        ids, learn = np.repeat(ids, reps), np.repeat(learn, reps)
-        learn &= ~np.isin(ids, pads)
-        cut, kept = self.fit(len(ids), ends - reps[positions], ends, items)
+        ids, learn, run_starts, run_ends = self.runs(ids, learn, items)
+        cut, kept = self.fit(len(ids), run_starts, run_ends, items)
         if cut == len(ids) and kept == len(items):
             return ids, learn, items, False
         if not self.truncate:
@@ -328,6 +408,18 @@ class Prepare:
         if not learn[1:cut].any():
             raise _Skip("dropped_too_long", f"nothing to learn is left in the first {cut} tokens")
         return ids[:cut], learn[:cut], items[:kept], True
+
+    def runs(self, ids, learn, items):
+        """Each placeholder token -> its item's run of placeholder tokens (never learned). Returns (ids,
+        learn, and where each item's run starts and ends)."""
+        pads = np.asarray(list(self.pad_ids.values()), np.int64)
+        positions = np.flatnonzero(np.isin(ids, pads))  # one per item, in placeholder order
+        reps = np.ones(len(ids), np.int64)
+        reps[positions] = [f.tokens for f in items]
+        ends = np.cumsum(reps)[positions]
+        ids, learn = np.repeat(ids, reps), np.repeat(learn, reps)
+        learn &= ~np.isin(ids, pads)
+        return ids, learn, ends - reps[positions], ends
 
     def fit(self, n: int, run_starts, run_ends, items) -> tuple[int, int]:
         """(tokens, items) of the example that fit the row: cut before the first item whose tokens
@@ -439,15 +531,19 @@ class _AccountIterator(grain.DatasetIterator):
 
 class FinishRow:
     """A packed row -> the batch contract's fields for one row (plus its `stats`): segment ids and
-    positions from the packer, and the row's item number of every media slot (-1 = empty)."""
+    positions from the packer (`self_kd`: each pair split into its teacher and student segments,
+    `split_pairs`), and the row's item number of every media slot (-1 = empty)."""
 
-    def __init__(self, modalities: Sequence[str], num_counters: int):
-        self.modalities, self.num_counters = tuple(modalities), num_counters
+    def __init__(self, modalities: Sequence[str], num_counters: int, self_kd: bool = False):
+        self.modalities, self.num_counters, self.self_kd = tuple(modalities), num_counters, self_kd
 
     def __call__(self, row: dict) -> dict:
         out = {name: row[name] for name in EXAMPLE_TEXT_FIELDS}
         out["segment_ids"] = row["input_ids_segment_ids"]
         out["positions"] = row["input_ids_positions"]
+        if self.self_kd:
+            out["kd_part"] = row["kd_part"]
+            out["segment_ids"], out["positions"] = split_pairs(row["input_ids_segment_ids"], row["kd_part"])
         for m in self.modalities:
             field, item = SLOT_FIELDS[m], f"{m}_item"
             seg, local = row[f"{field}_segment_ids"], row[item]
@@ -462,6 +558,19 @@ class FinishRow:
                 out["image_plan"] = row["image_plan"]
         out["stats"] = np.sum(row["stats"], axis=0) if len(row["stats"]) else np.zeros(self.num_counters, np.int64)
         return out
+
+
+def split_pairs(segment_ids: np.ndarray, kd_part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One packed row's segment ids ``[t]`` (one per packed element) -> segment ids with each Self-KD
+    pair's student part a segment of its own, numbered 1, 2, ... in row order (0 = padding), and RoPE
+    positions restarting at 0 in every segment."""
+    t = np.arange(len(segment_ids))
+    before = lambda x: np.concatenate([[0], x[:-1]])  # noqa: E731
+    start = (segment_ids > 0) & ((segment_ids != before(segment_ids))
+                                 | ((kd_part == KD_STUDENT) & (before(kd_part) != KD_STUDENT)))
+    first = np.maximum.accumulate(np.where(start, t, 0))
+    real = segment_ids > 0
+    return np.where(real, np.cumsum(start), 0).astype(np.int32), np.where(real, t - first, 0).astype(np.int32)
 
 
 _THREAD_LIMITS = []
@@ -496,7 +605,7 @@ def build_dataset(config: PipelineConfig, tokenizer=None) -> grain.IterDataset:
     ds = grain.IterDataset.mix(mixture, {s.name: s.weight for s in config.sources})
     ds = Account(ds, config)
     modalities = [m for m in MODALITIES if config.budget.slots(m)]
-    lengths = {name: config.seq_len for name in EXAMPLE_TEXT_FIELDS}
+    lengths = {name: config.seq_len for name in EXAMPLE_TEXT_FIELDS + (("kd_part",) if config.self_kd else ())}
     for m in modalities:
         slots = config.budget.slots(m)
         lengths[SLOT_FIELDS[m]] = lengths[f"{m}_item"] = slots
@@ -507,7 +616,7 @@ def build_dataset(config: PipelineConfig, tokenizer=None) -> grain.IterDataset:
     ds = grain.experimental.FirstFitPackIterDataset(
         ds, length_struct=lengths, num_packing_bins=config.packing_bins, shuffle_bins=False,
         meta_features=("stats",), max_sequences_per_bin=config.max_examples_per_row)
-    ds = ds.map(FinishRow(modalities, len(config.counters)))
+    ds = ds.map(FinishRow(modalities, len(config.counters), config.self_kd))
     if config.workers:
         from absl import flags
 
@@ -527,9 +636,12 @@ class Pipeline:
 
     def __init__(self, config: PipelineConfig):
         self.config = config
+        if not config.workers:
+            features_lib.limit_blas_threads()  # the decode runs in this process, next to the train step
         self.tokenizer = load_tokenizer(config.tokenizer)
         self.dataset = build_dataset(config, self.tokenizer)
-        self.spec = batch_spec(config.batch_size, config.seq_len, config.budget, config.layout.layout)
+        self.spec = batch_spec(config.batch_size, config.seq_len, config.budget, config.layout.layout,
+                               config.self_kd)
         self.totals = dict.fromkeys(config.counters, 0)
         self._iterator = None
 

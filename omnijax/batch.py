@@ -19,7 +19,15 @@ field              shape      dtype      meaning
                                          ``training.losses.shift_targets``)
 ``loss_weights``   [B, T]     float32    weight of position t's prediction (1 on response tokens)
 ``task_ids``       [B, T]     int32      task of position t's example, for per-task losses
+``kd_part``        [B, T]     int32      Self-KD stages only (``batch_spec(self_kd=True)``): 0 = an
+                                         ordinary example, 1 = a teacher part, 2 = a student part
 =================  =========  =========  ==========================================================
+
+Self-KD pairs (arXiv 2503.00059). A stage trained with the Self-KD loss has ``kd_part``: a pair is one
+image question asked in text (the teacher part, ``KD_TEACHER``) directly followed by the same question
+asked in speech (the student part, ``KD_STUDENT``), each its own segment (positions restart at 0, so
+the student never attends to the teacher), both with the same response. Pairs are packed whole, so the
+k-th teacher response token of a row and its k-th student response token are the same token.
 
 Media slots (present when the budget has slots of that modality). A slot holds one image view or
 tile, one video frame or one audio window; an item (an image, a video, an audio clip) fills
@@ -63,6 +71,7 @@ TEXT_FIELDS = {
     "input_ids": np.int32, "segment_ids": np.int32, "positions": np.int32,
     "targets": np.int32, "loss_weights": np.float32, "task_ids": np.int32,
 }
+KD_ORDINARY, KD_TEACHER, KD_STUDENT = 0, 1, 2  # values of ``kd_part``
 ANYRES_PLAN = 8  # ints per AnyRes plan: rows, cols, top, bottom, left, right, resized_h, resized_w
 SLOT_FIELDS = {"image": "images", "video": "videos", "audio": "audio"}  # modality -> its slot field
 _WHAT = {"image": "image slots (views/tiles)", "video": "video slots (frames)", "audio": "audio slots (windows)"}
@@ -86,10 +95,13 @@ class MediaBudget:
 
 
 def batch_spec(batch_size: int, seq_len: int, budget: MediaBudget = MediaBudget(),
-               layout: str = "ola") -> dict[str, jax.ShapeDtypeStruct]:
-    """Shapes and dtypes of every field of a batch (the global batch)."""
+               layout: str = "ola", self_kd: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of every field of a batch (the global batch); ``self_kd``: a stage trained
+    with the Self-KD loss, whose batches also hold ``kd_part``."""
     b, t = batch_size, seq_len
     spec = {name: jax.ShapeDtypeStruct((b, t), dtype) for name, dtype in TEXT_FIELDS.items()}
+    if self_kd:
+        spec["kd_part"] = jax.ShapeDtypeStruct((b, t), np.int32)
     if budget.image_slots:
         s, n = budget.image_size, budget.image_slots
         spec["images"] = jax.ShapeDtypeStruct((b, n, s, s, 3), np.float32)
@@ -237,21 +249,54 @@ def _check_items(b: int, m: str, batch: Mapping[str, np.ndarray], layout, budget
                              f"example (segments {segs.tolist()}): a placeholder run does not match its {m}; {fix}")
 
 
-def check_batch(batch: Mapping[str, np.ndarray], cfg) -> None:
+def _check_kd_parts(b: int, batch: Mapping[str, np.ndarray]) -> None:
+    """Row b's ``kd_part``: values 0, 1, 2, one part per segment, each student segment right after a
+    teacher segment, and the teacher responses equal to the student responses (module docstring)."""
+    kd, seg = np.asarray(batch["kd_part"][b]), np.asarray(batch["segment_ids"][b])
+    bad = np.flatnonzero((kd < KD_ORDINARY) | (kd > KD_STUDENT) | ((seg == 0) & (kd != KD_ORDINARY)))
+    if len(bad):
+        t = int(bad[0])
+        raise ValueError(f"row {b}, {_segment_of(seg, t)}: kd_part[{b}, {t}] = {int(kd[t])}; kd_part is "
+                         f"{KD_ORDINARY} (ordinary), {KD_TEACHER} (Self-KD teacher) or {KD_STUDENT} (student), "
+                         "and 0 on padding")
+    parts = {}
+    for s in (int(s) for s in np.unique(seg) if s):
+        found = np.unique(kd[seg == s])
+        if len(found) != 1:
+            raise ValueError(f"row {b}, segment {s}: kd_part takes the values {found.tolist()}; each segment is one "
+                             "part (ordinary, teacher or student)")
+        parts[s] = int(found[0])
+    order = [int(s) for s in seg[np.r_[True, seg[1:] != seg[:-1]]] if s]  # segments in row order
+    kinds = [parts[s] for s in order]
+    if any((a == KD_TEACHER) != (z == KD_STUDENT) for a, z in zip([None, *kinds], [*kinds, None])):
+        raise ValueError(f"row {b}: segments {order} are the parts {kinds} ({KD_TEACHER} teacher, {KD_STUDENT} "
+                         "student): each Self-KD teacher part must be directly followed by its student part")
+    learn = np.asarray(batch["loss_weights"][b]) > 0
+    targets = np.asarray(batch["targets"][b])
+    teacher, student = targets[learn & (kd == KD_TEACHER)], targets[learn & (kd == KD_STUDENT)]
+    if len(teacher) != len(student) or (teacher != student).any():
+        raise ValueError(f"row {b}: its Self-KD teacher parts have {len(teacher)} response tokens and its student "
+                         f"parts {len(student)}, not the same tokens in the same order: a pair's two parts must "
+                         "answer with the same response")
+
+
+def check_batch(batch: Mapping[str, np.ndarray], cfg, self_kd: bool = False) -> None:
     """Check a host (numpy) batch against a model config before tracing; a ``ValueError`` naming the
     field, or the row and example (segment), otherwise.
 
     ``cfg`` is an ``omnijax.models.omni.OmniConfig`` (or anything with ``budget``, ``media_layout`` and
     ``vocab_size``): fields, shapes and dtypes of ``batch_spec``; no empty row; each segment one
     contiguous run; token ids inside the vocabulary; and for every modality, the items in the slots
-    fill the row's placeholder tokens exactly, each item one run inside one example.
+    fill the row's placeholder tokens exactly, each item one run inside one example. ``self_kd``: the
+    stage trains with the Self-KD loss; ``kd_part`` is then checked too (values, one part per segment,
+    teacher-student pairs with equal responses).
     """
     budget, layout = cfg.budget, cfg.media_layout
     ids = np.asarray(batch["input_ids"]) if "input_ids" in batch else None
     if ids is None or ids.ndim != 2 or 0 in ids.shape:
         shape = None if ids is None else list(ids.shape)
         raise ValueError(f"batch input_ids has shape {shape}; expected [batch, seq] with batch, seq > 0")
-    spec = batch_spec(*ids.shape, budget, layout.layout)
+    spec = batch_spec(*ids.shape, budget, layout.layout, self_kd)
     missing = sorted(set(spec) - set(batch))
     unknown = sorted(set(batch) - set(spec))
     if missing or unknown:
@@ -271,6 +316,9 @@ def check_batch(batch: Mapping[str, np.ndarray], cfg) -> None:
         starts = starts[starts != 0]
         if len(np.unique(starts)) != len(starts) or (row < 0).any():
             raise ValueError(f"row {b}: segment_ids {row.tolist()} do not form one contiguous run per example")
+    if self_kd:
+        for b in range(ids.shape[0]):
+            _check_kd_parts(b, batch)
     for name in ("input_ids", "targets"):
         a = np.asarray(batch[name])
         bad = np.argwhere((a < 0) | (a >= cfg.vocab_size))

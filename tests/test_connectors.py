@@ -105,9 +105,15 @@ def test_local_global_pool_constant_groups_and_weights():
     np.testing.assert_allclose(weights.sum(axis=-2), 1.0, atol=1e-6)
 
 
-def test_local_global_pool_rejects_odd_grid():
-    with pytest.raises(ValueError, match=r"got a 3x4 grid"):
-        shapes(LocalGlobalAttentionPool(), jnp.zeros((1, 3, 4, 2)))
+def test_local_global_pool_pads_odd_grid_with_its_edge():
+    x = rand(2, 3, 5, 3)  # SigLIP-384/14 gives 27x27: odd sides pool a repeated last row / column
+    p = {"predictor_0": dense(6, 3, 1), "predictor_2": dense(3, 3, 2)}
+    y = apply_with(LocalGlobalAttentionPool(), p, x)
+    assert y.shape == (2, 2, 3, 3)
+    padded = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
+    np.testing.assert_allclose(y, pool_reference(padded, p), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"non-empty patch grid"):
+        shapes(LocalGlobalAttentionPool(), jnp.zeros((1, 0, 4, 2)))
 
 
 def test_ola_vision_projector_matches_numpy():
@@ -205,11 +211,10 @@ def test_output_length_matches_output_shape(module, lengths):
 
 def test_ola_output_length_matches_output_shape():
     module = OlaVisionProjector(out_dim=4)
-    for h, w in [(2, 2), (4, 6)]:
+    for h, w in [(2, 2), (4, 6), (5, 4), (27, 27)]:
         y, _ = shapes(module, jnp.ones((1, h, w, 3)))
         assert y.shape[1] * y.shape[2] == module.output_length(h, w)
-    with pytest.raises(ValueError, match=r"got a 5x4 grid"):
-        module.output_length(5, 4)
+    assert module.output_length(27, 27) == 14 * 14
 
 
 _AXIS_CASES = {

@@ -45,13 +45,11 @@ def strided_length(length: int, stride: int) -> int:
 
 
 def pooled_grid(height: int, width: int) -> tuple[int, int]:
-    """Grid ``(height // 2, width // 2)`` after 2x2 local-global pooling; both sides must be even."""
-    if height % 2 or width % 2:
-        raise ValueError(
-            f"LocalGlobalAttentionPool groups 2x2 neighbourhoods, so the patch grid needs even sides: "
-            f"got a {height}x{width} grid (height x width); crop or pad it to even sides"
-        )
-    return height // 2, width // 2
+    """Grid ``(ceil(height / 2), ceil(width / 2))`` after 2x2 local-global pooling (an odd side is
+    padded by repeating its last row / column, e.g. SigLIP-384/14's 27x27 -> 14x14)."""
+    if height < 1 or width < 1:
+        raise ValueError(f"LocalGlobalAttentionPool needs a non-empty patch grid, got {height}x{width}")
+    return -(-height // 2), -(-width // 2)
 
 
 def _dense(features: int, axes: tuple[str, str], name: str, dtype, param_dtype, use_bias: bool = True):
@@ -128,7 +126,8 @@ class LinearProjector(nn.Module):
 class LocalGlobalAttentionPool(nn.Module):
     """Ola's Local-Global Attention Pooling: each 2x2 neighbourhood becomes one feature.
 
-    ``[batch, h, w, C] -> [batch, h/2, w/2, C]`` (h, w even). The 2x2 group ``[..., 4, C]`` is joined
+    ``[batch, h, w, C] -> [batch, ceil(h/2), ceil(w/2), C]`` (an odd side is padded by repeating its
+    last row / column, so the edge groups pool a duplicated patch). The 2x2 group ``[..., 4, C]`` is joined
     with its mean (the global context) to ``[..., 4, 2C]``; the predictor ``predictor_0`` (2C -> C),
     exact GELU, ``predictor_2`` (C -> C) scores each channel of each position; a softmax over the 4
     positions (float32) weights the sum. Matches Ola's ``NormalizedDwPooler`` (``forward_type='2x'``);
@@ -148,6 +147,7 @@ class LocalGlobalAttentionPool(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
         h2, w2 = self.output_grid(h, w)
+        x = jnp.pad(x, ((0, 0), (0, 2 * h2 - h), (0, 2 * w2 - w), (0, 0)), mode="edge")
         groups = x.reshape(b, h2, 2, w2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h2, w2, 4, c)
         groups = groups.astype(self.dtype)
         context = jnp.broadcast_to(groups.mean(axis=-2, keepdims=True), groups.shape)

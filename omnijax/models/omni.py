@@ -25,8 +25,9 @@ Videos are not built for the llava_onevision layout, images and videos not for q
 
 Methods (pure; ``apply(..., method=...)``): ``embed(batch) -> [B, T, embed]``, ``hidden(batch) ->
 [B, T, embed]`` (the LLM's final-norm output, what the losses take), ``logits(hidden) -> f32 [B, T,
-vocab]``, ``forward(batch)`` = ``__call__(batch)`` = logits. Check a batch on the host with
-``omnijax.batch.check_batch(batch, cfg)`` before tracing.
+vocab]``, ``forward(batch)`` = ``__call__(batch)`` = logits; for KV-cache generation
+(``omnijax.inference.omni``) ``prefill(batch, cache, cache_index)`` and ``decode_step(ids, ...)``.
+Check a batch on the host with ``omnijax.batch.check_batch(batch, cfg)`` before tracing.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ from omnijax.models.vision import VisionConfig, VisionTower
 
 VISION_CONNECTORS = ("mlp", "ola")
 AUDIO_CONNECTORS = ("linear", "mlp", "frame_stack", "conv_gmlp")
+# Fields of the LLM / tower configs that are load-time choices, not part of a model's description.
+NUMERICS = ("dtype", "param_dtype", "attention", "remat", "scan_unroll")
+_TOWERS = ("llm", "vision", "audio")  # the sub-config fields of OmniConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +175,48 @@ class OmniConfig:
     def replace(self, **kw) -> "OmniConfig":
         return dataclasses.replace(self, **kw)
 
+    def to_dict(self) -> dict:
+        """A JSON-able description that ``from_dict`` rebuilds this config from, numerics aside
+        (``NUMERICS`` are load-time choices). The towers as transformers config dicts, each None when
+        absent: ``text_config`` (``Qwen2Config``), ``vision_config`` (``SiglipVisionConfig``),
+        ``audio_config`` (Whisper's encoder fields, or a ``Qwen2AudioEncoderConfig`` for the
+        ``qwen2_audio`` variant); the vision fields transformers keeps outside its vision config
+        (``vision_feature_layer``, ``vision_interpolate_pos_encoding``); every other field by name."""
+        def hf(sub):
+            return None if sub is None else {k: v for k, v in sub.to_hf().items() if k != "architectures"}
+
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _TOWERS}
+        own["anyres_pinpoints"] = [list(p) for p in self.anyres_pinpoints]
+        return {"text_config": hf(self.llm), "vision_config": hf(self.vision), "audio_config": hf(self.audio),
+                "vision_feature_layer": self.vision.feature_layer if self.vision else -1,
+                "vision_interpolate_pos_encoding": bool(self.vision and self.vision.interpolate_pos_encoding),
+                **own}
+
+    @classmethod
+    def from_dict(cls, d: dict, **overrides) -> "OmniConfig":
+        """The config ``to_dict`` described (other keys are ignored). ``overrides``: fields of this
+        config, or ``NUMERICS`` fields, applied to the LLM and each tower that has them
+        (``attention='splash'``, causal-only, leaves the bidirectional towers on ``'xla'``)."""
+        own = {f.name for f in dataclasses.fields(cls)} - set(_TOWERS)
+        unknown = sorted(set(overrides) - own - set(NUMERICS))
+        if unknown:
+            raise ValueError(f"unknown omni config overrides {unknown}: expected fields of OmniConfig or {NUMERICS}")
+
+        def tower(key: str, config_cls, **extra):
+            if d.get(key) is None:
+                return None
+            fields = {f.name for f in dataclasses.fields(config_cls)}
+            kw = {k: v for k, v in overrides.items() if k in NUMERICS and k in fields}
+            if config_cls is not LLMConfig and kw.get("attention") == "splash":
+                kw["attention"] = "xla"
+            return config_cls.from_hf(d[key], **extra, **kw)
+
+        kw = {k: d[k] for k in own if k in d}
+        kw.update({k: v for k, v in overrides.items() if k in own})
+        vision = tower("vision_config", VisionConfig, feature_layer=d.get("vision_feature_layer", -1),
+                       interpolate_pos_encoding=bool(d.get("vision_interpolate_pos_encoding", False)))
+        return cls(llm=tower("text_config", LLMConfig), vision=vision, audio=tower("audio_config", AudioConfig), **kw)
+
 
 class OmniModel(nn.Module):
     """Towers + connectors + LLM on the batch contract (module docstring)."""
@@ -263,6 +309,20 @@ class OmniModel(nn.Module):
 
     def __call__(self, batch):
         return self.forward(batch)
+
+    def prefill(self, batch, cache, cache_index):
+        """KV-cache prefill of generation prompts: ``embed(batch)`` (media spliced in) through the LLM
+        into ``cache`` (``llm.init_cache``) at slots ``cache_index ..``. Reads ``input_ids``,
+        ``positions``, ``segment_ids`` and the media fields. Returns (logits float32 ``[B, vocab]`` of
+        the last position, cache)."""
+        hidden, cache = self.llm.decode(self.embed(batch), batch["positions"], batch["segment_ids"], cache,
+                                        cache_index)
+        return self.logits(hidden[:, -1:])[:, 0], cache
+
+    def decode_step(self, ids, positions, segment_ids, cache, cache_index):
+        """Text tokens after a ``prefill``: ``ids [B, t]`` at cache slots ``cache_index ..`` -> (logits
+        float32 ``[B, t, vocab]``, cache)."""
+        return self.llm(ids, positions, segment_ids, cache, cache_index)
 
 
 def example_batch(cfg: OmniConfig, batch: int = 1, length: int = 8) -> dict[str, jax.ShapeDtypeStruct]:

@@ -4,9 +4,13 @@ A stage file (``experiments/<recipe>/<stage>.py``) has ``get_config(arg)``, star
 ``base_config()`` and assigns what the stage is about; every field is listed here once::
 
     c.name              stage name (in errors and logs)
-    c.model             task builder (``model.name``, ``omnijax.training.task``) and its fields
-    c.init_from         None | path | list of paths: HF or omnijax model directories (the groups they
-                        hold replace the fresh init) or a previous stage's workdir (its final params)
+    c.model             task builder (``model.name``, ``omnijax.training.task``) and its fields; the
+                        omni model's (``omnijax.training.omni_task``) include self_kd: None or
+                        dict(alpha, max_response_tokens), the Self-KD loss (``training.objective``)
+    c.init_from         None | source | list of sources; a source is a path (HF or omnijax model
+                        directory: the groups it holds replace the fresh init; a previous stage's
+                        workdir: its final params) or (path, groups): only those top-level groups.
+                        A recipe (``omnijax.recipe``) resolves '@previous' and '@stage:NAME' paths
     c.trainable         [(regex, schedule | None), ...] over param paths (``omnijax.training.stages``)
     c.optimizer         AdamW b1, b2, eps, weight_decay; no_decay regexes; clip_norm (None: off)
     c.frozen_param_dtype  None | 'bfloat16' | ...: store frozen params in this dtype
@@ -19,7 +23,9 @@ A stage file (``experiments/<recipe>/<stage>.py``) has ``get_config(arg)``, star
     c.num_tasks         task ids in the batches (per-task losses); c.task_names: their names
     c.data              source: 'random' (in-memory random rows, ``data_source.RandomBatches``) or
                         'grain' (``data_pipelines.pipeline.Pipeline``); seed (both); for 'grain':
-                        sources [dict(name, paths: shard glob(s), weight=1.0, spoken=False), ...],
+                        sources [dict(name, paths: shard glob(s), weight=1.0, spoken=False,
+                        self_kd=False), ...] (spoken: read the spoken form of examples; self_kd: read
+                        each example as a Self-KD teacher-student pair, with c.model.self_kd set),
                         tokenizer (HF tokenizer dir), workers (0: decode in the trainer process),
                         pipeline (dict of further ``PipelineConfig`` fields: video_frames, too_long, ...)
     c.num_steps, c.seed, c.log_every
@@ -69,10 +75,24 @@ def base_config() -> mlc.ConfigDict:
     return c
 
 
-def init_sources(c) -> list[str]:
+def init_sources(c) -> list[tuple[str, tuple[str, ...] | None]]:
+    """``c.init_from`` as (path, groups or None = all) pairs."""
     if not c.init_from:
         return []
-    return [c.init_from] if isinstance(c.init_from, str) else list(c.init_from)
+    entries = [c.init_from] if isinstance(c.init_from, str) or _is_pair(c.init_from) else list(c.init_from)
+    out = []
+    for e in entries:
+        if isinstance(e, str):
+            out.append((e, None))
+        elif _is_pair(e):
+            out.append((e[0], tuple(e[1])))
+        else:
+            raise StageConfigError(f"stage {c.name!r}: c.init_from entry {e!r} is neither a path nor (path, groups)")
+    return out
+
+
+def _is_pair(e) -> bool:
+    return isinstance(e, tuple | list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], tuple | list)
 
 
 def check_config(c, num_devices: int, process_count: int = 1) -> None:
@@ -123,12 +143,16 @@ def check_config(c, num_devices: int, process_count: int = 1) -> None:
         for i, src in enumerate(c.data.sources):
             if not isinstance(src, dict | mlc.ConfigDict) or not src.get("name") or not src.get("paths"):
                 raise StageConfigError(f"{stage}: c.data.sources[{i}] is {src!r}; each source is a dict with "
-                                       "name and paths (a shard glob or a list of them), optional weight, spoken")
+                                       "name and paths (a shard glob or a list of them), optional weight, spoken, "
+                                       "self_kd")
     unknown = sorted(set(c.media) - set(MEDIA_SLOTS))
     if unknown:
         raise StageConfigError(f"{stage}: c.media has {unknown}; it holds the slots per row: {', '.join(MEDIA_SLOTS)}")
     check_rules(c.trainable, c.name)
-    for src in init_sources(c):
+    for src, _ in init_sources(c):
+        if src.startswith("@"):
+            raise StageConfigError(f"stage {stage}: c.init_from {src!r} names a recipe stage; run the stage through "
+                                   "its recipe (python -m omnijax.recipe) or set --config.init_from=PATH")
         if not os.path.exists(src):
             raise StageConfigError(f"{stage}: c.init_from {src!r} does not exist; point it at a HF or omnijax model "
                                    "directory or at a previous stage's workdir")

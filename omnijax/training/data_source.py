@@ -134,8 +134,10 @@ class RandomBatches:
 
 def grain_pipeline_config(c, process_index: int | None = None, process_count: int | None = None):
     """The ``PipelineConfig`` of a stage with ``c.data.source = 'grain'``: its sources (shard globs
-    resolved), tokenizer, seed and workers from ``c.data``; this process's share of ``c.batch_size``;
-    ``c.seq_len``, ``c.task_names``; the media budget and layout of the omni model (``c.model``)."""
+    resolved, ``spoken`` and ``self_kd`` flags), tokenizer, seed and workers from ``c.data``; this
+    process's share of ``c.batch_size``; ``c.seq_len``, ``c.task_names``; the media budget and layout of
+    the omni model (``c.model``). Self-KD sources and ``c.model.self_kd`` come together: the pairs are
+    what the Self-KD loss reads, and the loss is what pairs are for."""
     import glob
 
     from data_pipelines.pipeline import PipelineConfig, Source
@@ -156,7 +158,15 @@ def grain_pipeline_config(c, process_index: int | None = None, process_count: in
                                        f"{pattern!r}")
             paths.extend(found)
         sources.append(Source(src["name"], tuple(paths), weight=float(src.get("weight", 1.0)),
-                              spoken=bool(src.get("spoken", False))))
+                              spoken=bool(src.get("spoken", False)), self_kd=bool(src.get("self_kd", False))))
+    pairs = [s.name for s in sources if s.self_kd]
+    if pairs and c.model.get("self_kd") is None:
+        raise StageConfigError(f"stage {c.name!r}: c.data.sources {pairs} give Self-KD pairs (self_kd=True) but "
+                               "c.model.self_kd is None; set c.model.self_kd = dict(alpha=..., "
+                               "max_response_tokens=...) or read those sources as ordinary examples")
+    if not pairs and c.model.get("self_kd") is not None:
+        raise StageConfigError(f"stage {c.name!r}: c.model.self_kd is set but no c.data.sources entry has "
+                               "self_kd=True; the Self-KD loss needs teacher-student pairs from such a source")
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     cfg = omni_config(c)

@@ -11,6 +11,9 @@ trainer ``Task``: ``c.model.name = 'omni'``.
     c.model.layout = 'ola'                                           # 'llava_onevision', 'qwen2_audio'
     c.model.image_token_id = ...                                     # and video_/audio_token_id
     c.model.vocab_parallel = False   # CE on vocabulary shards under shard_map: no full-vocabulary logits
+    c.model.self_kd = None           # or dict(alpha=0.5, max_response_tokens=64): the Self-KD loss
+                                     # (objective.SelfKD); the stage's batches then carry kd_part and
+                                     # its Self-KD sources (c.data.sources[i].self_kd) give the pairs
 
 The media slots per row come from ``c.media``, their sizes from the towers.
 """
@@ -26,7 +29,7 @@ from omnijax.training import objective
 from omnijax.training.stages import StageConfigError
 from omnijax.training.task import Task, from_module
 
-_OWN = ("name", "vocab_parallel")
+_OWN = ("name", "vocab_parallel", "self_kd")
 _SUB = {"llm": LLMConfig, "vision": VisionConfig, "audio": AudioConfig}
 
 
@@ -42,15 +45,28 @@ def omni_config(c) -> OmniConfig:
         raise StageConfigError(f"stage {c.name!r}: c.model: {e}") from None
 
 
+def self_kd_config(c) -> objective.SelfKD | None:
+    """The stage's Self-KD loss (``c.model.self_kd``), or None (``StageConfigError`` if it is wrong)."""
+    kd = c.model.get("self_kd")
+    if kd is None:
+        return None
+    try:
+        return objective.SelfKD(**dict(kd))
+    except (TypeError, ValueError) as e:
+        raise StageConfigError(f"stage {c.name!r}: c.model.self_kd: {e}; give dict(alpha=..., "
+                               "max_response_tokens=...) or None") from None
+
+
 def build(c, mesh) -> Task:
     cfg = omni_config(c)
     model = OmniModel(cfg)
     vocab_parallel = bool(c.model.get("vocab_parallel", False))
+    self_kd = self_kd_config(c)
 
     def loss(params, batch, rng):
         del rng  # the omni model has no dropout
         return objective.loss_fn(model, params, batch, mesh=mesh, vocab_parallel=vocab_parallel,
-                                 num_tasks=c.num_tasks)
+                                 num_tasks=c.num_tasks, self_kd=self_kd)
 
     lay = cfg.media_layout
     media = {}
@@ -62,6 +78,6 @@ def build(c, mesh) -> Task:
         kw = {"valid_frames": [cfg.audio.frames]} if lay.layout == "qwen2_audio" else {}
         media["audio"] = ("audio", lay.audio_token_id, lay.audio_tokens(1, **kw))
     return from_module(model, [example_batch(cfg)], loss,
-                       batch_spec=batch_spec(c.batch_size, c.seq_len, cfg.budget, cfg.layout),
+                       batch_spec=batch_spec(c.batch_size, c.seq_len, cfg.budget, cfg.layout, self_kd is not None),
                        vocab_size=cfg.vocab_size, num_tasks=c.num_tasks, media_tokens=media,
-                       check_batch=lambda batch: check_batch(batch, cfg))
+                       check_batch=lambda batch: check_batch(batch, cfg, self_kd is not None))

@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from omnijax import sharding
-from omnijax.checkpoint import load_model
+from omnijax.checkpoint import describe_stage, load_model
 from omnijax.training import optimizer as opt_lib
 from omnijax.training.checkpointing import (STAGE_FILE, Checkpoints, abstract_with_shardings, final_params,
                                             is_stage_workdir)
@@ -84,11 +84,17 @@ def initial_params(c, task: Task, abstract, shardings, mesh, rules, key: jax.Arr
     """Params at the start of a stage: the groups ``init_from`` sources hold, the rest freshly
     initialised (only those are computed)."""
     loaded: dict[str, Any] = {}
-    for src in init_sources(c):
+    for src, groups in init_sources(c):
         if is_stage_workdir(src):
             tree = final_params(src, abstract_with_shardings(abstract, shardings))
         else:
             tree = load_model(src, mesh=mesh, rules=rules, progress=jax.process_index() == 0).params
+        if groups is not None:
+            missing = sorted(set(groups) - set(tree))
+            if missing:
+                raise StageConfigError(f"stage {c.name!r}: init_from {src} has no group {missing[0]!r} (it holds "
+                                       f"{', '.join(tree)})")
+            tree = {g: tree[g] for g in groups}
         for group, sub in tree.items():
             if group not in abstract:
                 raise StageConfigError(f"stage {c.name!r}: init_from {src} holds group {group!r}, which the model "
@@ -253,6 +259,7 @@ def run(c, workdir: str, *, task: Task | None = None, data=None) -> Result:
     if main:
         with open(os.path.join(workdir, STAGE_FILE), "w") as f:
             json.dump({"name": c.name, "num_steps": c.num_steps, "config": json.loads(c.to_json())}, f, indent=1)
+        describe_stage(c, workdir)  # an omni stage's workdir is then a model directory (load_model)
     ckpt = Checkpoints(workdir, every=c.checkpoint.every, keep=c.checkpoint.keep,
                        data_handler=data.checkpoint_handler(), async_save=c.checkpoint.async_save)
     logger = None
