@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["omnijax", "omnijax.*", "data_pipelines", "data_pipelines.*"]),
+    packages=find_packages(include=["omnijax", "omnijax.*", "data_pipelines", "data_pipelines.*", "experiments", "experiments.*"]),
     install_requires=[
         "jax>=0.10.2",
         "flax>=0.12.0",
@@ -34,6 +34,7 @@ setup(
         "espeakng-loader>=0.2.4",
         "tokenizers>=0.21",
         "threadpoolctl>=3.0",
+        "jiwer>=4.0",
     ],
     extras_require={
         # The CPU wheel of torch that lies on the machines' disk; a bare `torch` pulls a CUDA build.

@@ -19,6 +19,7 @@ Stages (`--stage`):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import time
@@ -77,6 +78,41 @@ def measure(config: PipelineConfig, warmup: int, batches: int) -> dict:
             "fill": delta["tokens"] / (batches * config.batch_size * config.seq_len)}
 
 
+def load_stage(spec: str):
+    """A stage config from ``FILE[:arg]`` (as ``omnijax.train --config`` reads it), init_from cleared."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("stage_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    c = module.get_config(arg or None)
+    c.init_from = None
+    return c
+
+
+def train_step_rate(c, batches: list[dict], steps: int) -> dict:
+    """Rows/s of the stage's jitted train step on real batches of its pipeline (compiled first, not timed)."""
+    import jax
+
+    from omnijax.training import trainer
+
+    stage = trainer.setup(c)
+    step = stage.train_step()
+    with stage.context():
+        state = stage.init_state()
+        arrays = [stage.global_batch(b) for b in batches]
+        state, metrics = step(state, arrays[0])
+        jax.block_until_ready(metrics)
+        start = time.perf_counter()
+        for i in range(steps):
+            state, metrics = step(state, arrays[i % len(arrays)])
+        jax.block_until_ready(metrics)
+        seconds = time.perf_counter() - start
+    return {"steps": steps, "seconds": seconds, "rows_per_s": steps * c.batch_size / seconds,
+            "step_s": seconds / steps}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--corpus", default="workdirs/omni-synth", help="omni-synth corpus folder (built when missing)")
@@ -84,8 +120,14 @@ def main(argv=None) -> None:
     p.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
     p.add_argument("--batches", type=int, default=20, help="timed batches per worker count")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first (worker start-up)")
+    p.add_argument("--train-stage", default="experiments/ola/stage3b.py:tiny",
+                   help="stage config FILE:arg whose train step and pipeline are compared (its own mixture)")
+    p.add_argument("--steps", type=int, default=20, help="timed train steps")
     args = p.parse_args(argv)
 
+    if args.train_stage:
+        compare(args)
+        return
     sources = task_sources(args.corpus)
     tokenizer_dir = os.path.join(args.corpus, tok.SYNTH_TOKENIZER_DIR)
     if not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
@@ -108,6 +150,38 @@ def main(argv=None) -> None:
     for r in rows:
         print(f"{r['workers']:>7} {r['examples_per_s']:>11.1f} {r['tokens_per_s']:>10.0f} {r['rows_per_s']:>8.2f} "
               f"{r['fill']:>8.1%} {r['warmup_s']:>9.1f}")
+
+
+def compare(args) -> None:
+    """The stage's pipeline (its mixture, batch and sequence) against its train step's consumption."""
+    from omnijax.training.data_source import grain_pipeline_config
+
+    synth.prepare(args.corpus)
+    c = load_stage(args.train_stage)
+    rows, batches = [], []
+    for workers in (int(w) for w in args.workers.split(",")):
+        config = dataclasses.replace(grain_pipeline_config(c, 0, 1), workers=workers)
+        if not batches:
+            with Pipeline(config) as pipeline:
+                batches = [next(pipeline) for _ in range(4)]
+        rows.append(measure(config, args.warmup, args.batches))
+        print(f"workers={workers} done", flush=True)
+    step = train_step_rate(c, batches, args.steps)
+    print(f"\nstage {c.name} ({args.train_stage}): batch {c.batch_size} x {c.seq_len} tokens, "
+          f"{len(c.data.sources)} sources; train step {step['step_s']:.3f} s = {step['rows_per_s']:.1f} rows/s "
+          f"({jax_devices()})")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'workers':>7} {'examples/s':>11} {'tokens/s':>10} {'rows/s':>8} {'row fill':>8} {'pipeline/step':>13}")
+    for r in rows:
+        print(f"{r['workers']:>7} {r['examples_per_s']:>11.1f} {r['tokens_per_s']:>10.0f} {r['rows_per_s']:>8.2f} "
+              f"{r['fill']:>8.1%} {r['rows_per_s'] / step['rows_per_s']:>13.2f}")
+
+
+def jax_devices() -> str:
+    import jax
+
+    return f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
 
 
 if __name__ == "__main__":

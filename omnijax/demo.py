@@ -1,17 +1,21 @@
-"""The main job, at its current size: a Qwen2 checkpoint through omnijax and back, checked against
-transformers at every step.
+"""The main job: Ola's recipe at tiny size on omni-synth, evaluated after every stage, exported to HF.
 
-    python -m omnijax.demo --workdir workdirs/demo
+    python -m omnijax.demo --workdir workdirs/demo            # what `make demo` runs
 
-1. builds a small random ``Qwen2ForCausalLM`` offline and saves it in HF format (sharded safetensors);
-2. imports it (``omnijax.hf.convert import``) into an omnijax checkpoint;
-3. compares omnijax's logits with transformers' (float32), on one device and on an 8-device
-   ``fsdp x tensor`` mesh (simulated on CPU when there are no accelerators);
-4. generates greedily with the KV cache and compares with ``transformers.generate``;
-5. exports back to HF (``omnijax.hf.convert export``) and reloads it in transformers.
+1. builds the omni-synth corpus and its tokenizer (``data_pipelines.synth.prepare``; cached);
+2. runs ``experiments/ola/recipe.py:tiny`` (``omnijax.recipe``): a stand-in pretraining stage, then
+   Ola's stages 1a, 1b, 2, 3a, 3b, each from the previous one's params; resumable;
+3. evaluates every Ola stage on the held-out split (``omnijax.evaluate``) and prints the stage table
+   (``W/ola/eval.md``): ASR WER, image / video / video-audio question accuracy, the spoken-question gap;
+4. exports the final stage (``omnijax.hf.convert export``): the full omni model (``W/export/omni``)
+   and the LLM alone (``W/export/llm``);
+5. loads the exported LLM in transformers (``Qwen2ForCausalLM``) and compares its logits with
+   omnijax's (float32), and re-imports the full export and checks the params are bit-identical;
+6. asks ``python -m omnijax.tools.generate --image X.png --prompt Q`` ten held-out image questions on
+   the final stage and checks the answers beat a blind answerer by 30 points.
 
-The omni recipes (towers, connectors, staged training on the synthetic corpus) replace this job as
-they land; see the README's feature table.
+``--smoke`` runs the same job on the tiny corpus for 2 steps a stage (the test suite's check that
+the main command works end to end; its numbers mean nothing).
 """
 
 from __future__ import annotations
@@ -21,82 +25,135 @@ import os
 import sys
 import time
 
+RECIPE = "experiments/ola/recipe.py:tiny"
+EVAL_LIMIT = 100  # held-out examples per task and stage
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m omnijax.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="workdirs/demo")
+    parser.add_argument("--smoke", action="store_true", help="tiny corpus, 2 steps a stage (tests)")
     args = parser.parse_args(argv)
-    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    work = os.path.abspath(args.workdir)
+    if args.smoke:  # the recipes read the corpus folder from the environment when they are imported
+        os.environ["OMNIJAX_CORPUS"] = os.path.join(work, "omni-synth-tiny")
+    os.environ.setdefault("OMNIJAX_CORPUS", os.path.join(os.path.dirname(work), "omni-synth"))
 
     import jax
     import numpy as np
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from omnijax import sharding
+    from data_pipelines import synth
+    from omnijax import recipe as recipe_lib
     from omnijax.checkpoint import load_model
+    from omnijax.eval import report
     from omnijax.hf import convert
-    from omnijax.inference import generate
 
     start = time.time()
-    rows: list[tuple[str, str, bool]] = []
+    checks: list[tuple[str, bool]] = []
 
-    def step(name: str, detail: str, ok: bool) -> None:
-        rows.append((name, detail, ok))
-        print(f"[{time.time() - start:6.1f}s] {'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)
+    def say(msg: str) -> None:
+        print(f"[{time.time() - start:6.0f}s] {msg}", flush=True)
 
-    work = os.path.abspath(args.workdir)
-    os.makedirs(work, exist_ok=True)
-    hf_dir, ckpt, export = (os.path.join(work, d) for d in ("hf_source", "omnijax_ckpt", "hf_export"))
-    torch.manual_seed(0)
-    hf = Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=512, hidden_size=96, intermediate_size=224, num_hidden_layers=4, num_attention_heads=8,
-        num_key_value_heads=2, rope_theta=1e6, max_position_embeddings=512, initializer_range=0.2,
-        bos_token_id=1, eos_token_id=2)).eval()
-    hf.save_pretrained(hf_dir, max_shard_size="200KB")
-    step("build", f"random Qwen2 (GQA 8:2, 4 layers) saved to {hf_dir}", True)
+    def check(name: str, detail: str, ok: bool) -> None:
+        checks.append((name, ok))
+        say(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
 
-    rc = convert.main(["import", "--hf", hf_dir, "--out", ckpt, "--overwrite"])
-    step("import", f"HF -> omnijax checkpoint {ckpt}", rc == 0)
+    corpus = os.environ["OMNIJAX_CORPUS"]
+    say(f"omni-synth ({'tiny' if args.smoke else 'default'} size) -> {corpus}")
+    manifest = synth.prepare(corpus, size="tiny" if args.smoke else "default")
+    say(f"omni-synth ready ({sum(t['examples'] for t in manifest['splits']['train']['tasks'].values())} train "
+        "examples)")
 
-    ids = np.random.RandomState(0).randint(3, 512, (2, 24))
+    recipe = recipe_lib.load_recipe(RECIPE)
+    ola = os.path.join(work, "ola")
+    if not args.smoke:  # (the test suite keeps its own cache)
+        recipe_lib.use_compilation_cache(os.path.join(work, ".jax_cache"))
+    rows = recipe_lib.run(recipe, ola, steps=2 if args.smoke else None, eval_limit=4 if args.smoke else EVAL_LIMIT,
+                          log=say)
+    trained = all(r["status"] in ("trained", "done before") for r in rows)
+    check("recipe", f"{len(rows)} stages of {RECIPE} in {ola}", trained and len(rows) == len(recipe.stages))
+    if not trained:
+        return 1
+    table, chance = report.read_report(ola)
+    print("\nheld-out omni-synth, after each stage (%; chance: " +
+          ", ".join(f"{k} {100 * v:.1f}" for k, v in (chance or {}).items()) + ")\n")
+    print(report.format_table(table) + "\n", flush=True)
+
+    final = os.path.join(ola, recipe.stages[-1][0])
+    omni_dir, llm_dir = (os.path.join(work, "export", p) for p in ("omni", "llm"))
+    rc = convert.main(["export", "--ckpt", final, "--out", omni_dir, "--part", "full", "--overwrite"])
+    rc |= convert.main(["export", "--ckpt", final, "--out", llm_dir, "--part", "llm", "--overwrite"])
+    check("export", f"{final} -> {omni_dir} (full omni) and {llm_dir} (Qwen2ForCausalLM)", rc == 0)
+    if rc:
+        return 1
+
+    trained_model = load_model(final, progress=False)
+    again = load_model(omni_dir, progress=False)
+    same = jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
+                                     trained_model.params, again.params))
+    check("re-import", f"{omni_dir} -> omnijax: params bit-identical = {same}", same)
+
+    err = llm_logits_error(trained_model, llm_dir)
+    check("transformers", f"{llm_dir} in Qwen2ForCausalLM: max|diff|/max|logit| = {err:.1e} vs omnijax (limit 1e-4)",
+          err <= 1e-4)
+
+    right, n, chance = generate_from_images(final, corpus, os.path.join(work, "generate"))
+    detail = (f"python -m omnijax.tools.generate --image X.png --prompt Q on {n} held-out image questions: {right}/{n} "
+              f"right (blind answerer {100 * chance:.0f}%; needed: {100 * (chance + 0.3):.0f}%)")
+    if args.smoke:  # an untrained model: the command must run, its answers mean nothing
+        say(f"info generate: {detail}")
+    else:
+        check("generate", detail, right / n >= chance + 0.3)
+
+    failed = [name for name, ok in checks if not ok]
+    say(f"{len(checks) - len(failed)}/{len(checks)} checks passed" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def generate_from_images(model: str, corpus: str, out: str, n: int = 10) -> tuple[int, int, float]:
+    """Ask the generate CLI ``n`` held-out image questions (the PNG written to ``out``) -> (right answers, n,
+    the blind answerer's accuracy on those questions' templates over the whole held-out task)."""
+    import contextlib
+    import io
+
+    from omnijax import evaluate
+    from omnijax.eval import metrics
+    from omnijax.tools import generate
+
+    os.makedirs(out, exist_ok=True)
+    examples = evaluate.read_task(corpus, "image_qa")
+    right = 0
+    for i, example in enumerate(examples[:n]):
+        path = os.path.join(out, f"image_qa_{i}.png")
+        with open(path, "wb") as f:
+            f.write(example.media[0].data)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            rc = generate.main(["--model", model, "--image", path, "--prompt", evaluate.question_of(example),
+                                "--max-new-tokens", "16"])
+        answer = printed.getvalue().strip()
+        right += rc == 0 and metrics.exact_match(evaluate.answer_of(example), answer)
+        print(f"    {evaluate.question_of(example)!r} -> {answer!r} (reference {evaluate.answer_of(example)!r})",
+              flush=True)
+    return right, n, evaluate.blind_accuracy(examples)
+
+
+def llm_logits_error(loaded, hf_dir: str) -> float:
+    """max|diff|/max|logit| between transformers' Qwen2ForCausalLM from ``hf_dir`` and the omni model's LLM."""
+    import jax
+    import numpy as np
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from omnijax.models.llm import CausalLM
+
+    ids = np.random.RandomState(0).randint(6, loaded.cfg.llm.vocab_size, (2, 32))
+    hf = Qwen2ForCausalLM.from_pretrained(hf_dir).eval()
     with torch.no_grad():
         want = hf(torch.tensor(ids)).logits.numpy()
-    loaded = load_model(ckpt)
-    got = np.asarray(jax.jit(loaded.module.apply)({"params": loaded.params}, ids)[0])
-    err = float(np.abs(got - want).max() / np.abs(want).max())
-    step("logits", f"max|diff|/max|logit| = {err:.1e} vs transformers (limit 1e-4)", err <= 1e-4)
-
-    mesh = sharding.make_mesh({"fsdp": 2, "tensor": -1})
-    rules = sharding.logical_rules("fsdp_tp")
-    sharded = load_model(ckpt, mesh=mesh, rules=rules)
-    with sharding.activation_sharding(mesh, rules):
-        got_sharded = np.asarray(jax.jit(sharded.module.apply)({"params": sharded.params}, ids)[0])
-    err = float(np.abs(got_sharded - got).max() / np.abs(got).max())
-    step("sharded", f"{dict(mesh.shape)} mesh, FSDP+TP rules: max rel diff {err:.1e} vs one device", err <= 1e-5)
-
-    prompt = [int(t) for t in ids[0, :8]]
-    with torch.no_grad():
-        ref = hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=32, min_new_tokens=32,
-                          eos_token_id=None, pad_token_id=0)[0, 8:].tolist()
-    out = generate(loaded.module, loaded.params, [prompt], max_new_tokens=32).tokens[0].tolist()
-    same = sum(a == b for a, b in zip(out, ref))
-    step("generate", f"greedy 32 tokens: {same}/32 equal to transformers.generate", out == ref)
-
-    rc = convert.main(["export", "--ckpt", ckpt, "--out", export, "--max-shard-size", "200KB", "--overwrite"])
-    back, info = Qwen2ForCausalLM.from_pretrained(export, output_loading_info=True)
-    with torch.no_grad():
-        again = back.eval()(torch.tensor(ids)).logits.numpy()
-    clean = not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"])
-    step("export", f"omnijax -> HF {export}: loads cleanly={clean}, logits identical={np.array_equal(again, want)}",
-         rc == 0 and clean and np.array_equal(again, want))
-
-    failed = [name for name, _, ok in rows if not ok]
-    print(f"\n{len(rows) - len(failed)}/{len(rows)} steps passed in {time.time() - start:.0f}s"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    got = np.asarray(jax.jit(CausalLM(loaded.cfg.llm).apply)({"params": {"llm": loaded.params["llm"]}}, ids)[0])
+    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 if __name__ == "__main__":

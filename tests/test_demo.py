@@ -1,9 +1,28 @@
-"""The README's main job runs end to end and every step passes."""
+"""The README's main job (``python -m omnijax.demo``) runs end to end: omni-synth, the Ola tiny recipe
+(every stage, evaluated), the HF exports, the re-import and the transformers check -- in its smoke
+form (tiny corpus, 2 steps a stage), which is also the Ola tiny preset's smoke test."""
+
+import json
+import os
+
+from training_fixtures import cache_dir, compilation_cache
 
 from omnijax import demo
 
 
-def test_demo_passes_every_step(tmp_path, capsys):
-    assert demo.main(["--workdir", str(tmp_path / "demo")]) == 0
+def test_demo_smoke_passes_every_check(tmp_path, tmp_path_factory, capsys, monkeypatch):
+    monkeypatch.delenv("OMNIJAX_CORPUS", raising=False)
+    with compilation_cache(cache_dir(tmp_path_factory)):
+        assert demo.main(["--workdir", str(tmp_path / "demo"), "--smoke"]) == 0
     out = capsys.readouterr().out
-    assert "6/6 steps passed" in out and "FAIL" not in out
+    assert "4/4 checks passed" in out and "info generate: " in out and "FAIL" not in out, out[-3000:]
+    with open(tmp_path / "demo" / "ola" / "eval.json") as f:
+        report = json.load(f)
+    assert [r["stage"] for r in report["stages"]] == ["1a", "1b", "2", "3a", "3b"]
+    assert {"asr/wer", "image_qa/accuracy", "video_audio_qa/accuracy", "spoken_image_qa/gap"} <= set(
+        report["stages"][-1]["metrics"])
+    assert os.path.isfile(tmp_path / "demo" / "export" / "llm" / "config.json")
+    # Run again: the recipe is complete and evaluated; only the exports and checks repeat.
+    assert demo.main(["--workdir", str(tmp_path / "demo"), "--smoke"]) == 0
+    again = capsys.readouterr().out
+    assert "steps ->" not in again and "done before" in again, again[-3000:]

@@ -1,0 +1,13 @@
+"""Capybara-OMNI (arXiv 2504.12315): visual alignment, audio alignment, cross-modal instruction tuning.
+
+    python -m omnijax.recipe --recipe experiments/capybara/recipe.py:tiny --workdir workdirs/capybara_tiny
+"""
+
+from experiments import common
+
+_STAGES = (("1_visual", "stage1_visual.py"), ("2_audio", "stage2_audio.py"), ("3_instruct", "stage3_instruct.py"))
+STAGES = {"tiny": _STAGES, "7b": _STAGES}
+EVAL = {"tiny": ("asr", "image_qa", "video_audio_qa"), "7b": ()}
+
+prepare = common.prepare_synth
+eval_data = common.synth_eval_data

@@ -1,0 +1,177 @@
+"""What the recipes share: model presets (`tiny` for a CPU, `7b` for a pod) and the omni-synth data sources.
+
+A stage file calls ``stage_config(preset, name=...)`` for the preset's model, mesh and numerics, then
+assigns what its stage is about (trainable groups, data mixture, steps). Paper sizes:
+
+- LLM Qwen2.5-7B (28 layers, hidden 3584, GQA 28:4, vocab 152064), SigLIP-so400m-patch14-384 (27 layers,
+  hidden 1152), Whisper-large-v3 encoder (32 layers, d_model 1280, 128 mels, 30 s windows).
+- ``tiny``: the same architecture at toy sizes on omni-synth's 64-pixel images and 4 s audio windows,
+  with the omni-synth BPE tokenizer (1024 ids; placeholders 3 image, 4 video, 5 audio).
+
+The `7b` presets point at HF checkpoints under ``$OMNIJAX_HF_ROOT`` (default ``checkpoints/hf``):
+``Qwen2.5-7B-Instruct``, ``siglip-so400m-patch14-384``, ``whisper-large-v3``. Their data is the user's,
+converted with ``python -m data_pipelines.build`` into ``$OMNIJAX_DATA_ROOT/<source name>/shards-*``
+(default root ``data``). The tiny presets read omni-synth from ``$OMNIJAX_CORPUS`` (default
+``workdirs/omni-synth``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections as mlc
+
+from data_pipelines import synth
+from data_pipelines import tokenizer as tok
+from omnijax.training.config import base_config
+
+PRESETS = ("tiny", "7b")
+SYNTH_IDS = {m: tok.SYNTH_TOKEN_IDS[tok.PLACEHOLDER_TOKENS[m]] for m in ("image", "video", "audio")}
+QWEN_IDS = {"image": 151655, "video": 151656, "audio": 151646}  # Qwen2.5's <|image_pad|>, <|video_pad|>, <|AUDIO|>
+
+LLM = {
+    "tiny": dict(vocab_size=tok.DEFAULT_VOCAB_SIZE, hidden_size=128, intermediate_size=384, num_layers=4,
+                 num_heads=4, num_kv_heads=2, max_position_embeddings=2048),
+    "7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28,
+               num_kv_heads=4, rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=32768, tie_word_embeddings=False,
+               dtype="bfloat16", param_dtype="float32", remat="full"),
+}
+VISION = {
+    "tiny": dict(image_size=64, patch_size=8, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                 use_head=False),
+    "7b": dict(image_size=384, patch_size=14, hidden_size=1152, intermediate_size=4304, num_layers=27, num_heads=16,
+               use_head=False, dtype="bfloat16", remat="full"),
+}
+AUDIO = {
+    "tiny": dict(num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
+                 max_source_positions=200),
+    "7b": dict(num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
+               max_source_positions=1500, dtype="bfloat16", remat="full"),
+}
+TINY_VIDEO_FRAMES = 4  # of omni-synth's 8: enough to see which way a shape moves
+HF_DIRS = {"llm": "Qwen2.5-7B-Instruct", "vision": "siglip-so400m-patch14-384", "audio": "whisper-large-v3"}
+
+
+def corpus() -> str:
+    """The tiny presets' omni-synth folder: ``$OMNIJAX_CORPUS``, default ``workdirs/omni-synth``."""
+    return os.environ.get("OMNIJAX_CORPUS", "workdirs/omni-synth")
+
+
+def hf_root() -> str:
+    return os.environ.get("OMNIJAX_HF_ROOT", "checkpoints/hf")
+
+
+def data_root() -> str:
+    return os.environ.get("OMNIJAX_DATA_ROOT", "data")
+
+
+def check_preset(preset: str) -> str:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)} (e.g. --config FILE:tiny)")
+    return preset
+
+
+def hf_dir(group: str) -> str:
+    return os.path.join(hf_root(), HF_DIRS[group])
+
+
+def omni_model(preset: str, *, vision_connector: str | None = "ola", audio_connector: str | None = "frame_stack",
+               audio_variant: str = "whisper", layout: str = "ola", **extra) -> mlc.ConfigDict:
+    """The preset's omni model: LLM + SigLIP + Whisper with the given connectors (None: no such tower)."""
+    ids = SYNTH_IDS if preset == "tiny" else QWEN_IDS
+    model = dict(name="omni", llm=dict(LLM[preset]), layout=layout, vision=None, vision_connector=None, audio=None,
+                 audio_connector=None, image_token_id=None, video_token_id=None, audio_token_id=None)
+    if vision_connector is not None:
+        model.update(vision=dict(VISION[preset]), vision_connector=vision_connector, image_token_id=ids["image"],
+                     video_token_id=ids["video"])
+    if audio_connector is not None:
+        model.update(audio=dict(AUDIO[preset], variant=audio_variant), audio_connector=audio_connector,
+                     audio_token_id=ids["audio"])
+        if audio_connector == "frame_stack":
+            model.update(frame_stack_k=4 if preset == "tiny" else 10,
+                         frame_stack_hidden=256 if preset == "tiny" else 2048)
+    model.update(extra)
+    return mlc.ConfigDict(model)
+
+
+def stage_config(preset: str, name: str, model: mlc.ConfigDict) -> mlc.ConfigDict:
+    """A stage's preset-wide fields: model, mesh, batch, sequence, media slots, checkpointing, data defaults."""
+    c = base_config()
+    c.name = name
+    c.model = model
+    c.optimizer.weight_decay = 0.0
+    if check_preset(preset) == "tiny":
+        c.mesh = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+        c.batch_size, c.seq_len = 8, 256
+        c.media.update(image_slots=4, video_slots=8, audio_slots=4)
+        c.data.update(source="grain", tokenizer=os.path.join(corpus(), tok.SYNTH_TOKENIZER_DIR), workers=0,
+                      pipeline=dict(too_long="truncate", video_frames=TINY_VIDEO_FRAMES))
+        c.checkpoint.update(every=100, keep=1, async_save=False)
+        c.log_every = 25
+    else:
+        c.mesh = mlc.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+        c.rules = "fsdp"
+        c.batch_size, c.seq_len = 256, 4096
+        c.media.update(image_slots=8, video_slots=64, audio_slots=8)
+        c.data.update(source="grain", tokenizer=hf_dir("llm"), workers=8,
+                      pipeline=dict(too_long="truncate", video_frames=64))
+        c.checkpoint.update(every=500, keep=2, async_save=True)
+        c.log_every = 10
+    return c
+
+
+def sources(preset: str, weights: dict[str, float], *, spoken: tuple[str, ...] = ()) -> list[dict]:
+    """The stage's data sources with their mixture weights: omni-synth task shards (`tiny`), or the user's
+    converted shards under $OMNIJAX_DATA_ROOT/<name>/ (`7b`). ``spoken``: sources whose examples are read as their
+    spoken-question view (Self-KD students, Ola's audio questions)."""
+    out = []
+    for name, weight in weights.items():
+        if preset == "tiny":
+            if name not in synth.TASKS:
+                raise ValueError(f"{name!r} is not an omni-synth task; tasks: {', '.join(synth.TASKS)}")
+            paths = synth.task_shards(corpus(), "train")[name] + "*"
+        else:
+            paths = os.path.join(data_root(), name, "shards-*")
+        out.append(dict(name=name, paths=paths, weight=float(weight), spoken=name in spoken))
+    return out
+
+
+def set_data(c: mlc.ConfigDict, preset: str, weights: dict[str, float], **kw) -> None:
+    """The stage's mixture; task ids (per-task losses in the logs) follow the sources' order."""
+    c.data.sources = sources(preset, weights, **kw)
+    c.task_names = tuple(weights)
+    c.num_tasks = len(weights)
+
+
+def schedule(lr: float, warmup_fraction: float = 0.03, decay: str = "cosine") -> dict:
+    return dict(lr=lr, warmup_fraction=warmup_fraction, decay=decay)
+
+
+PREVIOUS = "@previous"  # the recipe's previous stage (``omnijax.recipe`` resolves it)
+
+
+def stage_ref(name: str) -> str:
+    """A recipe stage's workdir, by stage name (``omnijax.recipe`` resolves it)."""
+    return f"@stage:{name}"
+
+
+def hf_init(groups: tuple[str, ...]) -> list:
+    """`7b` first stages: each group from its HF checkpoint (lazy, sharded import)."""
+    return [(hf_dir(g), (g,)) for g in groups]
+
+
+def qwen2_audio_dir() -> str:
+    """Capybara's audio tower source: a Qwen2-Audio checkpoint (its encoder)."""
+    return os.path.join(hf_root(), "Qwen2-Audio-7B-Instruct")
+
+
+def prepare_synth(preset: str) -> None:
+    """A recipe's ``prepare``: omni-synth for the tiny preset, built once at the default size; a folder that
+    already holds a prepared corpus of another size (the tests' tiny one) is used as it is."""
+    if preset == "tiny":
+        synth.prepare(corpus(), size=synth.prepared_size(corpus()) or "default")
+
+
+def synth_eval_data(preset: str) -> str | None:
+    """A recipe's ``eval_data``: the tiny preset's held-out omni-synth split."""
+    return corpus() if preset == "tiny" else None

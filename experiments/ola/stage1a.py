@@ -1,0 +1,25 @@
+"""Ola stage 1a, image projector alignment: only the vision connector (Local-Global pooling + MLP)
+learns, on image captions; LLM and both encoders are frozen (paper: lr 1e-3, 1 epoch of captions).
+
+    python -m omnijax.recipe --recipe experiments/ola/recipe.py:tiny --workdir W   # the whole recipe
+    python -m omnijax.train --config experiments/ola/stage1a.py:7b --workdir W     # this stage alone
+"""
+
+from experiments import common
+
+STEPS = {"tiny": 30, "7b": 2000}
+
+
+def get_config(arg="tiny"):
+    preset = common.check_preset(arg or "tiny")
+    c = common.stage_config(preset, "ola_1a", common.omni_model(preset))
+    if preset == "tiny":
+        # The stand-in's speech projector comes along: the tiny LLM is far weaker than Qwen2.5, and stage 3a's
+        # 50 connector-only steps would not align a fresh one to it.
+        c.init_from = [(common.stage_ref("0_pretrain"), ("llm", "vision", "audio", "audio_connector"))]
+    else:
+        c.init_from = common.hf_init(("llm", "vision", "audio"))
+    common.set_data(c, preset, {"image_caption": 1.0})
+    c.trainable = [("vision_connector/.*", common.schedule(1e-3 if preset == "7b" else 3e-3)), (".*", None)]
+    c.num_steps = STEPS[preset]
+    return c

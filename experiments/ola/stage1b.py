@@ -1,0 +1,19 @@
+"""Ola stage 1b, image-text supervised fine-tuning: everything learns (paper: lr 2e-5 for the LLM and
+connector, 2e-6 for the vision encoder) on image captions, image questions and text instructions."""
+
+from experiments import common
+
+STEPS = {"tiny": 250, "7b": 20000}
+
+
+def get_config(arg="tiny"):
+    preset = common.check_preset(arg or "tiny")
+    c = common.stage_config(preset, "ola_1b", common.omni_model(preset))
+    c.init_from = common.PREVIOUS
+    common.set_data(c, preset, {"image_caption": 1.0, "image_qa": 2.0, "image_choice": 1.0, "text_instruct": 1.0})
+    if preset == "7b":
+        c.trainable = [("vision/.*", common.schedule(2e-6)), (".*", common.schedule(2e-5))]
+    else:  # the stand-in tower is no SigLIP: it learns at the LLM's rate
+        c.trainable = [(".*", common.schedule(2e-3))]
+    c.num_steps = STEPS[preset]
+    return c

@@ -1,0 +1,179 @@
+"""Evaluate a model on held-out omni tasks: ASR WER/CER, question accuracy, the spoken-question gap.
+
+    python -m omnijax.evaluate --ckpt W/3b --data workdirs/omni-synth [--tasks asr,image_qa] [--limit 100]
+           [--out W --stage 3b]
+
+``--ckpt``: a finished stage workdir (or an omnijax/HF model directory holding an omni model).
+``--data``: a folder with one held-out shard per task, ``DATA/tasks/eval/<task>.array_record-*``
+(what ``data_pipelines.synth.prepare`` writes for omni-synth). Answers are greedy
+(``omnijax.inference.omni.OmniGenerator``), prompts prepared exactly as the stage's training pipeline
+prepared them (its ``c.data.pipeline`` options, e.g. frames per video, are read from the stage).
+
+Each task is scored by its kind (``TASK_KINDS``): ``asr`` -> ``<task>/wer`` and ``<task>/cer``
+(jiwer, Whisper English normalisation); ``exact`` -> ``<task>/accuracy`` (normalised exact match);
+``choice`` -> ``<task>/accuracy`` (the option letter); ``spoken`` -> the same image questions asked
+in text and in speech: ``<task>/text_acc``, ``<task>/spoken_acc`` and their ``<task>/gap`` (the
+Self-KD paper's metric). With ``--out``, the metrics become row ``--stage`` of ``OUT/eval.md`` and
+``OUT/eval.json``.
+
+Chance (``chance_levels``): for ``choice`` tasks one over the number of options; for ``exact`` tasks
+the accuracy of a blind answerer that knows the eval set's most frequent answer to each question
+template (the question with its colour, shape and number words masked) but not the media -- what a
+model reaches from the text alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import sys
+import time
+
+from data_pipelines import schema
+
+TASK_KINDS = {
+    "asr": "asr",
+    "image_caption": "exact",
+    "image_qa": "exact",
+    "image_choice": "choice",
+    "spoken_image_qa": "spoken",
+    "video_visual_qa": "exact",
+    "video_audio_qa": "exact",
+    "text_instruct": "exact",
+}
+MAX_NEW_TOKENS = {"asr": 48, "exact": 24, "choice": 8, "spoken": 24}
+BATCH_SIZE = 16
+
+
+def task_files(data: str, task: str) -> list[str]:
+    files = sorted(glob.glob(os.path.join(data, "tasks", "eval", task + ".array_record-*")))
+    if not files:
+        raise FileNotFoundError(f"no held-out shard for task {task!r} under {data}/tasks/eval/ (build it with "
+                                "data_pipelines.synth.prepare, or write DATA/tasks/eval/<task>.array_record-* shards)")
+    return files
+
+
+def read_task(data: str, task: str, limit: int | None = None) -> list[schema.Example]:
+    examples = []
+    for example in schema.read_shards(task_files(data, task)):
+        examples.append(example)
+        if limit is not None and len(examples) >= limit:
+            break
+    return examples
+
+
+def answer_of(example: schema.Example) -> str:
+    return next(t.text for t in example.turns if t.role == "assistant")
+
+
+def question_of(example: schema.Example) -> str:
+    text = next(t.text for t in example.turns if t.role == "user")
+    return re.sub(r"<(image|video|audio)>", "", text).strip()
+
+
+def _template(question: str) -> str:
+    from data_pipelines import synth
+
+    words = [*synth.COLOURS, *synth.SHAPES, *synth.NUMBER_WORDS]
+    return re.sub(r"\b(" + "|".join(sorted(words, key=len, reverse=True)) + r")\b", "_", question.lower())
+
+
+def blind_accuracy(examples: list[schema.Example]) -> float:
+    """The most frequent answer per question template, scored on the same examples (module docstring)."""
+    from omnijax.eval import metrics
+
+    by_template = collections.defaultdict(list)
+    for e in examples:
+        by_template[_template(question_of(e))].append(metrics.normalize_text(answer_of(e)))
+    hits = sum(collections.Counter(answers).most_common(1)[0][1] for answers in by_template.values())
+    return hits / len(examples)
+
+
+def chance_levels(tasks, data: str | None = None, limit: int | None = None) -> dict[str, float]:
+    """Chance accuracy per task metric (module docstring); ``asr`` has none."""
+    out = {}
+    for task in tasks:
+        kind = TASK_KINDS.get(task)
+        if kind == "choice":
+            out[f"{task}/accuracy"] = 0.25
+        elif kind in ("exact", "spoken") and data is not None:
+            key = f"{task}/accuracy" if kind == "exact" else f"{task}/text_acc"
+            out[key] = round(blind_accuracy(read_task(data, task, limit)), 4)
+    return out
+
+
+def generator(path: str, max_prompt_len: int | None = None):
+    """An ``OmniGenerator`` for the model at ``path`` (stage workdir or model directory)."""
+    from omnijax.checkpoint import assets_of, load_model
+    from omnijax.inference.omni import OmniGenerator, stage_prompt_options
+
+    loaded = load_model(path, progress=False)
+    tokenizer_dir = assets_of(path)
+    if not tokenizer_dir:
+        raise FileNotFoundError(f"{path} carries no tokenizer (assets); the evaluator needs the model's tokenizer")
+    options, seq_len = stage_prompt_options(path)
+    return OmniGenerator(loaded.cfg, loaded.params, tokenizer_dir, max_prompt_len=max_prompt_len or seq_len or 512,
+                         batch_size=BATCH_SIZE, bucket=max_prompt_len or seq_len or 512, **options)
+
+
+def evaluate(path: str, data: str, tasks, *, limit: int | None = None, log=print, gen=None) -> dict[str, float]:
+    """Metrics of the model at ``path`` on the held-out ``tasks`` (module docstring)."""
+    from omnijax.eval import metrics
+
+    unknown = [t for t in tasks if t not in TASK_KINDS]
+    if unknown:
+        raise ValueError(f"unknown eval task(s) {unknown}; tasks: {', '.join(TASK_KINDS)}")
+    gen = gen or generator(path)
+    out = {}
+    for task in tasks:
+        kind, start = TASK_KINDS[task], time.perf_counter()
+        examples = read_task(data, task, limit)
+        refs = [answer_of(e) for e in examples]
+        hyps = [h.strip() for h in gen.answer(examples, MAX_NEW_TOKENS[kind])]
+        if kind == "spoken":
+            spoken = [h.strip() for h in gen.answer(examples, MAX_NEW_TOKENS[kind], spoken=True)]
+            gap = metrics.spoken_gap([metrics.exact_match(r, h) for r, h in zip(refs, hyps)],
+                                     [metrics.exact_match(r, h) for r, h in zip(refs, spoken)])
+            out.update({f"{task}/{k}": v for k, v in gap.items()})
+        else:
+            scores = metrics.score(kind, refs, hyps)
+            out.update({f"{task}/{k}": v for k, v in scores.items() if k != "n"})
+        log(f"  eval {task}: {len(examples)} examples in {time.perf_counter() - start:.0f} s; e.g. "
+            f"{refs[0]!r} -> {hyps[0]!r}")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m omnijax.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="finished stage workdir, or omnijax/HF model directory")
+    p.add_argument("--data", required=True, help="folder with DATA/tasks/eval/<task>.array_record-* shards")
+    p.add_argument("--tasks", default=",".join(t for t in TASK_KINDS if t not in ("image_caption", "text_instruct")),
+                   help="comma-separated eval tasks")
+    p.add_argument("--limit", type=int, help="examples per task (default: all)")
+    p.add_argument("--out", help="write/update OUT/eval.md and OUT/eval.json")
+    p.add_argument("--stage", help="the row name in the report (default: the checkpoint folder's name)")
+    args = p.parse_args(argv)
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    try:
+        result = evaluate(args.ckpt, args.data, tasks, limit=args.limit)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from omnijax.eval import report
+
+    stage = args.stage or os.path.basename(os.path.normpath(args.ckpt))
+    if args.out:
+        rows = report.update_report(args.out, stage, result, chance=chance_levels(tasks, args.data, args.limit))
+        print(report.format_table(rows))
+    else:
+        print(report.format_table([(stage, result)]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

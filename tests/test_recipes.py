@@ -1,0 +1,130 @@
+"""The papers' recipes: every `tiny` preset runs all its stages (a few steps, smoke), every `7b` preset
+builds its configs and its abstract parameter shapes (``jax.eval_shape``, nothing allocated) with the
+parameter counts of the HF models it starts from (counted by transformers on the meta device).
+The Ola tiny recipe's smoke run is the demo's (tests/test_demo.py)."""
+
+import glob
+import os
+
+import jax
+import numpy as np
+import pytest
+import torch
+from training_fixtures import cache_dir, compilation_cache
+
+from data_pipelines import synth
+from omnijax import recipe as recipe_lib
+from omnijax.models.omni import OmniModel, logical_specs
+from omnijax.training.omni_task import omni_config
+from omnijax.training.stages import StageConfigError
+
+RECIPES = sorted(glob.glob("experiments/*/recipe.py"))
+SMOKE = [r for r in RECIPES if "/ola/" not in r and "/self_kd/" not in r]  # those two: test_demo, test_self_kd
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("omni_synth"))
+    synth.prepare(out, size="tiny", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compile_once(tmp_path_factory):
+    with compilation_cache(cache_dir(tmp_path_factory)):
+        yield
+
+
+def test_every_paper_has_a_recipe():
+    names = {os.path.basename(os.path.dirname(r)) for r in RECIPES}
+    assert {"ola", "capybara", "baichuan_omni", "self_kd"} <= names, names
+
+
+@pytest.mark.parametrize("path", SMOKE)
+def test_tiny_preset_runs_every_stage(path, corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMNIJAX_CORPUS", corpus)
+    recipe = recipe_lib.load_recipe(f"{path}:tiny")
+    rows = recipe_lib.run(recipe, str(tmp_path), steps=2, evaluate=False, log=lambda _: None)
+    assert [r["stage"] for r in rows] == [n for n, _ in recipe.stages]
+    assert all(r["status"] == "trained" for r in rows), rows
+    for name, _ in recipe.stages:
+        losses = [float(line.split('"loss": ')[1].split(",")[0])
+                  for line in open(tmp_path / name / "metrics.jsonl") if '"loss": ' in line]
+        assert losses and np.all(np.isfinite(losses)), (name, losses)
+    # Run again: every stage is complete, nothing trains.
+    again = recipe_lib.run(recipe, str(tmp_path), steps=2, evaluate=False, log=lambda _: None)
+    assert all(r["status"] == "done before" for r in again), again
+
+
+def _meta_count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def hf_counts(cfg) -> dict[str, int]:
+    """Parameter counts of the HF modules the 7b groups are imported from, built on the meta device."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel, WhisperConfig
+    from transformers.models.qwen2_audio.configuration_qwen2_audio import Qwen2AudioEncoderConfig
+    from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    t, v, a = cfg.llm, cfg.vision, cfg.audio
+    out = {}
+    with torch.device("meta"):
+        out["llm"] = _meta_count(Qwen2ForCausalLM(Qwen2Config(
+            vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+            num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
+            tie_word_embeddings=t.tie_word_embeddings)))
+        if v is not None:
+            out["vision"] = _meta_count(SiglipVisionModel(SiglipVisionConfig(
+                image_size=v.image_size, patch_size=v.patch_size, hidden_size=v.hidden_size,
+                intermediate_size=v.intermediate_size, num_hidden_layers=v.num_layers,
+                num_attention_heads=v.num_heads, vision_use_head=v.use_head)))
+        if a is not None:
+            sizes = dict(num_mel_bins=a.num_mel_bins, d_model=a.d_model, encoder_layers=a.encoder_layers,
+                         encoder_attention_heads=a.encoder_attention_heads, encoder_ffn_dim=a.encoder_ffn_dim,
+                         max_source_positions=a.max_source_positions)
+            encoder = (Qwen2AudioEncoder(Qwen2AudioEncoderConfig(**sizes)) if a.variant == "qwen2_audio"
+                       else WhisperEncoder(WhisperConfig(**sizes)))
+            out["audio"] = _meta_count(encoder)
+    return out
+
+
+def _stage_configs(path: str, preset: str):
+    recipe = recipe_lib.load_recipe(f"{path}:{preset}")
+    return [recipe_lib.stage_config(recipe, i, "/pod/workdir") for i in range(len(recipe.stages))]
+
+
+@pytest.mark.parametrize("path", RECIPES)
+def test_7b_preset_abstract_shapes(path):
+    configs = _stage_configs(path, "7b")
+    cfg = omni_config(configs[0])
+    _, abstract = logical_specs(OmniModel(cfg))  # jax.eval_shape: no parameter is allocated
+    counts = {g: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t)) for g, t in abstract.items()}
+    want = hf_counts(cfg)
+    for group, n in want.items():
+        assert counts[group] == n, (path, group, counts[group], n)
+    assert 7.6e9 < counts["llm"] < 7.7e9, counts  # Qwen2.5-7B: 7.62B
+    assert sum(counts.values()) < 9.5e9, counts
+    for c in configs:  # every stage: the same architecture, rules that match, a pod mesh
+        assert omni_config(c) == cfg, c.name
+        assert c.mesh.fsdp == -1 and c.batch_size >= 128, c.name
+
+
+def test_unresolved_stage_reference_is_a_clear_error(corpus, monkeypatch):
+    from omnijax.training import trainer
+
+    monkeypatch.setenv("OMNIJAX_CORPUS", corpus)
+    c = recipe_lib.load_recipe("experiments/ola/recipe.py:tiny")
+    stage = recipe_lib._module(c.stages[2][1], "stage").get_config("tiny")  # 1b: starts from '@previous'
+    with pytest.raises(StageConfigError, match="names a recipe stage"):
+        trainer.setup(stage)
+
+
+def test_recipe_errors():
+    with pytest.raises(ValueError, match="no preset 'huge'"):
+        recipe_lib.load_recipe("experiments/ola/recipe.py:huge")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        recipe_lib.load_recipe("experiments/nope/recipe.py:tiny")
+    recipe = recipe_lib.load_recipe("experiments/ola/recipe.py:tiny")
+    with pytest.raises(ValueError, match="not stages of"):
+        recipe_lib.run(recipe, "/tmp/unused", only=("9z",), evaluate=False)
