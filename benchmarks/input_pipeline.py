@@ -1,19 +1,23 @@
-"""Input-pipeline throughput: examples/s and tokens/s of the omni-synth mixture, by worker count.
+"""Input-pipeline throughput: examples/s and tokens/s of an omni-synth mixture by worker count, against
+the train step that consumes it.
 
-The mixture is the eight omni-synth tasks as eight sources of equal weight (one ArrayRecord shard
-per task, split from the corpus once), through the whole pipeline (`data_pipelines.pipeline`):
-read, decode (PNG, H.264, FLAC), features (SigLIP-normalised views, Whisper log-mel), ChatML +
-placeholder expansion, first-fit packing, mixing, `mp_prefetch` workers, batching. Each worker
-count gets a fresh pipeline; `--warmup` batches (worker start-up, first decodes) are not timed,
-then `--batches` batches are. Tokens are non-padding tokens (`Pipeline.metrics['tokens']`).
+Default (`--train-stage experiments/ola/stage3b.py:tiny`): the stage's own pipeline (its mixture, batch,
+sequence length and media budget, from `c.data`) for each worker count, then the stage's jitted train
+step on 4 of those batches; prints the pipeline's rows/s divided by the step's rows/s (the pipeline
+must not be the bottleneck: ratio >= 2).
 
-Stages (`--stage`):
-- `tiny`: the CPU presets' sizes (64-pixel views, 2 x 2 tokens per view, 4 s audio windows of 80 mels).
-- `ola`: Ola's sizes (384-pixel views, 14 x 14 tokens per view after 2 x 2 pooling, 30 s windows of
-  128 mels, 150 tokens per window), 8 frames per video, 4096 tokens per row.
+With `--train-stage ''`: the eight omni-synth tasks as eight sources of equal weight at the sizes of
+`--stage` (`tiny`: 64-pixel views, 2 x 2 tokens per view, 4 s audio windows of 80 mels; `ola`: Ola's
+384-pixel views, 14 x 14 tokens per view, 30 s windows of 128 mels, 8 frames per video, 4096 tokens
+per row), pipeline only.
 
-    python benchmarks/input_pipeline.py                    # builds workdirs/omni-synth on first use
-    python benchmarks/input_pipeline.py --stage ola --workers 0,2
+Through the whole pipeline (`data_pipelines.pipeline`): read, decode (PNG, H.264, FLAC), features
+(SigLIP-normalised views, Whisper log-mel), ChatML + placeholder expansion, first-fit packing, mixing,
+`mp_prefetch` workers, batching. Each worker count gets a fresh pipeline; `--warmup` batches are not
+timed, then `--batches` batches are. Tokens are non-padding tokens (`Pipeline.metrics['tokens']`).
+
+    python benchmarks/input_pipeline.py                     # prepares workdirs/omni-synth on first use
+    python benchmarks/input_pipeline.py --train-stage '' --stage ola --workers 0,2
 """
 
 from __future__ import annotations
@@ -157,6 +161,7 @@ def compare(args) -> None:
     from omnijax.training.data_source import grain_pipeline_config
 
     synth.prepare(args.corpus)
+    os.environ["OMNIJAX_CORPUS"] = args.corpus  # the stage's sources and tokenizer (experiments.common.corpus)
     c = load_stage(args.train_stage)
     rows, batches = [], []
     for workers in (int(w) for w in args.workers.split(",")):
