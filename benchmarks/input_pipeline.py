@@ -50,17 +50,10 @@ STAGES = {
 
 
 def task_sources(corpus: str) -> tuple[Source, ...]:
-    """One source per omni-synth task (shards under `corpus/tasks/`, written on first use)."""
-    folder = os.path.join(corpus, "tasks")
-    paths = {task: schema.shard_paths(os.path.join(folder, task), 1) for task in synth.TASKS}
-    if not all(os.path.isfile(p[0]) for p in paths.values()):
-        files = synth.build(corpus, progress=False)["splits"]["train"]["files"]
-        writers = {task: schema.ShardWriter(os.path.join(folder, task), 1) for task in synth.TASKS}
-        for example in schema.read_shards([os.path.join(corpus, f) for f in files]):
-            writers[example.task].write(example)
-        for writer in writers.values():
-            writer.close()
-    return tuple(Source(task, tuple(paths[task])) for task in synth.TASKS)
+    """One source per omni-synth task (the per-task shards `synth.prepare` writes)."""
+    synth.prepare(corpus, progress=False)
+    shards = synth.task_shards(corpus, "train")
+    return tuple(Source(task, tuple(schema.shard_paths(shards[task], 1))) for task in synth.TASKS)
 
 
 def measure(config: PipelineConfig, warmup: int, batches: int) -> dict:

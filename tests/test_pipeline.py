@@ -41,20 +41,12 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 def corpus(tmp_path_factory):
     """The tiny omni-synth corpus, its tokenizer, and one shard per task (a recipe's sources)."""
     out = str(tmp_path_factory.mktemp("omni_synth"))
-    synth.build(out, seed=0, size="tiny", progress=False)
-    tok.build_synth_tokenizer(out)
-    by_task = collections.defaultdict(list)
-    for example in schema.read_shards([os.path.join(out, "train.array_record-00000-of-00001")]):
-        by_task[example.task].append(example)
-    for task, examples in by_task.items():
-        with schema.ShardWriter(os.path.join(out, "tasks", task), 1) as writer:
-            for example in examples:
-                writer.write(example)
+    synth.prepare(out, size="tiny", progress=False)
     return out
 
 
 def task_shards(corpus: str, task: str) -> tuple[str, ...]:
-    return tuple(schema.shard_paths(os.path.join(corpus, "tasks", task), 1))
+    return tuple(schema.shard_paths(synth.task_shards(corpus, "train")[task], 1))
 
 
 def omni_config(corpus: str, tasks=synth.TASKS, **kw) -> PipelineConfig:

@@ -2,7 +2,6 @@
 tiny omni-synth corpus, 4 steps straight = 2 steps + restart (a new ``run`` on the same workdir) + 2
 steps, per-step losses bitwise: the pipeline's iterator state goes through the trainer's checkpoint."""
 
-import collections
 import os
 
 import ml_collections as mlc
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from training_fixtures import cache_dir, compilation_cache
 
-from data_pipelines import schema, synth, tokenizer as tok
+from data_pipelines import synth, tokenizer as tok
 from omnijax.training import trainer
 from omnijax.training.config import base_config
 from omnijax.training.data_source import build_data
@@ -28,18 +27,10 @@ def _compile_once(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """The tiny omni-synth corpus and its tokenizer, one shard per task (the pipeline takes only media
+    """The tiny omni-synth corpus, its tokenizer and one shard per task (the pipeline takes only media
     the stage has slots for)."""
     out = str(tmp_path_factory.mktemp("omni_synth"))
-    synth.build(out, seed=0, size="tiny", progress=False)
-    tok.build_synth_tokenizer(out)
-    by_task = collections.defaultdict(list)
-    for example in schema.read_shards([os.path.join(out, "train.array_record-00000-of-00001")]):
-        by_task[example.task].append(example)
-    for task in TASKS:
-        with schema.ShardWriter(os.path.join(out, "tasks", task), 1) as writer:
-            for example in by_task[task]:
-                writer.write(example)
+    synth.prepare(out, size="tiny", progress=False)
     return out
 
 
@@ -70,7 +61,7 @@ def grain_config(corpus: str, **data) -> mlc.ConfigDict:
     c.num_tasks, c.task_names = len(TASKS), TASKS
     c.data = mlc.ConfigDict(dict(
         source="grain", seed=3, workers=0, tokenizer=os.path.join(corpus, tok.SYNTH_TOKENIZER_DIR),
-        sources=[dict(name=t, paths=os.path.join(corpus, "tasks", t) + "*", weight=1.0) for t in TASKS],
+        sources=[dict(name=t, paths=synth.task_shards(corpus, "train")[t] + "*", weight=1.0) for t in TASKS],
         pipeline=dict(too_long="truncate")) | data)
     c.num_steps = 4
     c.log_every = 1
