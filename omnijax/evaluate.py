@@ -14,7 +14,9 @@ Each task is scored by its kind (``TASK_KINDS``): ``asr`` -> ``<task>/wer`` and 
 ``choice`` -> ``<task>/accuracy`` (the option letter); ``spoken`` -> the same image questions asked
 in text and in speech: ``<task>/text_acc``, ``<task>/spoken_acc`` and their ``<task>/gap`` (the
 Self-KD paper's metric). With ``--out``, the metrics become row ``--stage`` of ``OUT/eval.md`` and
-``OUT/eval.json``.
+``OUT/eval.json``. ``by_template`` (``evaluate(..., by_template={})``; the CLI prints it, the recipe
+runner writes it to ``W/<stage>/eval_by_template.json``) splits the accuracy of ``exact`` and
+``spoken`` tasks by question template: which kinds of question a model answers.
 
 Chance (``chance_levels``): for ``choice`` tasks one over the number of options; for ``exact`` tasks
 the accuracy of a blind answerer that knows the eval set's most frequent answer to each question
@@ -109,19 +111,30 @@ def chance_levels(tasks, data: str | None = None, limit: int | None = None) -> d
 def generator(path: str, max_prompt_len: int | None = None):
     """An ``OmniGenerator`` for the model at ``path`` (stage workdir or model directory)."""
     from omnijax.checkpoint import assets_of, load_model
-    from omnijax.inference.omni import OmniGenerator, stage_prompt_options
+    from omnijax.inference.omni import OmniGenerator, generation_config, stage_prompt_options
 
     loaded = load_model(path, progress=False)
     tokenizer_dir = assets_of(path)
     if not tokenizer_dir:
         raise FileNotFoundError(f"{path} carries no tokenizer (assets); the evaluator needs the model's tokenizer")
     options, seq_len = stage_prompt_options(path)
-    return OmniGenerator(loaded.cfg, loaded.params, tokenizer_dir, max_prompt_len=max_prompt_len or seq_len or 512,
+    cfg = generation_config(loaded.cfg, options.get("video_frames"))
+    return OmniGenerator(cfg, loaded.params, tokenizer_dir, max_prompt_len=max_prompt_len or seq_len or 512,
                          batch_size=BATCH_SIZE, bucket=max_prompt_len or seq_len or 512, **options)
 
 
-def evaluate(path: str, data: str, tasks, *, limit: int | None = None, log=print, gen=None) -> dict[str, float]:
-    """Metrics of the model at ``path`` on the held-out ``tasks`` (module docstring)."""
+def accuracy_by_template(examples: list[schema.Example], hits: list[bool]) -> dict[str, dict]:
+    """``{question template: {"n": examples, "accuracy": rate}}``, templates in order of first appearance."""
+    by = collections.defaultdict(list)
+    for e, hit in zip(examples, hits):
+        by[_template(question_of(e))].append(bool(hit))
+    return {t: {"n": len(v), "accuracy": round(sum(v) / len(v), 4)} for t, v in by.items()}
+
+
+def evaluate(path: str, data: str, tasks, *, limit: int | None = None, log=print, gen=None,
+             by_template: dict | None = None) -> dict[str, float]:
+    """Metrics of the model at ``path`` on the held-out ``tasks`` (module docstring); ``by_template``, a
+    dict, receives each ``exact`` / ``spoken`` task's ``accuracy_by_template`` (text questions)."""
     from omnijax.eval import metrics
 
     unknown = [t for t in tasks if t not in TASK_KINDS]
@@ -139,9 +152,15 @@ def evaluate(path: str, data: str, tasks, *, limit: int | None = None, log=print
             gap = metrics.spoken_gap([metrics.exact_match(r, h) for r, h in zip(refs, hyps)],
                                      [metrics.exact_match(r, h) for r, h in zip(refs, spoken)])
             out.update({f"{task}/{k}": v for k, v in gap.items()})
+            if by_template is not None:
+                by_template[task] = accuracy_by_template(examples, [metrics.exact_match(r, h)
+                                                                    for r, h in zip(refs, hyps)])
         else:
             scores = metrics.score(kind, refs, hyps)
             out.update({f"{task}/{k}": v for k, v in scores.items() if k != "n"})
+            if kind == "exact" and by_template is not None:
+                by_template[task] = accuracy_by_template(examples, [metrics.exact_match(r, h)
+                                                                    for r, h in zip(refs, hyps)])
         log(f"  eval {task}: {len(examples)} examples in {time.perf_counter() - start:.0f} s; e.g. "
             f"{refs[0]!r} -> {hyps[0]!r}")
     return out
@@ -160,12 +179,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     tasks = tuple(t for t in args.tasks.split(",") if t)
     try:
-        result = evaluate(args.ckpt, args.data, tasks, limit=args.limit)
+        templates = {}
+        result = evaluate(args.ckpt, args.data, tasks, limit=args.limit, by_template=templates)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from omnijax.eval import report
 
+    for task, rows in templates.items():
+        print(f"{task} by question template:")
+        for template, row in rows.items():
+            print(f"  {100 * row['accuracy']:5.1f}%  ({row['n']:3d})  {template}")
     stage = args.stage or os.path.basename(os.path.normpath(args.ckpt))
     if args.out:
         rows = report.update_report(args.out, stage, result, chance=chance_levels(tasks, args.data, args.limit))

@@ -12,7 +12,8 @@ may name ``'@previous'`` (the stage before it) or ``'@stage:NAME'`` (any earlier
 Resumable: a stage whose workdir holds its final checkpoint is skipped, an interrupted one resumes
 from its newest checkpoint, and a stage already evaluated (a row in ``W/eval.json``) is not evaluated
 again. After each stage the recipe evaluates it on the held-out split (``omnijax.evaluate``) and
-rewrites ``W/eval.md`` / ``W/eval.json``: one row per stage, as in Ola's Table 5.
+rewrites ``W/eval.md`` / ``W/eval.json``: one row per stage, as in Ola's Table 5 (and writes the
+question accuracies per template to ``W/<name>/eval_by_template.json``).
 ``--steps N`` runs every stage for N steps (smoke tests); ``--only`` runs the named stages (the
 stages they start from must be complete).
 """
@@ -22,11 +23,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
 import os
 import sys
 import time
 
 STATUS_FILE = "recipe.json"
+EVAL_BY_TEMPLATE = "eval_by_template.json"  # in the stage workdir: accuracy per question template
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,14 +168,17 @@ def evaluate_stage(recipe: Recipe, name: str, stage_dir: str, workdir: str, limi
         if stage == name:
             return metrics
     data = recipe.eval_data
-    metrics = evaluate.evaluate(stage_dir, data, recipe.eval_tasks, limit=limit, log=log)
+    templates = {}
+    metrics = evaluate.evaluate(stage_dir, data, recipe.eval_tasks, limit=limit, log=log, by_template=templates)
+    tmp = os.path.join(stage_dir, f".{EVAL_BY_TEMPLATE}.partial")
+    with open(tmp, "w") as f:
+        json.dump(templates, f, indent=1)
+    os.replace(tmp, os.path.join(stage_dir, EVAL_BY_TEMPLATE))
     report.update_report(workdir, name, metrics, chance=evaluate.chance_levels(recipe.eval_tasks, data, limit))
     return metrics
 
 
 def _last_loss(stage_dir: str) -> float | None:
-    import json
-
     try:
         with open(os.path.join(stage_dir, "metrics.jsonl")) as f:
             rows = [json.loads(line) for line in f if line.strip()]

@@ -142,3 +142,25 @@ def test_failed_write_keeps_old_report_and_no_temp_files(tmp_path, monkeypatch):
     assert (tmp_path / "eval.json").read_text() == before
     assert sorted(os.listdir(tmp_path)) == ["eval.json", "eval.md"]
     assert not math.isnan(read_report(str(tmp_path))[0][0][1]["librispeech/wer"])
+
+
+def _qa(i: int, question: str, answer: str):
+    from data_pipelines.schema import Example, Turn
+
+    return Example(id=f"t/{i}", source="t", task="text_instruct",
+                   turns=(Turn("user", question), Turn("assistant", answer)))
+
+
+def test_blind_accuracy_and_accuracy_by_template():
+    from omnijax.evaluate import accuracy_by_template, blind_accuracy
+
+    examples = [_qa(0, "What colour is the circle?", "red"), _qa(1, "What colour is the square?", "red"),
+                _qa(2, "What colour is the triangle?", "blue"), _qa(3, "How many shapes are there?", "2"),
+                _qa(4, "How many shapes are there?", "3"), _qa(5, "How many shapes are there?", "3"),
+                _qa(6, "How many shapes are there?", "1")]
+    # the most frequent answer per template: "red" (2 of 3) and "3" (2 of 4)
+    assert blind_accuracy(examples) == pytest.approx(4 / 7)
+    by = accuracy_by_template(examples, [True, False, True, True, True, False, False])
+    assert list(by) == ["what colour is the _?", "how many shapes are there?"]
+    assert by["what colour is the _?"] == {"n": 3, "accuracy": round(2 / 3, 4)}
+    assert by["how many shapes are there?"] == {"n": 4, "accuracy": 0.5}

@@ -29,7 +29,7 @@ from omnijax.checkpoint import save_model_dir
 from omnijax.hf.importer import Loaded
 from omnijax.hf.omni import OMNI
 from omnijax.inference import omni as omni_gen
-from omnijax.inference.omni import OmniGenerator
+from omnijax.inference.omni import GENERATION_SLOTS, OmniGenerator, generation_config
 from omnijax.inference.sentences import espeak_callback, sentences
 from omnijax.models.audio import AudioConfig
 from omnijax.models.llm import LLMConfig
@@ -251,6 +251,21 @@ def test_sentence_splitter_on_token_by_token_text(gen):
 
     assert next(sentences(feed())) == "What colour. " and read[-1] == "What colour. I" and read[-2] == "What colour. "
     assert list(sentences([])) == [] and list(sentences(["", "Hi"])) == ["Hi"]
+
+
+def test_generation_config_gives_slots_to_the_modalities_a_stage_trained_without(corpus, gen):
+    """A stage that trained on images only (no video or audio slots) still answers videos and speech at
+    generation: the towers are there, the slots are shapes; answers equal the full budget's."""
+    _, examples, _ = corpus
+    image_only = CFG.replace(video_slots=0, audio_slots=0)
+    cfg = generation_config(image_only, FRAMES)
+    assert (cfg.image_slots, cfg.video_slots, cfg.audio_slots) == (1, FRAMES, GENERATION_SLOTS["audio"])
+    assert generation_config(CFG, FRAMES) is CFG
+    no_audio = image_only.replace(audio=None, audio_connector=None, audio_token_id=None)
+    assert generation_config(no_audio, FRAMES).audio_slots == 0
+    stage = OmniGenerator(cfg, gen.params, corpus[0], max_prompt_len=MAX_PROMPT, batch_size=4, video_frames=FRAMES)
+    tasks = ("video_audio_qa", "asr", "image_qa")
+    assert stage.answer([examples[t] for t in tasks], NEW) == gen.answer([examples[t] for t in tasks], NEW)
 
 
 def test_clear_errors(corpus, gen):

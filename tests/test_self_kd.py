@@ -3,6 +3,7 @@ omni-synth corpus (whole, own segments, equal responses), the Self-KD objective 
 that pairs the responses by hand (value, alpha = 0, equal sides, no gradient into the teacher), and the
 `experiments/self_kd` recipe on the trainer."""
 
+import json
 import os
 
 import jax
@@ -316,3 +317,6 @@ def test_tiny_recipe_runs_every_stage(corpus, tmp_path, monkeypatch):
         assert losses and np.all(np.isfinite(losses)), (name, losses)
     last = open(tmp_path / "2_selfkd_sft" / "metrics.jsonl").read()
     assert '"task_loss/spoken_image_qa"' in last  # the pairs' student tokens are in the loss
+    row = json.loads(last.strip().splitlines()[-1])
+    assert row["kd/tokens"] > 0 and row["kd/kl"] >= 0 and np.isfinite(row["kd/ce_student"]), row
+    assert '"kd/kl"' not in open(tmp_path / "1_audio_align" / "metrics.jsonl").read()  # no Self-KD there

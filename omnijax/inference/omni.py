@@ -16,7 +16,9 @@ shape a prompt (``PROMPT_OPTIONS``: system prompt, video frames, image tiling, a
 
 Batch. One example per row, left-padded (``generate.left_pad``: segment id 0 on padding, RoPE
 positions from 0 at each prompt's first token, as in training), the row's media in the slots of the
-model's budget (``cfg.budget``: ``image_slots``, ``video_slots``, ``audio_slots`` per row). Static
+model's budget (``cfg.budget``: ``image_slots``, ``video_slots``, ``audio_slots`` per row; a stage
+trains with the slots of its own modalities only, so ``generation_config`` gives a modality the model
+has a tower for but no slots ``GENERATION_SLOTS`` of them, ``video_frames`` for videos). Static
 shapes, so that one compilation serves an eval set: ``batch_size`` rows (a short last batch is filled
 with copies of its first row), the prompt width rounded up to a multiple of ``bucket`` (at most
 ``max_prompt_len``), the slot fields of the modalities some row of the batch has (an image-only
@@ -64,6 +66,23 @@ def stage_prompt_options(path: str) -> tuple[dict, int | None]:
         return {}, None
     pipeline = (config.get("data") or {}).get("pipeline") or {}
     return {k: v for k, v in pipeline.items() if k in PROMPT_OPTIONS}, config.get("seq_len")
+
+
+GENERATION_SLOTS = {"image": 4, "audio": 8}  # one image's views, 32 s of speech in 4 s windows (tiny)
+
+
+def generation_config(cfg: OmniConfig, video_frames: int | None = None) -> OmniConfig:
+    """``cfg`` with slots for every modality it has a tower and a placeholder token for: a modality without
+    slots (the training stage had none of its media) gets ``GENERATION_SLOTS`` of them, or ``video_frames``
+    (default: the pipeline's) for videos. Slots are shapes only: the params are the same."""
+    frames = video_frames or next(f.default for f in dataclasses.fields(PipelineConfig) if f.name == "video_frames")
+    wanted = {"image": GENERATION_SLOTS["image"], "video": frames, "audio": GENERATION_SLOTS["audio"]}
+    extra = {}
+    for kind, slots in wanted.items():
+        tower = cfg.audio if kind == "audio" else cfg.vision
+        if tower is not None and getattr(cfg, f"{kind}_token_id") is not None and not cfg.budget.slots(kind):
+            extra[f"{kind}_slots"] = slots
+    return cfg.replace(**extra) if extra else cfg
 
 
 def media_unsupported(cfg: OmniConfig, kind: str) -> str | None:

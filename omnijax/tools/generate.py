@@ -119,7 +119,7 @@ def chat_config(module) -> OmniConfig:
 
 
 def _chat(args) -> int:
-    from omnijax.inference.omni import OmniGenerator, media_unsupported, stage_prompt_options
+    from omnijax.inference.omni import OmniGenerator, generation_config, media_unsupported, stage_prompt_options
     from omnijax.inference.sentences import espeak_callback
 
     if args.temperature != 0.0 or args.top_p != 1.0 or args.stop_ids is not None:
@@ -130,16 +130,16 @@ def _chat(args) -> int:
     if not tokenizer:
         raise ValueError(f"{args.model} carries no tokenizer: pass --tokenizer DIR (a HF tokenizer directory)")
     loaded = load_model(args.model, dtype=args.dtype, progress=False)
-    cfg = chat_config(loaded.module)
+    options, seq_len = stage_prompt_options(args.model)  # a stage workdir: prompts as its batches were
+    if args.video_frames is not None:
+        options["video_frames"] = args.video_frames
+    cfg = generation_config(chat_config(loaded.module), options.get("video_frames"))
     flags = [(kind, f"--{kind}") for kind, _ in args.media or []]
     flags += [("audio", "--spoken-question")] if args.spoken_question else []
     for kind, flag in flags:
         reason = media_unsupported(cfg, kind)
         if reason:
             raise ValueError(f"{flag}: {reason}; leave out {flag} or use a model that takes {kind}s")
-    options, seq_len = stage_prompt_options(args.model)  # a stage workdir: prompts as its batches were
-    if args.video_frames is not None:
-        options["video_frames"] = args.video_frames
     room = cfg.llm.max_position_embeddings - args.max_new_tokens
     max_prompt_len = args.max_prompt_len or min(seq_len or DEFAULT_MAX_PROMPT_LEN, room)
     generator = OmniGenerator(cfg, loaded.params, tokenizer, max_prompt_len=max_prompt_len, batch_size=1,

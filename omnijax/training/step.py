@@ -50,6 +50,13 @@ def merge_view(view, params, trainable):
     return jax.tree.map(lambda p, t: next(flat_v) if t else p, params, trainable)
 
 
+# The Self-KD objective's aux values (``objective.combine``) and their metric names: the KL and the
+# student CE over the pairs' response tokens, how many there were, and how many passed
+# ``max_response_tokens``. (With microbatches the two means are averaged with the microbatch weights.)
+KD_AUX = {"kl": "kd/kl", "ce_student": "kd/ce_student", "kd_tokens": "kd/tokens",
+          "kd_overflow_tokens": "kd/overflow_tokens"}
+
+
 def _sum_aux(key: str) -> bool:
     return key == "tokens" or key.endswith("_sum") or key.endswith("_tokens")
 
@@ -134,6 +141,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, labels, l
             "nonfinite_in_a_row": jnp.where(ok, 0, state.nonfinite + 1),
             **{f"lr/{name}": fn(count) for name, fn in lr_fns.items()},
         }
+        metrics.update({name: aux[k] for k, name in KD_AUX.items() if k in aux})
         if "task_loss" in aux:
             metrics["task_loss"] = aux["task_loss"]
             metrics["task_tokens"] = aux.get("task_tokens", jnp.zeros_like(aux["task_loss"]))
