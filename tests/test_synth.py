@@ -148,6 +148,19 @@ def test_speech_varies_across_examples(examples):
 # ---------------------------------------------------------------- corpus structure
 
 
+def test_default_size_has_more_train_examples_of_the_cheap_tasks():
+    counts = synth.split_counts("default")
+    assert counts["eval"] == dict.fromkeys(synth.TASKS, 100)
+    assert counts["train"]["image_caption"] == counts["train"]["image_qa"] == 10_000
+    assert counts["train"]["asr"] == 3000 and counts["train"]["video_audio_qa"] == 1000
+    assert sum(counts["train"].values()) == 3 * 10_000 + 3000 + 4 * 1000
+    # round-robin: example i of every task that has one, so a prefix of the stream mixes all tasks
+    tiny = [e["task"] for e in synth.generate("eval", size="tiny")]
+    assert tiny[:len(synth.TASKS)] == list(synth.TASKS) and len(tiny) == 3 * len(synth.TASKS)
+    with pytest.raises(ValueError, match="unknown omni-synth size 'huge'"):
+        synth.split_counts("huge")
+
+
 def test_build_writes_every_task_in_both_splits_and_caches(corpus_dir, examples, capsys):
     manifest = json.load(open(os.path.join(corpus_dir, synth.MANIFEST)))
     assert manifest["seed"] == SEED and manifest["size"] == "tiny" and manifest["version"] == synth.VERSION
@@ -157,10 +170,10 @@ def test_build_writes_every_task_in_both_splits_and_caches(corpus_dir, examples,
         assert all(schema.writer_options(p).startswith("group_size:1") for p in paths)
         records = list(schema.read_shards(paths))
         ids[split] = {r.id for r in records}
-        assert len(ids[split]) == len(records) == synth.SIZES["tiny"][split] * len(synth.TASKS)
+        assert len(ids[split]) == len(records) == sum(synth.split_counts("tiny")[split].values())
         assert {r.task for r in records} == set(synth.TASKS)
         for task in synth.TASKS:
-            assert manifest["splits"][split]["tasks"][task]["examples"] == synth.SIZES["tiny"][split]
+            assert manifest["splits"][split]["tasks"][task]["examples"] == synth.split_counts("tiny")[split][task]
         # the shards hold exactly the generated examples, byte for byte
         fresh = {e["id"]: synth.to_schema_example(e).to_bytes() for e in examples[split]}
         assert all(fresh[r.id] == r.to_bytes() for r in records)
