@@ -128,3 +128,22 @@ def test_recipe_errors():
     recipe = recipe_lib.load_recipe("experiments/ola/recipe.py:tiny")
     with pytest.raises(ValueError, match="not stages of"):
         recipe_lib.run(recipe, "/tmp/unused", only=("9z",), evaluate=False)
+
+
+def test_ola_stages_carry_only_their_own_media(corpus, monkeypatch):
+    """`common.use_media`: a stage's batches have slots only for the media its data has."""
+    from experiments import common
+
+    monkeypatch.setenv("OMNIJAX_CORPUS", corpus)
+    recipe = recipe_lib.load_recipe("experiments/ola/recipe.py:tiny")
+    media = {}
+    for name, path in recipe.stages:
+        c = recipe_lib._module(path, name).get_config("tiny")
+        media[name] = tuple(k for k in ("image", "video", "audio") if c.media[f"{k}_slots"])
+    assert media == {"0a_vision": ("image",), "0b_speech": ("audio",), "1a": ("image",), "1b": ("image",),
+                     "2": ("image", "video", "audio"), "3a": ("audio",), "3b": ("image", "video", "audio")}
+    c = recipe_lib._module(recipe.stages[-1][1], "3b").get_config("7b")
+    common.use_media(c, "video")
+    assert (c.media.image_slots, c.media.video_slots, c.media.audio_slots) == (0, 64, 0)
+    with pytest.raises(ValueError, match=r"unknown media kinds \['pictures'\]"):
+        common.use_media(c, "pictures")

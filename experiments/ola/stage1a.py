@@ -16,9 +16,10 @@ def get_config(arg="tiny"):
     if preset == "tiny":
         # The stand-in's speech projector comes along: the tiny LLM is far weaker than Qwen2.5, and stage 3a's
         # 50 connector-only steps would not align a fresh one to it.
-        c.init_from = [(common.stage_ref("0_pretrain"), ("llm", "vision", "audio", "audio_connector"))]
+        c.init_from = [(common.stage_ref("0b_speech"), ("llm", "vision", "audio", "audio_connector"))]
     else:
         c.init_from = common.hf_init(("llm", "vision", "audio"))
+    common.use_media(c, "image")
     common.set_data(c, preset, {"image_caption": 1.0})
     c.trainable = [("vision_connector/.*", common.schedule(1e-3 if preset == "7b" else 3e-3)), (".*", None)]
     c.num_steps = STEPS[preset]
