@@ -28,6 +28,7 @@ from data_pipelines.pipeline import (BAD_REASONS, BadRecordsError, Pipeline, Pip
 from omnijax import media_tokens
 from omnijax.batch import MediaBudget, check_batch
 from omnijax.media_tokens import MediaLayout
+from training_fixtures import corpus
 
 IMAGE_ID, VIDEO_ID, AUDIO_ID = (tok.SYNTH_TOKEN_IDS[tok.PLACEHOLDER_TOKENS[m]] for m in ("image", "video", "audio"))
 # Tiny stage: 32-pixel views, 4 frames per video, 1 s audio windows (100 mel frames, 5 tokens each).
@@ -35,14 +36,6 @@ OLA = MediaLayout("ola", IMAGE_ID, VIDEO_ID, AUDIO_ID, grid=(2, 2), chunk_tokens
 BUDGET = MediaBudget(image_slots=4, image_size=32, video_slots=8, video_size=32, audio_slots=8, n_mels=80,
                      audio_frames=100)
 TESTS = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """The tiny omni-synth corpus, its tokenizer, and one shard per task (a recipe's sources)."""
-    out = str(tmp_path_factory.mktemp("omni_synth"))
-    synth.prepare(out, size="tiny", progress=False)
-    return out
 
 
 def task_shards(corpus: str, task: str) -> tuple[str, ...]:

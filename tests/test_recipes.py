@@ -10,29 +10,17 @@ import jax
 import numpy as np
 import pytest
 import torch
-from training_fixtures import cache_dir, compilation_cache
+from training_fixtures import compile_once, corpus
 
-from data_pipelines import synth
 from omnijax import recipe as recipe_lib
 from omnijax.models.omni import OmniModel, logical_specs
 from omnijax.training.omni_task import omni_config
 from omnijax.training.stages import StageConfigError
 
+pytestmark = pytest.mark.usefixtures("compile_once")
+
 RECIPES = sorted(glob.glob("experiments/*/recipe.py"))
 SMOKE = [r for r in RECIPES if "/ola/" not in r and "/self_kd/" not in r]  # those two: test_demo, test_self_kd
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("omni_synth"))
-    synth.prepare(out, size="tiny", progress=False)
-    return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compile_once(tmp_path_factory):
-    with compilation_cache(cache_dir(tmp_path_factory)):
-        yield
 
 
 def test_every_paper_has_a_recipe():

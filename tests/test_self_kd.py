@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 import pytest
-from training_fixtures import cache_dir, compilation_cache
+from training_fixtures import compile_once, corpus
 
 from data_pipelines import synth, tokenizer as tok
 from data_pipelines.pipeline import Pipeline, PipelineConfig, Source
@@ -28,6 +28,8 @@ from omnijax.training.losses import masked_cross_entropy
 from omnijax.training.omni_task import self_kd_config
 from omnijax.training.stages import StageConfigError
 
+pytestmark = pytest.mark.usefixtures("compile_once")
+
 IMAGE_ID, AUDIO_ID = (tok.SYNTH_TOKEN_IDS[tok.PLACEHOLDER_TOKENS[m]] for m in ("image", "audio"))
 TASKS = ("spoken_image_qa", "image_qa")
 # Ola's architecture at toy sizes: 32-pixel images (2x2 pooled grid), 1 s audio windows (5 tokens each).
@@ -41,20 +43,6 @@ MODEL = OmniConfig(
                       max_source_positions=50),
     audio_connector="frame_stack", frame_stack_hidden=32, layout="ola",
     image_token_id=IMAGE_ID, audio_token_id=AUDIO_ID, image_slots=4, audio_slots=4)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compile_once(tmp_path_factory):
-    with compilation_cache(cache_dir(tmp_path_factory)):
-        yield
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """The tiny omni-synth corpus as recipes read it: tokenizer and per-task shards."""
-    out = str(tmp_path_factory.mktemp("omni_synth"))
-    synth.prepare(out, size="tiny", progress=False)
-    return out
 
 
 def kd_config(corpus: str, sources=None, **kw) -> PipelineConfig:

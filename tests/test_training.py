@@ -10,19 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from training_fixtures import SCHED, cache_dir, compilation_cache, toy_config
+from training_fixtures import SCHED, compile_once, toy_config
 
 from omnijax.training import checkpointing, trainer
 from omnijax.training.stages import FROZEN, StageConfigError, path_str
 
+pytestmark = pytest.mark.usefixtures("compile_once")
+
 # Stage B of the chaining test, and the step the mesh test compares: LLM + connectors + mm_embed.
 LLM_STAGE = [("(vision|audio)/.*", None), (".*", SCHED)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compile_once(tmp_path_factory):
-    with compilation_cache(cache_dir(tmp_path_factory)):
-        yield
 
 
 def flat(tree) -> dict:

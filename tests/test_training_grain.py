@@ -7,7 +7,7 @@ import os
 import ml_collections as mlc
 import numpy as np
 import pytest
-from training_fixtures import cache_dir, compilation_cache
+from training_fixtures import compile_once, corpus
 
 from data_pipelines import synth, tokenizer as tok
 from omnijax.training import trainer
@@ -15,23 +15,10 @@ from omnijax.training.config import base_config
 from omnijax.training.data_source import build_data
 from omnijax.training.stages import StageConfigError
 
+pytestmark = pytest.mark.usefixtures("compile_once")
+
 TASKS = ("image_caption", "asr")
 IMAGE_ID, VIDEO_ID, AUDIO_ID = (tok.SYNTH_TOKEN_IDS[tok.PLACEHOLDER_TOKENS[m]] for m in ("image", "video", "audio"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compile_once(tmp_path_factory):
-    with compilation_cache(cache_dir(tmp_path_factory)):
-        yield
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """The tiny omni-synth corpus, its tokenizer and one shard per task (the pipeline takes only media
-    the stage has slots for)."""
-    out = str(tmp_path_factory.mktemp("omni_synth"))
-    synth.prepare(out, size="tiny", progress=False)
-    return out
 
 
 def grain_config(corpus: str, **data) -> mlc.ConfigDict:

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
+import pytest
 
 from omnijax.batch import MediaBudget, batch_spec
 from omnijax.models.connectors import LinearProjector, MLPProjector, MMEmbed
@@ -165,6 +166,23 @@ def compilation_cache(directory: str):
         for n, v in old.items():
             jax.config.update(n, v)
         cc.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def compile_once(tmp_path_factory):
+    """The module's programs in the session's compilation cache (``pytestmark = pytest.mark.usefixtures``)."""
+    with compilation_cache(cache_dir(tmp_path_factory)):
+        yield
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The tiny omni-synth corpus as recipes read it: tokenizer and one shard per task and split."""
+    from data_pipelines import synth
+
+    out = str(tmp_path_factory.mktemp("omni_synth"))
+    synth.prepare(out, size="tiny", progress=False)
+    return out
 
 
 def get_config(arg: str = "connectors") -> mlc.ConfigDict:
