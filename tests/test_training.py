@@ -167,6 +167,19 @@ def test_next_stage_starts_from_the_previous_one(connectors_run, tmp_path):
     np.testing.assert_allclose(result.metrics[0]["loss"], loss, rtol=1e-5)
 
 
+def test_init_from_named_groups_reads_only_those(connectors_run, tmp_path):
+    """A stage that takes some groups from a stage workdir and starts a group of another shape fresh (here
+    an audio input twice as wide): only the named groups are read from the checkpoint."""
+    _, _, _, result_a, workdir_a = connectors_run
+    c = toy_config(name="toy_new_audio", init_from=[(workdir_a, ("llm", "vision", "vision_connector"))],
+                   num_steps=1, trainable=[("audio/.*", SCHED), (".*", None)], **{"model.n_mels": 8})
+    result = trainer.run(c, str(tmp_path / "b"))
+    a_final = jax.device_get(result_a.state.params)
+    assert_trees_equal(a_final, result.state.params, [k for k in flat(a_final) if k.split("/")[0] in
+                                                      ("llm", "vision", "vision_connector")])
+    assert result.state.params["audio"]["kernel"].shape[0] == 2 * a_final["audio"]["kernel"].shape[0]
+
+
 class NaNImagesAt:
     """RandomBatches whose images are NaN at the given (0-based) steps."""
 

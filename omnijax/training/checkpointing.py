@@ -132,12 +132,23 @@ def final_step(workdir: str) -> int:
     return step
 
 
-def final_params(workdir: str, target_params):
-    """The params of a finished stage (``final_step``), laid out as ``target_params``."""
+def final_params(workdir: str, target_params, groups=None):
+    """The params of a finished stage (``final_step``), laid out as ``target_params``; with ``groups``
+    (top-level group names) only those are read, so the other groups may differ in shape from the
+    target's (``StageConfigError`` naming a group the stage does not hold)."""
     step = final_step(workdir)
     manager = _manager(workdir, ocp.CheckpointManagerOptions(read_only=True, create=False))
     try:
-        return manager.restore(step, args=ocp.args.Composite(params=_restore(target_params))).params
+        if groups is None:
+            return manager.restore(step, args=ocp.args.Composite(params=_restore(target_params))).params
+        stored = list(manager.item_metadata(step)["params"].keys())
+        missing = sorted(set(groups) - set(stored))
+        if missing:
+            raise StageConfigError(f"init_from {workdir} has no group {missing[0]!r} (it holds {', '.join(stored)})")
+        target = {g: target_params[g] for g in groups}
+        args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                      partial_restore=True)
+        return manager.restore(step, args=ocp.args.Composite(params=args)).params
     finally:
         manager.close()
 

@@ -66,6 +66,13 @@ def _cast_frozen(tree, trainable, dtype):
     return jax.tree.map(cast, tree, trainable)
 
 
+def _check_groups_in_model(src, groups, abstract, stage: str) -> None:
+    for group in groups:
+        if group not in abstract:
+            raise StageConfigError(f"stage {stage!r}: init_from {src} holds group {group!r}, which the model "
+                                   f"does not have (groups: {', '.join(abstract)})")
+
+
 def _check_group(src: str, group: str, tree, target, stage: str) -> None:
     got = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
     want = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
@@ -86,7 +93,10 @@ def initial_params(c, task: Task, abstract, shardings, mesh, rules, key: jax.Arr
     loaded: dict[str, Any] = {}
     for src, groups in init_sources(c):
         if is_stage_workdir(src):
-            tree = final_params(src, abstract_with_shardings(abstract, shardings))
+            target = abstract_with_shardings(abstract, shardings)
+            if groups is not None:
+                _check_groups_in_model(src, groups, abstract, c.name)
+            tree = final_params(src, target, groups)
         else:
             tree = load_model(src, mesh=mesh, rules=rules, progress=jax.process_index() == 0).params
         if groups is not None:
@@ -95,10 +105,8 @@ def initial_params(c, task: Task, abstract, shardings, mesh, rules, key: jax.Arr
                 raise StageConfigError(f"stage {c.name!r}: init_from {src} has no group {missing[0]!r} (it holds "
                                        f"{', '.join(tree)})")
             tree = {g: tree[g] for g in groups}
+        _check_groups_in_model(src, tree, abstract, c.name)
         for group, sub in tree.items():
-            if group not in abstract:
-                raise StageConfigError(f"stage {c.name!r}: init_from {src} holds group {group!r}, which the model "
-                                       f"does not have (groups: {', '.join(abstract)})")
             _check_group(src, group, sub, abstract[group], c.name)
             loaded[group] = jax.tree.map(lambda x, a: x.astype(a.dtype), sub, abstract[group])
         if jax.process_index() == 0:
