@@ -4,6 +4,7 @@ parameter counts of the HF models it starts from (counted by transformers on the
 The Ola tiny recipe's smoke run is the demo's (tests/test_demo.py)."""
 
 import glob
+import json
 import os
 
 import jax
@@ -39,6 +40,10 @@ def test_tiny_preset_runs_every_stage(path, corpus, tmp_path, monkeypatch):
         losses = [float(line.split('"loss": ')[1].split(",")[0])
                   for line in open(tmp_path / name / "metrics.jsonl") if '"loss": ' in line]
         assert losses and np.all(np.isfinite(losses)), (name, losses)
+    for name, stage_path in recipe.stages:  # stages with CTC terms log them (omnijax.training.connector_ctc)
+        for m in dict(recipe_lib._module(stage_path, name).get_config("tiny").model.get("ctc") or {}):
+            rows_ = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl") if '"loss": ' in line]
+            assert all(np.isfinite(r[f"ctc/{m}/loss"]) and r[f"ctc/{m}/items"] > 0 for r in rows_), (name, m, rows_)
     # Run again: every stage is complete, nothing trains.
     again = recipe_lib.run(recipe, str(tmp_path), steps=2, evaluate=False, log=lambda _: None)
     assert all(r["status"] == "done before" for r in again), again

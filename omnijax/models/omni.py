@@ -282,6 +282,7 @@ class OmniModel(nn.Module):
                 feats = self.encode_audio(batch[field], valid_frames)
             else:
                 feats = self.encode_vision(batch[field])
+            self.sow("aux", f"{m}_features", feats)  # for a loss on the connector output (training.connector_ctc)
             if m == "image" and layout.layout == "llava_onevision":
                 if "image_plan" not in batch:
                     raise ValueError("layout 'llava_onevision' needs the images' AnyRes plans: batch field "

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from omnijax.batch import KD_ORDINARY, KD_STUDENT, KD_TEACHER
+from omnijax.training.connector_ctc import ConnectorCTC, aux_values, ctc_sums, sown_name
 from omnijax.training.losses import align_responses, masked_cross_entropy, self_kd_loss, vocab_parallel_cross_entropy
 
 
@@ -70,17 +71,36 @@ class SelfKD:
 
 
 def loss_fn(model, params: Any, batch: dict, *, mesh: Mesh | None = None, vocab_parallel: bool = False,
-            num_tasks: int = 0, self_kd: SelfKD | None = None):
+            num_tasks: int = 0, self_kd: SelfKD | None = None,
+            ctc: tuple[tuple[ConnectorCTC, tuple[int, ...]], ...] = ()):
     """Mean next-token CE (with Self-KD: the Self-KD objective of the module docstring) over the
     weighted positions of ``batch`` -> ``(loss, aux)``.
 
     model: an ``omnijax.models.omni.OmniModel``; params: its param tree (``{'llm': ..., ...}``);
     mesh: required with ``vocab_parallel`` (axes ``data``, ``fsdp``, ``tensor``); num_tasks: static
     number of tasks for per-task sums; self_kd: the stage's Self-KD loss (the batch then has
-    ``kd_part``), or None.
+    ``kd_part``), or None; ctc: the stage's CTC terms on connector outputs
+    (``omnijax.training.connector_ctc``) with their tasks' ids, each added as ``weight * ctc_<modality>``
+    (terms of a modality the batch has no slots of are left out).
     """
     variables = {"params": params}
-    hidden = model.apply(variables, batch, method="hidden")
+    ctc = tuple((cfg, ids) for cfg, ids in ctc if f"{cfg.modality}_item" in batch)
+    if not ctc:
+        hidden = model.apply(variables, batch, method="hidden")
+    else:
+        hidden, sown = model.apply(variables, batch, method="hidden", mutable=["aux"])
+    loss, aux = _token_loss(model, variables, hidden, batch, mesh, vocab_parallel, num_tasks, self_kd)
+    for cfg, ids in ctc:
+        (features,) = sown["aux"][sown_name(cfg.modality)]
+        sums = ctc_sums(features, params["llm"]["embed_tokens"]["embedding"], batch, model.cfg.media_layout, cfg,
+                        ids, model.cfg.image_grid)
+        aux.update(aux_values(cfg.modality, sums))
+        loss = loss + cfg.weight * aux[f"ctc_{cfg.modality}"]
+    return loss, aux
+
+
+def _token_loss(model, variables, hidden, batch, mesh, vocab_parallel, num_tasks, self_kd):
+    """The token objective of ``loss_fn`` on the LLM's hidden states: CE, or Self-KD's."""
     task_ids = batch["task_ids"] if num_tasks else None
     weights = batch["loss_weights"] if self_kd is None else ce_weights(batch, self_kd.max_response_tokens)
     if not vocab_parallel:
@@ -90,7 +110,7 @@ def loss_fn(model, params: Any, batch: dict, *, mesh: Mesh | None = None, vocab_
         if mesh is None:
             raise ValueError("vocab_parallel=True needs the mesh whose 'tensor' axis splits the vocabulary")
         tied = model.cfg.llm.tie_word_embeddings
-        llm = params["llm"]
+        llm = variables["params"]["llm"]
         kernel = llm["embed_tokens"]["embedding"] if tied else llm["lm_head"]["kernel"]
         loss, aux = vocab_parallel_cross_entropy(hidden, kernel, batch["targets"], weights, mesh, tied=tied,
                                                  task_ids=task_ids, num_tasks=num_tasks)

@@ -14,6 +14,9 @@ trainer ``Task``: ``c.model.name = 'omni'``.
     c.model.self_kd = None           # or dict(alpha=0.5, max_response_tokens=64): the Self-KD loss
                                      # (objective.SelfKD); the stage's batches then carry kd_part and
                                      # its Self-KD sources (c.data.sources[i].self_kd) give the pairs
+    c.model.ctc = None               # or {'audio': dict(weight=0.2, tasks=('asr',)), 'image': dict(...)}: CTC
+                                     # on connector outputs against the LLM's token embeddings
+                                     # (training.connector_ctc), for towers trained from scratch
 
 The media slots per row come from ``c.media``, their sizes from the towers.
 """
@@ -26,10 +29,11 @@ from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel, example_batch
 from omnijax.models.vision import VisionConfig
 from omnijax.training import objective
+from omnijax.training.connector_ctc import ConnectorCTC
 from omnijax.training.stages import StageConfigError
 from omnijax.training.task import Task, from_module
 
-_OWN = ("name", "vocab_parallel", "self_kd")
+_OWN = ("name", "vocab_parallel", "self_kd", "ctc")
 _SUB = {"llm": LLMConfig, "vision": VisionConfig, "audio": AudioConfig}
 
 
@@ -57,16 +61,36 @@ def self_kd_config(c) -> objective.SelfKD | None:
                                "max_response_tokens=...) or None") from None
 
 
+def ctc_config(c, cfg: OmniConfig) -> tuple[tuple[ConnectorCTC, tuple[int, ...]], ...]:
+    """The stage's CTC terms (``c.model.ctc``) with their tasks' ids; ``StageConfigError`` naming the field
+    if one is wrong."""
+    terms = c.model.get("ctc") or {}
+    out = []
+    for modality, fields in dict(terms).items():
+        try:
+            tower = {"audio": cfg.audio, "image": cfg.vision}.get(modality)
+            term = ConnectorCTC(modality, **dict(fields))
+            if tower is None:
+                raise ValueError(f"it needs the model's {'audio' if modality == 'audio' else 'vision'} tower")
+            out.append((term, term.task_ids(c.task_names)))
+        except (TypeError, ValueError) as e:
+            raise StageConfigError(f"stage {c.name!r}: c.model.ctc[{modality!r}]: {e}; give "
+                                   "{'audio' or 'image': dict(weight=..., tasks=(...), max_label_tokens=..., "
+                                   "max_slots=...)}") from None
+    return tuple(out)
+
+
 def build(c, mesh) -> Task:
     cfg = omni_config(c)
     model = OmniModel(cfg)
     vocab_parallel = bool(c.model.get("vocab_parallel", False))
     self_kd = self_kd_config(c)
+    ctc = ctc_config(c, cfg)
 
     def loss(params, batch, rng):
         del rng  # the omni model has no dropout
         return objective.loss_fn(model, params, batch, mesh=mesh, vocab_parallel=vocab_parallel,
-                                 num_tasks=c.num_tasks, self_kd=self_kd)
+                                 num_tasks=c.num_tasks, self_kd=self_kd, ctc=ctc)
 
     lay = cfg.media_layout
     media = {}
