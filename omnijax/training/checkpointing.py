@@ -19,7 +19,9 @@ is how the next stage starts (with a fresh optimizer).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 
 import jax
@@ -141,7 +143,8 @@ def final_params(workdir: str, target_params, groups=None):
     try:
         if groups is None:
             return manager.restore(step, args=ocp.args.Composite(params=_restore(target_params))).params
-        stored = list(manager.item_metadata(step)["params"].keys())
+        with _absl_errors_only():  # Orbax warns that it has no handler for the other items ('data')
+            stored = list(manager.item_metadata(step)["params"].keys())
         missing = sorted(set(groups) - set(stored))
         if missing:
             raise StageConfigError(f"init_from {workdir} has no group {missing[0]!r} (it holds {', '.join(stored)})")
@@ -151,6 +154,17 @@ def final_params(workdir: str, target_params, groups=None):
         return manager.restore(step, args=ocp.args.Composite(params=args)).params
     finally:
         manager.close()
+
+
+@contextlib.contextmanager
+def _absl_errors_only():
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def abstract_with_shardings(tree, shardings):
