@@ -5,8 +5,9 @@ omni-synth's sentences and its text instructions; the vision tower keeps what st
 The audio tower starts from random weights, so besides the next-token loss it gets a direct signal: CTC
 on the speech projector's output against the LLM's token embeddings (``omnijax.training.connector_ctc``),
 weight 0.2. Held-out WER straight after this stage, single runs from the same stage 0a: 59.9% without
-CTC, 50.3% with weight 0.2, 53.7% with 0.5 (a 128-wide audio tower with weight 0.3 was not better and
-is 30% slower). Keeping image captions in this stage's mix did not help the speech (63.9% with them).
+CTC, 50.3% with weight 0.2, 53.7% with 0.5 (a 128-wide audio tower with weight 0.3: 50.2%, not better,
+and its steps slower: 0.66 s against 0.49 s by median, runs not isolated). Keeping image captions in
+this stage's mix did not help the speech (63.9% with them).
 """
 
 from experiments import common
