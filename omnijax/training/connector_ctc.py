@@ -67,25 +67,35 @@ class ConnectorCTC:
     max_slots: int = 1
 
     def __post_init__(self):
-        object.__setattr__(self, "tasks", tuple(self.tasks))
-        if self.modality not in MODALITIES:
-            raise ValueError(f"ctc is built for {', '.join(MODALITIES)}, not {self.modality!r}")
-        if not self.weight > 0:
-            raise ValueError(f"ctc {self.modality} weight is {self.weight}; it must be positive (or leave it out)")
+        check_term(self, "ctc", "('asr',)")
         if int(self.max_label_tokens) < 1 or int(self.max_slots) < 1:
             raise ValueError(f"ctc {self.modality} max_label_tokens={self.max_label_tokens} and "
                              f"max_slots={self.max_slots} must be at least 1")
-        if not self.tasks:
-            raise ValueError(f"ctc {self.modality} tasks is empty; name the tasks whose responses are their "
-                             "item's text, e.g. ('asr',)")
 
     def task_ids(self, task_names) -> tuple[int, ...]:
         """The ids of ``tasks`` among a stage's ``task_names`` (ValueError naming the unknown ones)."""
-        names = tuple(task_names)
-        unknown = [t for t in self.tasks if t not in names]
-        if unknown:
-            raise ValueError(f"ctc {self.modality} tasks {unknown} are not among the stage's tasks {list(names)}")
-        return tuple(names.index(t) for t in self.tasks)
+        return term_task_ids(self, "ctc", task_names)
+
+
+def check_term(term, kind: str, example_tasks: str) -> None:
+    """A connector term's common fields (``modality``, ``weight``, ``tasks``; ``kind`` names it in errors):
+    ``tasks`` made a tuple, ValueError naming the field that is wrong."""
+    object.__setattr__(term, "tasks", tuple(term.tasks))
+    if term.modality not in MODALITIES:
+        raise ValueError(f"{kind} is built for {', '.join(MODALITIES)}, not {term.modality!r}")
+    if not term.weight > 0:
+        raise ValueError(f"{kind} {term.modality} weight is {term.weight}; it must be positive (or leave it out)")
+    if not term.tasks:
+        raise ValueError(f"{kind} {term.modality} tasks is empty; name the tasks whose responses are their "
+                         f"item's text, e.g. {example_tasks}")
+
+
+def term_task_ids(term, kind: str, task_names) -> tuple[int, ...]:
+    names = tuple(task_names)
+    unknown = [t for t in term.tasks if t not in names]
+    if unknown:
+        raise ValueError(f"{kind} {term.modality} tasks {unknown} are not among the stage's tasks {list(names)}")
+    return tuple(names.index(t) for t in term.tasks)
 
 
 def item_labels(batch: dict, layout, modality: str, task_ids: tuple[int, ...], max_label_tokens: int):

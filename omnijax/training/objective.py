@@ -50,6 +50,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from omnijax.batch import KD_ORDINARY, KD_STUDENT, KD_TEACHER
+from omnijax.training import connector_bow
+from omnijax.training.connector_bow import ConnectorBOW, bow_sums
 from omnijax.training.connector_ctc import ConnectorCTC, aux_values, ctc_sums, sown_name
 from omnijax.training.losses import align_responses, masked_cross_entropy, self_kd_loss, vocab_parallel_cross_entropy
 
@@ -72,7 +74,8 @@ class SelfKD:
 
 def loss_fn(model, params: Any, batch: dict, *, mesh: Mesh | None = None, vocab_parallel: bool = False,
             num_tasks: int = 0, self_kd: SelfKD | None = None,
-            ctc: tuple[tuple[ConnectorCTC, tuple[int, ...]], ...] = ()):
+            ctc: tuple[tuple[ConnectorCTC, tuple[int, ...]], ...] = (),
+            bow: tuple[tuple[ConnectorBOW, tuple[int, ...]], ...] = (), next_token_loss: bool = True):
     """Mean next-token CE (with Self-KD: the Self-KD objective of the module docstring) over the
     weighted positions of ``batch`` -> ``(loss, aux)``.
 
@@ -81,21 +84,33 @@ def loss_fn(model, params: Any, batch: dict, *, mesh: Mesh | None = None, vocab_
     number of tasks for per-task sums; self_kd: the stage's Self-KD loss (the batch then has
     ``kd_part``), or None; ctc: the stage's CTC terms on connector outputs
     (``omnijax.training.connector_ctc``) with their tasks' ids, each added as ``weight * ctc_<modality>``
-    (terms of a modality the batch has no slots of are left out).
+    (terms of a modality the batch has no slots of are left out); bow: likewise the stage's bag-of-words
+    terms (``omnijax.training.connector_bow``), each added as ``weight * bow_<modality>``;
+    next_token_loss=False: the loss is the weighted connector terms alone, and the LLM's layers are not run.
     """
     variables = {"params": params}
     ctc = tuple((cfg, ids) for cfg, ids in ctc if f"{cfg.modality}_item" in batch)
-    if not ctc:
-        hidden = model.apply(variables, batch, method="hidden")
+    bow = tuple((cfg, ids) for cfg, ids in bow if f"{cfg.modality}_item" in batch)
+    if not next_token_loss:
+        _, sown = model.apply(variables, batch, method="embed", mutable=["aux"])
+        loss, aux = jnp.zeros((), jnp.float32), {}
     else:
-        hidden, sown = model.apply(variables, batch, method="hidden", mutable=["aux"])
-    loss, aux = _token_loss(model, variables, hidden, batch, mesh, vocab_parallel, num_tasks, self_kd)
+        if ctc or bow:
+            hidden, sown = model.apply(variables, batch, method="hidden", mutable=["aux"])
+        else:
+            hidden = model.apply(variables, batch, method="hidden")
+        loss, aux = _token_loss(model, variables, hidden, batch, mesh, vocab_parallel, num_tasks, self_kd)
     for cfg, ids in ctc:
         (features,) = sown["aux"][sown_name(cfg.modality)]
         sums = ctc_sums(features, params["llm"]["embed_tokens"]["embedding"], batch, model.cfg.media_layout, cfg,
                         ids, model.cfg.image_grid)
         aux.update(aux_values(cfg.modality, sums))
         loss = loss + cfg.weight * aux[f"ctc_{cfg.modality}"]
+    for cfg, ids in bow:
+        (features,) = sown["aux"][sown_name(cfg.modality)]
+        sums = bow_sums(features, params["llm"]["embed_tokens"]["embedding"], batch, model.cfg.media_layout, cfg, ids)
+        aux.update(connector_bow.aux_values(cfg.modality, sums))
+        loss = loss + cfg.weight * aux[f"bow_{cfg.modality}"]
     return loss, aux
 
 

@@ -17,6 +17,8 @@ trainer ``Task``: ``c.model.name = 'omni'``.
     c.model.ctc = None               # or {'audio': dict(weight=0.2, tasks=('asr',)), 'image': dict(...)}: CTC
                                      # on connector outputs against the LLM's token embeddings
                                      # (training.connector_ctc), for towers trained from scratch
+    c.model.bow = None               # likewise, a bag-of-words term on connector outputs (training.connector_bow)
+    c.model.next_token_loss = True   # False: train on the ctc / bow terms alone (the LLM's layers are not run)
 
 The media slots per row come from ``c.media``, their sizes from the towers.
 """
@@ -29,11 +31,12 @@ from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel, example_batch
 from omnijax.models.vision import VisionConfig
 from omnijax.training import objective
+from omnijax.training.connector_bow import ConnectorBOW
 from omnijax.training.connector_ctc import ConnectorCTC
 from omnijax.training.stages import StageConfigError
 from omnijax.training.task import Task, from_module
 
-_OWN = ("name", "vocab_parallel", "self_kd", "ctc")
+_OWN = ("name", "vocab_parallel", "self_kd", "ctc", "bow", "next_token_loss")
 _SUB = {"llm": LLMConfig, "vision": VisionConfig, "audio": AudioConfig}
 
 
@@ -61,23 +64,39 @@ def self_kd_config(c) -> objective.SelfKD | None:
                                "max_response_tokens=...) or None") from None
 
 
-def ctc_config(c, cfg: OmniConfig) -> tuple[tuple[ConnectorCTC, tuple[int, ...]], ...]:
-    """The stage's CTC terms (``c.model.ctc``) with their tasks' ids; ``StageConfigError`` naming the field
-    if one is wrong."""
-    terms = c.model.get("ctc") or {}
+def ctc_config(c, cfg: OmniConfig, field: str = "ctc") -> tuple[tuple, ...]:
+    """The stage's CTC terms (``c.model.ctc``), or with ``field='bow'`` its bag-of-words terms
+    (``c.model.bow``), with their tasks' ids; ``StageConfigError`` naming the field if one is wrong."""
+    cls, fields_hint = {"ctc": (ConnectorCTC, "max_label_tokens=..., max_slots=..."),
+                        "bow": (ConnectorBOW, "max_label_tokens=...")}[field]
+    terms = c.model.get(field) or {}
     out = []
     for modality, fields in dict(terms).items():
         try:
             tower = {"audio": cfg.audio, "image": cfg.vision}.get(modality)
-            term = ConnectorCTC(modality, **dict(fields))
+            term = cls(modality, **dict(fields))
             if tower is None:
                 raise ValueError(f"it needs the model's {'audio' if modality == 'audio' else 'vision'} tower")
             out.append((term, term.task_ids(c.task_names)))
         except (TypeError, ValueError) as e:
-            raise StageConfigError(f"stage {c.name!r}: c.model.ctc[{modality!r}]: {e}; give "
-                                   "{'audio' or 'image': dict(weight=..., tasks=(...), max_label_tokens=..., "
-                                   "max_slots=...)}") from None
+            raise StageConfigError(f"stage {c.name!r}: c.model.{field}[{modality!r}]: {e}; give "
+                                   f"{{'audio' or 'image': dict(weight=..., tasks=(...), {fields_hint})}}") from None
     return tuple(out)
+
+
+def objective_terms(c, cfg: OmniConfig) -> tuple[tuple, tuple, bool]:
+    """The stage's CTC terms, bag-of-words terms and whether it trains on the next-token loss
+    (``c.model.next_token_loss``, default True); ``StageConfigError`` when a term is wrong, nothing is
+    left to train on, or Self-KD is asked for without the next-token loss."""
+    ctc, bow = ctc_config(c, cfg), ctc_config(c, cfg, "bow")
+    next_token_loss = bool(c.model.get("next_token_loss", True))
+    if not next_token_loss and not (ctc or bow):
+        raise StageConfigError(f"stage {c.name!r}: c.model.next_token_loss=False leaves nothing to train on; give "
+                               "the stage c.model.bow or c.model.ctc terms, or keep the next-token loss")
+    if not next_token_loss and c.model.get("self_kd") is not None:
+        raise StageConfigError(f"stage {c.name!r}: c.model.self_kd needs the next-token loss; leave "
+                               "c.model.next_token_loss True or c.model.self_kd None")
+    return ctc, bow, next_token_loss
 
 
 def build(c, mesh) -> Task:
@@ -85,12 +104,13 @@ def build(c, mesh) -> Task:
     model = OmniModel(cfg)
     vocab_parallel = bool(c.model.get("vocab_parallel", False))
     self_kd = self_kd_config(c)
-    ctc = ctc_config(c, cfg)
+    ctc, bow, next_token_loss = objective_terms(c, cfg)
 
     def loss(params, batch, rng):
         del rng  # the omni model has no dropout
         return objective.loss_fn(model, params, batch, mesh=mesh, vocab_parallel=vocab_parallel,
-                                 num_tasks=c.num_tasks, self_kd=self_kd, ctc=ctc)
+                                 num_tasks=c.num_tasks, self_kd=self_kd, ctc=ctc, bow=bow,
+                                 next_token_loss=next_token_loss)
 
     lay = cfg.media_layout
     media = {}

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from omnijax.training import connector_ctc
+from omnijax.training import connector_bow, connector_ctc
 from omnijax.training.optimizer import global_norm, state_param_paths
 from omnijax.training.stages import FROZEN, path_str
 
@@ -142,7 +142,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, labels, l
             "nonfinite_in_a_row": jnp.where(ok, 0, state.nonfinite + 1),
             **{f"lr/{name}": fn(count) for name, fn in lr_fns.items()},
         }
-        metrics.update({name: aux[k] for k, name in {**KD_AUX, **connector_ctc.METRICS}.items() if k in aux})
+        metrics.update({name: aux[k] for k, name in {**KD_AUX, **connector_ctc.METRICS, **connector_bow.METRICS}.items() if k in aux})
         if "task_loss" in aux:
             metrics["task_loss"] = aux["task_loss"]
             metrics["task_tokens"] = aux.get("task_tokens", jnp.zeros_like(aux["task_loss"]))

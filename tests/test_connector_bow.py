@@ -1,0 +1,109 @@
+"""Bag-of-words terms on connector outputs (omnijax.training.connector_bow) against PyTorch's logsumexp
+and binary cross-entropy, through the objective (with and without the next-token loss), and their config
+errors."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+import pytest
+import torch
+from test_connector_ctc import ASR, COLS, L, ROWS, _answer, _examples, _random
+from test_omni import OLA, pack, random_params
+
+from omnijax.models.omni import OmniModel
+from omnijax.training import objective, omni_task
+from omnijax.training.connector_bow import ConnectorBOW, bow_sums
+from omnijax.training.omni_task import ctc_config
+from omnijax.training.stages import StageConfigError
+
+
+def _torch_bow(logits, frames, text, vocab):
+    """An item's loss: BCE-with-logits of its frames' log-mean-exp scores against its text's token set."""
+    scores = torch.logsumexp(torch.from_numpy(np.asarray(logits)[frames]), dim=0) - np.log(len(frames))
+    bag = torch.zeros(vocab)
+    bag[sorted(set(text))] = 1.0
+    return float(torch.nn.functional.binary_cross_entropy_with_logits(scores, bag, reduction="sum"))
+
+
+@pytest.mark.parametrize("max_label_tokens", [48, 3])
+def test_audio_bow_matches_torch(max_label_tokens):
+    rows = _examples()
+    batch = {k: jnp.asarray(v) for k, v in pack(rows, OLA).items()}
+    features = _random((2, OLA.audio_slots * L, 48), 0)
+    embedding = _random((OLA.llm.vocab_size, 48), 1, 0.3)
+    cfg = ConnectorBOW("audio", weight=1.0, tasks=("asr",), max_label_tokens=max_label_tokens)
+    out = jax.jit(lambda f, e, b: bow_sums(f, e, b, OLA.media_layout, cfg, (ASR,)))(features, embedding, batch)
+    logits = features @ embedding.T
+    (a, _), _ = rows[0]
+    (c, _), = rows[1]
+    # row 0's ASR clip spans audio slots 0-1 (both windows pooled), row 1's fills slot 0; texts: the answers
+    # less their turn end, cut to max_label_tokens
+    v = OLA.llm.vocab_size
+    expected = (_torch_bow(logits[0], np.arange(0, 2 * L), _answer(a)[:-1][:max_label_tokens], v)
+                + _torch_bow(logits[1], np.arange(0, L), _answer(c)[:-1][:max_label_tokens], v))
+    np.testing.assert_allclose(float(out["sum"]), expected, rtol=1e-5)
+    assert float(out["items"]) == 2
+
+
+def test_image_bow_matches_torch():
+    rows = _examples()
+    batch = {k: jnp.asarray(v) for k, v in pack(rows, OLA).items()}
+    features = _random((2, OLA.image_slots * ROWS * COLS, 48), 2)
+    embedding = _random((OLA.llm.vocab_size, 48), 3, 0.3)
+    cfg = ConnectorBOW("image", weight=1.0, tasks=("asr",))
+    out = jax.jit(lambda f, e, b: bow_sums(f, e, b, OLA.media_layout, cfg, (ASR,)))(features, embedding, batch)
+    (c, _), = rows[1]  # only row 1's image belongs to an example of the task: slot 0's frames
+    expected = _torch_bow((features @ embedding.T)[1], np.arange(ROWS * COLS), _answer(c)[:-1], OLA.llm.vocab_size)
+    np.testing.assert_allclose(float(out["sum"]), expected, rtol=1e-5)
+    assert float(out["items"]) == 1
+
+
+def test_loss_fn_with_bow_terms_and_without_the_next_token_loss():
+    model = OmniModel(OLA)
+    params = random_params(model)
+    batch = {k: jnp.asarray(v) for k, v in pack(_examples(), OLA).items()}
+    terms = ((ConnectorBOW("audio", weight=0.3, tasks=("asr",)), (ASR,)),
+             (ConnectorBOW("image", weight=0.5, tasks=("asr",)), (ASR,)))
+
+    def losses(p):
+        plain, _ = objective.loss_fn(model, p, batch, num_tasks=2)
+        with_bow, aux = objective.loss_fn(model, p, batch, num_tasks=2, bow=terms)
+        alone, aux_alone = objective.loss_fn(model, p, batch, num_tasks=2, bow=terms, next_token_loss=False)
+        return plain, with_bow, alone, aux, aux_alone
+
+    plain, with_bow, alone, aux, aux_alone = jax.jit(losses)(params)
+    audio = model.apply({"params": params}, batch["audio"], batch["audio_valid_frames"], method="encode_audio")
+    direct = bow_sums(audio, params["llm"]["embed_tokens"]["embedding"], batch, OLA.media_layout, terms[0][0], (ASR,))
+    np.testing.assert_allclose(float(aux["bow_audio"]), float(direct["sum"] / direct["items"]), rtol=1e-5)
+    terms_sum = 0.3 * float(aux["bow_audio"]) + 0.5 * float(aux["bow_image"])
+    np.testing.assert_allclose(float(with_bow), float(plain) + terms_sum, rtol=1e-5)
+    np.testing.assert_allclose(float(alone), terms_sum, rtol=1e-5)
+    assert "tokens" not in aux_alone and float(aux_alone["bow_image_items_sum"]) == 1
+    # without the next-token loss only the towers, connectors and token embeddings get gradients
+    grads = jax.grad(lambda p: losses(p)[2])(params)
+    assert float(jnp.abs(grads["vision"]["embeddings"]["patch_embedding"]["kernel"]).max()) > 0
+    assert float(jnp.abs(grads["audio"]["conv1"]["kernel"]).max()) > 0
+    assert float(jnp.abs(grads["llm"]["embed_tokens"]["embedding"]).max()) > 0
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["llm"]["layers"]))
+
+
+def _stage(**model):
+    return mlc.ConfigDict({"name": "s", "task_names": ("asr", "text_instruct"), "model": model})
+
+
+def test_bow_config_and_its_errors():
+    ((term, ids),) = ctc_config(_stage(bow={"audio": dict(weight=0.2, tasks=("text_instruct",))}), OLA, "bow")
+    assert term == ConnectorBOW("audio", weight=0.2, tasks=("text_instruct",)) and ids == (1,)
+    with pytest.raises(StageConfigError, match=r"bow\['image'\]: bow image tasks \['image_caption'\] are not among"):
+        ctc_config(_stage(bow={"image": dict(tasks=("image_caption",))}), OLA, "bow")
+    with pytest.raises(StageConfigError, match="weight is -1.0; it must be positive"):
+        ctc_config(_stage(bow={"image": dict(weight=-1.0, tasks=("asr",))}), OLA, "bow")
+    with pytest.raises(StageConfigError, match=r"next_token_loss=False leaves nothing to train on"):
+        omni_task.objective_terms(_stage(next_token_loss=False), OLA)
+    with pytest.raises(StageConfigError, match=r"self_kd needs the next-token loss"):
+        omni_task.objective_terms(_stage(next_token_loss=False, self_kd=dict(alpha=0.5),
+                                         bow={"audio": dict(tasks=("asr",))}), OLA)
+    ctc, bow, next_token_loss = omni_task.objective_terms(
+        _stage(next_token_loss=False, bow={"audio": dict(tasks=("asr",))}), OLA)
+    assert (ctc, len(bow), next_token_loss) == ((), 1, False)
