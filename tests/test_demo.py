@@ -3,6 +3,7 @@
 form (tiny corpus, 2 steps a stage), which is also the Ola tiny preset's smoke test."""
 
 import json
+import math
 import os
 
 from training_fixtures import cache_dir, compilation_cache
@@ -21,6 +22,13 @@ def test_demo_smoke_passes_every_check(tmp_path, tmp_path_factory, capsys, monke
     assert [r["stage"] for r in report["stages"]] == ["1a", "1b", "2", "3a", "3b"]
     assert {"asr/wer", "image_qa/accuracy", "video_audio_qa/accuracy", "spoken_image_qa/gap"} <= set(
         report["stages"][-1]["metrics"])
+    # the stand-in stages' connector terms: stage 0 trains on the bag of words alone (no LLM, no task loss)
+    logs = {stage: [json.loads(line) for line in open(tmp_path / "demo" / "ola" / stage / "metrics.jsonl")
+                    if '"loss": ' in line] for stage in ("0_vision_tower", "0b_speech")}
+    assert logs["0_vision_tower"] and all(
+        math.isfinite(r["bow/image/loss"]) and r["bow/image/items"] > 0 and r["loss"] == r["bow/image/loss"]
+        and not any(k.startswith("task_loss") for k in r) for r in logs["0_vision_tower"]), logs
+    assert logs["0b_speech"] and all(math.isfinite(r["ctc/audio/loss"]) for r in logs["0b_speech"]), logs
     assert os.path.isfile(tmp_path / "demo" / "export" / "llm" / "config.json")
     # Run again: the recipe is complete and evaluated; only the exports and checks repeat.
     assert demo.main(["--workdir", str(tmp_path / "demo"), "--smoke"]) == 0
