@@ -82,7 +82,8 @@ def bow_sums(features: jax.Array, embedding: jax.Array, batch: dict, layout, cfg
 
 def aux_values(modality: str, sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """``bow_sums`` -> the objective's aux entries: the mean over items (``bow_<m>``) and their count."""
-    return {f"bow_{modality}": sums["sum"] / jnp.maximum(sums["items"], 1.0), f"bow_{modality}_items_sum": sums["items"]}
+    return {f"bow_{modality}": sums["sum"] / jnp.maximum(sums["items"], 1.0),
+            f"bow_{modality}_items_sum": sums["items"]}
 
 
 METRICS = {f"bow_{m}{suffix}": f"bow/{m}/{name}" for m in connector_ctc.MODALITIES for suffix, name in
