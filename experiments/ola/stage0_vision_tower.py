@@ -8,11 +8,11 @@ tower frozen.
 Trained through the LLM's caption loss alone (stage 0a as it was), the tower told colours apart but
 hardly shapes: held-out captions after 0a named the right shape 31-38% of the time (chance 33%). After
 3000 steps here (about 0.08 s a step), thresholded bag scores of held-out scenes say whether each shape
-is present 77-83% right and each colour 100%; stage 0a from it, the tower frozen, named the right shape
+is present 78-83% right and each colour 100%; stage 0a from it, the tower frozen, named the right shape
 44% and the (colour, shape) pairs 47% (33% before); with the tower trained at a constant learning rate
-instead, 36% and 37%. In the demo, after
-stage 3b: "what colour is the <shape>?" 78% right (39% without this stage), "what shape moves across
-the video?" 44% (25%); single runs (benchmarks/RESULTS.md section 5).
+instead, 36% and 37%. In two demo runs with this stage, after stage 3b: "what colour is the <shape>?"
+72% and 78% right (39% in the last run without it), "what shape moves across the video?" 44% and 44%
+(25%); benchmarks/RESULTS.md section 5.
 """
 
 from experiments import common
