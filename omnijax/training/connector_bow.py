@@ -15,7 +15,8 @@ matrix, so no parameter is added; an item's score for a token is a soft maximum 
     loss         = sum_v BCE(sigmoid(score[v]), [v in the item's text])
 
 Items, texts and frames come from the batch as for CTC (``connector_ctc.item_labels``): the item's
-example is the segment of its first placeholder, its task one of ``tasks``, its text the response less
+example is the segment of its first media placeholder token (the `<image>` or `<audio>` the connector
+outputs replace), its task one of ``tasks``, its text the response less
 the turn's end token (its first ``max_label_tokens`` tokens); its frames are the connector outputs of
 the slots that hold it. The term is the mean over the kept items; ``objective.loss_fn`` adds ``weight``
 times it to the cross-entropy (or, with ``c.model.next_token_loss = False``, trains on the connector
