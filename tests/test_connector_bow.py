@@ -8,7 +8,7 @@ import ml_collections as mlc
 import numpy as np
 import pytest
 import torch
-from test_connector_ctc import ASR, COLS, L, ROWS, _answer, _examples, _random
+from test_connector_ctc import ASR, COLS, L, ROWS, _answer, _examples, _inputs
 from test_omni import OLA, pack, random_params
 
 from omnijax.models.omni import OmniModel
@@ -28,10 +28,7 @@ def _torch_bow(logits, frames, text, vocab):
 
 @pytest.mark.parametrize("max_label_tokens", [48, 3])
 def test_audio_bow_matches_torch(max_label_tokens):
-    rows = _examples()
-    batch = {k: jnp.asarray(v) for k, v in pack(rows, OLA).items()}
-    features = _random((2, OLA.audio_slots * L, 48), 0)
-    embedding = _random((OLA.llm.vocab_size, 48), 1, 0.3)
+    rows, batch, features, embedding = _inputs("audio")
     cfg = ConnectorBOW("audio", weight=1.0, tasks=("asr",), max_label_tokens=max_label_tokens)
     out = jax.jit(lambda f, e, b: bow_sums(f, e, b, OLA.media_layout, cfg, (ASR,)))(features, embedding, batch)
     logits = features @ embedding.T
@@ -47,10 +44,7 @@ def test_audio_bow_matches_torch(max_label_tokens):
 
 
 def test_image_bow_matches_torch():
-    rows = _examples()
-    batch = {k: jnp.asarray(v) for k, v in pack(rows, OLA).items()}
-    features = _random((2, OLA.image_slots * ROWS * COLS, 48), 2)
-    embedding = _random((OLA.llm.vocab_size, 48), 3, 0.3)
+    rows, batch, features, embedding = _inputs("image")
     cfg = ConnectorBOW("image", weight=1.0, tasks=("asr",))
     out = jax.jit(lambda f, e, b: bow_sums(f, e, b, OLA.media_layout, cfg, (ASR,)))(features, embedding, batch)
     (c, _), = rows[1]  # only row 1's image belongs to an example of the task: slot 0's frames

@@ -31,6 +31,15 @@ def _examples():
     return [[(a, ASR), (b, OTHER)], [(c, ASR)]]
 
 
+def _inputs(modality):
+    """``_examples`` packed, with random connector outputs for ``modality``'s slots (2 rows, width 48) and
+    a random embedding table."""
+    rows = _examples()
+    batch = {k: jnp.asarray(v) for k, v in pack(rows, OLA).items()}
+    frames, seed = (OLA.audio_slots * L, 0) if modality == "audio" else (OLA.image_slots * ROWS * COLS, 2)
+    return rows, batch, _random((2, frames, 48), seed), _random((OLA.llm.vocab_size, 48), seed + 1, 0.3)
+
+
 def _answer(ex):
     ids, mask, _ = ex
     return [t for t, m in zip(ids, mask) if m]
@@ -48,10 +57,7 @@ def _random(shape, seed, scale=1.0):
 
 @pytest.mark.parametrize("max_label_tokens,max_slots", [(48, 2), (4, 2), (48, 1)])
 def test_audio_ctc_matches_torch(max_label_tokens, max_slots):
-    rows = _examples()
-    batch = {k: jnp.asarray(v) for k, v in pack(rows, OLA).items()}
-    features = _random((2, OLA.audio_slots * L, 48), 0)
-    embedding = _random((OLA.llm.vocab_size, 48), 1, 0.3)
+    rows, batch, features, embedding = _inputs("audio")
     cfg = ConnectorCTC("audio", weight=1.0, tasks=("asr",), max_label_tokens=max_label_tokens, max_slots=max_slots)
     out = jax.jit(lambda f, e, b: ctc_sums(f, e, b, OLA.media_layout, cfg, (ASR,)))(features, embedding, batch)
     logprobs = torch.log_softmax(torch.from_numpy(features @ embedding.T), -1).numpy()
@@ -67,10 +73,7 @@ def test_audio_ctc_matches_torch(max_label_tokens, max_slots):
 
 
 def test_image_ctc_reads_columns_left_to_right_and_matches_torch():
-    rows = _examples()
-    batch = {k: jnp.asarray(v) for k, v in pack(rows, OLA).items()}
-    features = _random((2, OLA.image_slots * ROWS * COLS, 48), 2)
-    embedding = _random((OLA.llm.vocab_size, 48), 3, 0.3)
+    rows, batch, features, embedding = _inputs("image")
     cfg = ConnectorCTC("image", weight=1.0, tasks=("asr",))
     out = jax.jit(lambda f, e, b: ctc_sums(f, e, b, OLA.media_layout, cfg, (ASR,), OLA.image_grid))(
         features, embedding, batch)
