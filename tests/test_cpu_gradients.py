@@ -42,6 +42,27 @@ def test_attention_values_and_gradients_equal_autodiff(t, causal, packed):
         np.testing.assert_allclose(g, rg, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("causal,kv", [(False, 4), (False, 2), (True, 2)])
+def test_bf16_attention_gradients_run_on_cpu_and_stay_close_to_f32(causal, kv):
+    # The towers' bidirectional attention in bf16 (the 7b presets' numerics) once failed on XLA:CPU.
+    rng = np.random.RandomState(kv)
+    b, t, n, h = 2, 96, 4, 16
+    q, k, v, w = (jnp.asarray(rng.randn(b, t, heads, h), jnp.float32) for heads in (n, kv, kv, n))
+    seg = jnp.ones((b, t), jnp.int32)
+
+    def loss(q, k, v):
+        out = attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=causal, packed=False)
+        return jnp.sum(out.astype(jnp.float32) * w)
+
+    def grads(dtype):
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*(x.astype(dtype) for x in (q, k, v)))
+
+    for low, ref in zip(grads(jnp.bfloat16), grads(jnp.float32)):
+        assert low.dtype == jnp.bfloat16
+        err = float(jnp.linalg.norm(low.astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
+        assert err < 2e-2, err
+
+
 @pytest.mark.parametrize("n_in,features", [(1, (6,)), (1, (3, 4)), (2, (5,))])
 def test_dense_general_gradients_equal_autodiff(n_in, features):
     rng = np.random.RandomState(0)
@@ -61,3 +82,39 @@ def test_dense_general_gradients_equal_autodiff(n_in, features):
     np.testing.assert_allclose(ours(x, kernel, bias), ref(x, kernel, bias), rtol=1e-6)
     for g, rg in zip(jax.grad(ours, argnums=(0, 1, 2))(x, kernel, bias), jax.grad(ref, argnums=(0, 1, 2))(x, kernel, bias)):
         np.testing.assert_allclose(g, rg, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("t,causal", [(729, False), (150, True)])
+def test_cudnn_wrapper_pads_lengths_to_its_multiple(monkeypatch, t, causal):
+    """The cuDNN path of the towers (per-row lengths) on row lengths cuDNN's flash backward refuses
+    (SigLIP-so400m's 729 patches): the wrapper pads to a multiple of 64 and cuts back. On the CPU, JAX's
+    own XLA kernel of ``dot_product_attention`` stands in for cuDNN; values and gradients must equal
+    omnijax's reference attention on the valid rows."""
+    import omnijax.models.attention as attn
+
+    seen, xla_kernel = [], jax.nn.dot_product_attention
+
+    def stand_in(q, k, v, **kw):
+        seen.append((q.shape[1], k.shape[1]))
+        assert kw.pop("implementation") == "cudnn"
+        return xla_kernel(q, k, v, implementation="xla", **kw)
+
+    monkeypatch.setattr(attn.jax.nn, "dot_product_attention", stand_in)
+    rng = np.random.RandomState(t)
+    b, n, h = 2, 4, 8
+    q, k, v, w = (jnp.asarray(rng.randn(b, t, n, h), jnp.float32) for _ in range(4))
+    seg = np.ones((b, t), np.int32)
+    seg[1, t - 37:] = 0
+    seg = jnp.asarray(seg)
+    valid = (np.asarray(seg) != 0)[:, :, None, None]
+
+    def loss(impl):
+        return lambda q, k, v: jnp.sum(jnp.where(valid, attention(
+            q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=causal, implementation=impl, packed=False), 0) * w)
+
+    np.testing.assert_allclose(loss("cudnn")(q, k, v), loss("xla")(q, k, v), rtol=1e-5)
+    grads = zip(jax.grad(loss("cudnn"), argnums=(0, 1, 2))(q, k, v), jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v))
+    for g, rg in grads:
+        np.testing.assert_allclose(np.where(valid, g, 0), np.where(valid, rg, 0), atol=1e-4, rtol=1e-4)
+    padded = -(-t // attn.CUDNN_LENGTH_MULTIPLE) * attn.CUDNN_LENGTH_MULTIPLE
+    assert set(seen) == {(padded, padded)}

@@ -63,12 +63,20 @@ def _query_blocks(q_len: int, kv_len: int, causal_block: int | None) -> tuple[tu
     return tuple((s, e, e) for s in range(0, q_len, causal_block) for e in [min(s + causal_block, q_len)])
 
 
+def _dot_f32(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """``einsum`` accumulated in float32. XLA:CPU's dot runtime has no bf16 x bf16 -> f32 for every
+    layout (the dk/dv products of bidirectional attention fail with "Unsupported element type for
+    DotThunk"), so on CPU low-precision operands are upcast first: exact, and the same accumulation."""
+    if jax.default_backend() == "cpu" and a.dtype != jnp.float32:
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
 def _grouped_forward(qg, kg, vg, mask, scale, blocks):
     """qg ``[b, kv, rep, t, h]``, kg/vg ``[b, kv, s, h]`` -> (out ``[b, kv, rep, t, h]``, f32 probs per block)."""
     outs, probs = [], []
     for qs, qe, ke in blocks:
-        scores = jnp.einsum("bkrth,bksh->bkrts", qg[:, :, :, qs:qe], kg[:, :, :ke],
-                            preferred_element_type=jnp.float32) * scale
+        scores = _dot_f32("bkrth,bksh->bkrts", qg[:, :, :, qs:qe], kg[:, :, :ke]) * scale
         p = jax.nn.softmax(jnp.where(mask[:, None, None, qs:qe, :ke], scores, _MASK_VALUE), axis=-1)
         outs.append(jnp.einsum("bkrts,bksh->bkrth", p.astype(vg.dtype), vg[:, :, :ke]))
         probs.append(p)
@@ -95,11 +103,11 @@ def _grouped_attention_bwd(scale, blocks, res, dout):
     dvt = jnp.zeros_like(dkt)
     for (qs, qe, ke), p in zip(blocks, probs):
         q_i, do_i, m_i = qg[:, :, :, qs:qe], dout[:, :, :, qs:qe], mask[:, None, None, qs:qe, :ke]
-        dp = jnp.einsum("bkrth,bksh->bkrts", do_i, vg[:, :, :ke], preferred_element_type=f32)
+        dp = _dot_f32("bkrth,bksh->bkrts", do_i, vg[:, :, :ke])
         ds = jnp.where(m_i, p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)), 0.0) * scale
-        dq.append(jnp.einsum("bkrts,bksh->bkrth", ds.astype(kg.dtype), kg[:, :, :ke], preferred_element_type=f32))
-        dk_i = jnp.einsum("bkrth,bkrts->bkhs", q_i, ds.astype(qg.dtype), preferred_element_type=f32)
-        dv_i = jnp.einsum("bkrth,bkrts->bkhs", do_i, p.astype(vg.dtype), preferred_element_type=f32)
+        dq.append(_dot_f32("bkrts,bksh->bkrth", ds.astype(kg.dtype), kg[:, :, :ke]))
+        dk_i = _dot_f32("bkrth,bkrts->bkhs", q_i, ds.astype(qg.dtype))
+        dv_i = _dot_f32("bkrth,bkrts->bkhs", do_i, p.astype(vg.dtype))
         dkt, dvt = dkt.at[..., :ke].add(dk_i), dvt.at[..., :ke].add(dv_i)
     dq = jnp.concatenate(dq, axis=3) if len(dq) > 1 else dq[0]
     return (dq.astype(qg.dtype), jnp.swapaxes(dkt, 2, 3).astype(kg.dtype),
@@ -133,6 +141,9 @@ def xla_attention(q, k, v, mask, scale, causal_block: int | None = None):
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
+CUDNN_LENGTH_MULTIPLE = 64
+
+
 def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, mask, scale, causal: bool, use_mask: bool):
     """cuDNN flash attention (GPU only). Unpacked rows use (causal) flash with per-row lengths;
     packed rows and KV-cache decoding pass the explicit mask (cuDNN turns it into a bias)."""
@@ -140,13 +151,19 @@ def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, mask, scale, causal:
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask[:, None, :, :], scale=scale, implementation="cudnn"
         )
-    # Rows hold one sequence right-padded with segment id 0: (causal +) valid lengths is exact.
+    # Rows hold one sequence right-padded with segment id 0: (causal +) valid lengths is exact. cuDNN's
+    # flash backward takes lengths in multiples of 64 only (SigLIP-so400m's 729 patches, Whisper's 1500
+    # frames are not): pad the rows at the end, where the lengths mask them, and cut the output back.
     q_len = jnp.sum(q_segment_ids != 0, axis=-1).astype(jnp.int32)
     kv_len = jnp.sum(kv_segment_ids != 0, axis=-1).astype(jnp.int32)
-    return jax.nn.dot_product_attention(
+    t = q.shape[1]
+    q = jnp.pad(q, ((0, 0), (0, -t % CUDNN_LENGTH_MULTIPLE), (0, 0), (0, 0)))
+    k, v = (jnp.pad(x, ((0, 0), (0, -x.shape[1] % CUDNN_LENGTH_MULTIPLE), (0, 0), (0, 0))) for x in (k, v))
+    out = jax.nn.dot_product_attention(
         q, k, v, scale=scale, is_causal=causal, query_seq_lengths=q_len,
         key_value_seq_lengths=kv_len, implementation="cudnn",
     )
+    return out[:, :t]
 
 
 @functools.lru_cache(maxsize=32)
