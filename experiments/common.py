@@ -5,6 +5,8 @@ assigns what its stage is about (trainable groups, data mixture, steps). Paper s
 
 - LLM Qwen2.5-7B (28 layers, hidden 3584, GQA 28:4, vocab 152064), SigLIP-so400m-patch14-384 (27 layers,
   hidden 1152), Whisper-large-v3 encoder (32 layers, d_model 1280, 128 mels, 30 s windows).
+- ``7b`` on GPUs: ``--config.model.{llm,vision,audio}.attention=cudnn`` (the XLA attention is the CPU
+  reference; ``benchmarks/RESULTS.md`` section 6).
 - ``tiny``: the same architecture at toy sizes on omni-synth's 64-pixel images and 4 s audio windows,
   with the omni-synth BPE tokenizer (1024 ids; placeholders 3 image, 4 video, 5 audio).
 
@@ -34,19 +36,19 @@ LLM = {
                  num_heads=4, num_kv_heads=2, max_position_embeddings=2048),
     "7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28,
                num_kv_heads=4, rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=32768, tie_word_embeddings=False,
-               dtype="bfloat16", param_dtype="float32", remat="full"),
+               dtype="bfloat16", param_dtype="float32", remat="full", attention="xla"),
 }
 VISION = {
     "tiny": dict(image_size=64, patch_size=8, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                  use_head=False),
     "7b": dict(image_size=384, patch_size=14, hidden_size=1152, intermediate_size=4304, num_layers=27, num_heads=16,
-               use_head=False, dtype="bfloat16", remat="full"),
+               use_head=False, dtype="bfloat16", remat="full", attention="xla"),
 }
 AUDIO = {
     "tiny": dict(num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
                  max_source_positions=200),
     "7b": dict(num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
-               max_source_positions=1500, dtype="bfloat16", remat="full"),
+               max_source_positions=1500, dtype="bfloat16", remat="full", attention="xla"),
 }
 TINY_VIDEO_FRAMES = 4  # of omni-synth's 8: enough to see which way a shape moves
 HF_DIRS = {"llm": "Qwen2.5-7B-Instruct", "vision": "siglip-so400m-patch14-384", "audio": "whisper-large-v3"}

@@ -141,3 +141,20 @@ def test_ola_stages_carry_only_their_own_media(corpus, monkeypatch):
     assert (c.media.image_slots, c.media.video_slots, c.media.audio_slots) == (0, 64, 0)
     with pytest.raises(ValueError, match=r"unknown media kinds \['pictures'\]"):
         common.use_media(c, "pictures")
+
+
+def test_7b_attention_is_a_command_line_override(monkeypatch):
+    """GPU runs of the 7b presets choose cuDNN from the command line (experiments/common.py): every tower's
+    config has the field, so ``--config.model.<tower>.attention=cudnn`` parses and reaches the model."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["train", "--config=experiments/ola/stage2.py:7b"] + [
+        f"--config.model.{tower}.attention=cudnn" for tower in ("llm", "vision", "audio")]
+    monkeypatch.setattr("sys.argv", argv)  # config_flags reads the overrides from sys.argv
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "stage config", flag_values=fv)
+    fv(argv)
+    cfg = omni_config(fv.config)
+    assert (cfg.llm.attention, cfg.vision.attention, cfg.audio.attention) == ("cudnn",) * 3
+    assert omni_config(_stage_configs("experiments/ola/recipe.py", "7b")[0]).llm.attention == "xla"
