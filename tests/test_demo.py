@@ -22,12 +22,17 @@ def test_demo_smoke_passes_every_check(tmp_path, tmp_path_factory, capsys, monke
     assert [r["stage"] for r in report["stages"]] == ["1a", "1b", "2", "3a", "3b"]
     assert {"asr/wer", "image_qa/accuracy", "video_audio_qa/accuracy", "spoken_image_qa/gap"} <= set(
         report["stages"][-1]["metrics"])
-    # the stand-in stages' connector terms: stage 0 trains on the bag of words alone (no LLM, no task loss)
+    # the stand-in stages' connector terms: stage 0_vision_tower trains on the bag of words alone (no LLM,
+    # no task loss)
     logs = {stage: [json.loads(line) for line in open(tmp_path / "demo" / "ola" / stage / "metrics.jsonl")
-                    if '"loss": ' in line] for stage in ("0_vision_tower", "0b_speech")}
+                    if '"loss": ' in line] for stage in ("0_vision_tower", "0_speech_tower", "0b_speech")}
     assert logs["0_vision_tower"] and all(
         math.isfinite(r["bow/image/loss"]) and r["bow/image/items"] > 0 and r["loss"] == r["bow/image/loss"]
         and not any(k.startswith("task_loss") for k in r) for r in logs["0_vision_tower"]), logs
+    # the speech tower's stage likewise trains on CTC alone
+    assert logs["0_speech_tower"] and all(
+        math.isfinite(r["ctc/audio/loss"]) and r["ctc/audio/items"] > 0 and r["loss"] == r["ctc/audio/loss"]
+        and not any(k.startswith("task_loss") for k in r) for r in logs["0_speech_tower"]), logs
     assert logs["0b_speech"] and all(math.isfinite(r["ctc/audio/loss"]) for r in logs["0b_speech"]), logs
     assert os.path.isfile(tmp_path / "demo" / "export" / "llm" / "config.json")
     # Run again: the recipe is complete and evaluated; only the exports and checks repeat.
