@@ -12,7 +12,8 @@ from test_connector_ctc import ASR, COLS, L, ROWS, _answer, _examples, _inputs
 from test_omni import OLA, pack, random_params
 
 from omnijax.models.omni import OmniModel
-from omnijax.training import objective, omni_task
+from data_pipelines import tokenizer
+from omnijax.training import connector_bow, objective, omni_task
 from omnijax.training.connector_bow import ConnectorBOW, bow_sums
 from omnijax.training.omni_task import ctc_config
 from omnijax.training.stages import StageConfigError
@@ -51,6 +52,38 @@ def test_image_bow_matches_torch():
     expected = _torch_bow((features @ embedding.T)[1], np.arange(ROWS * COLS), _answer(c)[:-1], OLA.llm.vocab_size)
     np.testing.assert_allclose(float(out["sum"]), expected, rtol=1e-5)
     assert float(out["items"]) == 1
+
+
+def _torch_pairs(logits, frames, text, attrs, objs):
+    """An item's binding loss: BCE-with-logits of each (attribute, object) pair's score -- the log-mean-exp
+    over frames of the two tokens' logits summed on one frame -- against "the text has a directly before o"."""
+    lg = torch.from_numpy(np.asarray(logits)[frames])
+    said = {(x, y) for x, y in zip(text, text[1:])}
+    total = 0.0
+    for a in attrs:
+        for o in objs:
+            score = torch.logsumexp(lg[:, a] + lg[:, o], dim=0) - np.log(len(frames))
+            label = torch.tensor(float((a, o) in said))
+            total += float(torch.nn.functional.binary_cross_entropy_with_logits(score, label, reduction="sum"))
+    return total
+
+
+def test_image_bow_binding_pairs_match_torch():
+    rows, batch, features, embedding = _inputs("image")
+    (c, _), = rows[1]
+    text = _answer(c)[:-1]
+    unused = [t for t in range(10, OLA.llm.vocab_size) if t not in text][:2]
+    attrs, objs = (text[0], text[2], unused[0]), (text[1], text[3], unused[1])  # "t0 t1" and "t2 t3" are said
+    cfg = ConnectorBOW("image", weight=1.0, tasks=("asr",), pairs=(("x",), ("y",)), pair_weight=0.5,
+                       pair_ids=(attrs, objs))
+    out = jax.jit(lambda f, e, b: bow_sums(f, e, b, OLA.media_layout, cfg, (ASR,)))(features, embedding, batch)
+    logits, frames = (features @ embedding.T)[1], np.arange(ROWS * COLS)
+    pairs = _torch_pairs(logits, frames, text, attrs, objs)
+    np.testing.assert_allclose(float(out["pair_sum"]), pairs, rtol=1e-5)
+    np.testing.assert_allclose(float(out["sum"]), _torch_bow(logits, frames, text, OLA.llm.vocab_size) + 0.5 * pairs,
+                               rtol=1e-5)
+    aux = connector_bow.aux_values("image", out)
+    assert float(aux["bow_image_pairs"]) == pytest.approx(pairs, rel=1e-5)
 
 
 def test_loss_fn_with_bow_terms_and_without_the_next_token_loss():
@@ -101,3 +134,22 @@ def test_bow_config_and_its_errors():
     ctc, bow, next_token_loss = omni_task.objective_terms(
         _stage(next_token_loss=False, bow={"audio": dict(tasks=("asr",))}), OLA)
     assert (ctc, len(bow), next_token_loss) == ((), 1, False)
+
+
+def test_bow_pair_words_become_token_ids_through_the_stage_tokenizer(tmp_path):
+    texts = ["a red circle and a blue square", "a blue circle, a red triangle and a green square"] * 20
+    tok = tokenizer.train_synth_tokenizer(texts, str(tmp_path), vocab_size=400)
+    pairs = {"image": dict(tasks=("asr",), pairs=(("red", "blue"), ("circle", "square")))}
+    stage = _stage(bow=pairs)
+    stage.data = {"tokenizer": str(tmp_path)}
+    ((term, _),) = ctc_config(stage, OLA, "bow")
+    ids = lambda w: tok.encode(" " + w, add_special_tokens=False)
+    assert term.pair_ids == ((*ids("red"), *ids("blue")), (*ids("circle"), *ids("square")))
+    assert len(set(term.pair_ids[0] + term.pair_ids[1])) == 4
+    with pytest.raises(StageConfigError, match=r"pairs: 'xylophone' is \d+ tokens in the stage's tokenizer, not one"):
+        stage.model.bow["image"]["pairs"] = (("red",), ("xylophone",))
+        ctc_config(stage, OLA, "bow")
+    with pytest.raises(StageConfigError, match=r"pairs names words, which need the stage's tokenizer"):
+        ctc_config(_stage(bow=pairs), OLA, "bow")
+    with pytest.raises(StageConfigError, match=r"give two non-empty word lists"):
+        ctc_config(_stage(bow={"image": dict(tasks=("asr",), pairs=(("red",),))}), OLA, "bow")

@@ -25,6 +25,7 @@ The media slots per row come from ``c.media``, their sizes from the towers.
 
 from __future__ import annotations
 
+from data_pipelines import tokenizer
 from omnijax.batch import batch_spec, check_batch
 from omnijax.models.audio import AudioConfig
 from omnijax.models.llm import LLMConfig
@@ -77,11 +78,21 @@ def ctc_config(c, cfg: OmniConfig, field: str = "ctc") -> tuple[tuple, ...]:
             term = cls(modality, **dict(fields))
             if tower is None:
                 raise ValueError(f"it needs the model's {'audio' if modality == 'audio' else 'vision'} tower")
+            if getattr(term, "pairs", ()):
+                term = term.with_pair_ids(_pair_tokenizer(c))
             out.append((term, term.task_ids(c.task_names)))
         except (TypeError, ValueError) as e:
             raise StageConfigError(f"stage {c.name!r}: c.model.{field}[{modality!r}]: {e}; give "
                                    f"{{'audio' or 'image': dict(weight=..., tasks=(...), {fields_hint})}}") from None
     return tuple(out)
+
+
+def _pair_tokenizer(c):
+    """The stage's tokenizer (``c.data.tokenizer``), which turns a bag-of-words term's pair words into ids."""
+    path = (c.get("data") or {}).get("tokenizer")
+    if not path:
+        raise ValueError("pairs names words, which need the stage's tokenizer: set c.data.tokenizer")
+    return tokenizer.load_tokenizer(path)
 
 
 def objective_terms(c, cfg: OmniConfig) -> tuple[tuple, tuple, bool]:
