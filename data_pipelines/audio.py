@@ -124,6 +124,21 @@ def _mel_filters(n_mels: int) -> np.ndarray:
                                norm="slaney", dtype=np.float64)
 
 
+@functools.lru_cache(maxsize=1)
+def _hann() -> np.ndarray:
+    return librosa.filters.get_window("hann", N_FFT, fftbins=True)  # periodic, float64
+
+
+def _stft(array: np.ndarray) -> np.ndarray:
+    """``librosa.stft(array, n_fft=400, hop_length=160, window='hann', center=True, pad_mode='reflect')``,
+    bit for bit, as one batched ``numpy.fft.rfft`` over strided frames -> complex ``[201, frames]``
+    (log-mel of a 4 s clip 1.38 ms against 1.71 ms through librosa's on an idle 2-core machine,
+    ``benchmarks/log_mel.py``; with both cores busy in another process, librosa's STFT took 126 ms)."""
+    padded = np.pad(array, N_FFT // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
+    return np.fft.rfft(frames * _hann(), axis=-1).T
+
+
 def whisper_log_mel(
     waveform: np.ndarray,
     sampling_rate: float,
@@ -145,8 +160,7 @@ def whisper_log_mel(
     array = _check_waveform(waveform, sampling_rate, max_seconds)
     array = _resample(array, sampling_rate).astype(np.float64)
     array = librosa.util.fix_length(array, size=frames * HOP_LENGTH)
-    stft = librosa.stft(array, n_fft=N_FFT, hop_length=HOP_LENGTH, window="hann", center=True, pad_mode="reflect")
-    mel = _mel_filters(n_mels) @ (np.abs(stft[:, :-1]) ** 2)
+    mel = _mel_filters(n_mels) @ (np.abs(_stft(array)[:, :-1]) ** 2)
     log_mel = np.log10(np.maximum(mel, 1e-10))
     log_mel = np.maximum(log_mel, log_mel.max() - 8.0)
     return ((log_mel + 4.0) / 4.0).astype(np.float32)
