@@ -3,10 +3,11 @@
     python -m omnijax.demo --workdir workdirs/demo            # what `make demo` runs
 
 1. builds the omni-synth corpus and its tokenizer (``data_pipelines.synth.prepare``; cached);
-2. runs ``experiments/ola/recipe.py:tiny`` (``omnijax.recipe``): four stand-in pretraining stages for
+2. runs ``experiments/ola/recipe.py:tiny`` (``omnijax.recipe``): five stand-in pretraining stages for
    the pretrained SigLIP and Whisper (0_vision_tower and 0_speech_tower: each tower alone, on caption
-   words and on CTC; 0a and 0b: the LLM on captions and on ASR), then Ola's stages 1a, 1b, 2, 3a, 3b,
-   each from the previous one's params; resumable;
+   words and on CTC; 0_vision_binding: the vision tower on which colour goes with which shape; 0a and
+   0b: the LLM on captions and on ASR), then Ola's stages 1a, 1b, 2, 3a, 3b, each from the previous
+   one's params; resumable;
 3. evaluates every Ola stage on the held-out split (``omnijax.evaluate``) and prints the stage table
    (``W/ola/eval.md``): ASR WER, image / video / video-audio question accuracy, the spoken-question gap;
 4. exports the final stage (``omnijax.hf.convert export``): the full omni model (``W/export/omni``)

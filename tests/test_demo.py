@@ -23,12 +23,17 @@ def test_demo_smoke_passes_every_check(tmp_path, tmp_path_factory, capsys, monke
     assert {"asr/wer", "image_qa/accuracy", "video_audio_qa/accuracy", "spoken_image_qa/gap"} <= set(
         report["stages"][-1]["metrics"])
     # the stand-in stages' connector terms: stage 0_vision_tower trains on the bag of words alone (no LLM,
-    # no task loss)
+    # no task loss), 0_vision_binding on the bag with its (colour, shape) pairs
     logs = {stage: [json.loads(line) for line in open(tmp_path / "demo" / "ola" / stage / "metrics.jsonl")
-                    if '"loss": ' in line] for stage in ("0_vision_tower", "0_speech_tower", "0b_speech")}
+                    if '"loss": ' in line] for stage in ("0_vision_tower", "0_speech_tower", "0_vision_binding",
+                                                          "0b_speech")}
     assert logs["0_vision_tower"] and all(
         math.isfinite(r["bow/image/loss"]) and r["bow/image/items"] > 0 and r["loss"] == r["bow/image/loss"]
-        and not any(k.startswith("task_loss") for k in r) for r in logs["0_vision_tower"]), logs
+        and "bow/image/pairs" not in r and not any(k.startswith("task_loss") for k in r)
+        for r in logs["0_vision_tower"]), logs
+    assert logs["0_vision_binding"] and all(
+        r["loss"] == r["bow/image/loss"] and 0 < r["bow/image/pairs"] < r["bow/image/loss"]
+        and not any(k.startswith("task_loss") for k in r) for r in logs["0_vision_binding"]), logs
     # the speech tower's stage likewise trains on CTC alone
     assert logs["0_speech_tower"] and all(
         math.isfinite(r["ctc/audio/loss"]) and r["ctc/audio/items"] > 0 and r["loss"] == r["ctc/audio/loss"]

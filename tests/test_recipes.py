@@ -134,9 +134,9 @@ def test_ola_stages_carry_only_their_own_media(corpus, monkeypatch):
     for name, path in recipe.stages:
         c = recipe_lib._module(path, name).get_config("tiny")
         media[name] = tuple(k for k in ("image", "video", "audio") if c.media[f"{k}_slots"])
-    assert media == {"0_vision_tower": ("image",), "0_speech_tower": ("audio",), "0a_vision": ("image",),
-                     "0b_speech": ("audio",), "1a": ("image",), "1b": ("image",), "2": ("image", "video", "audio"),
-                     "3a": ("audio",), "3b": ("image", "video", "audio")}
+    assert media == {"0_vision_tower": ("image",), "0_speech_tower": ("audio",), "0_vision_binding": ("image",),
+                     "0a_vision": ("image",), "0b_speech": ("image", "audio"), "1a": ("image",), "1b": ("image",),
+                     "2": ("image", "video", "audio"), "3a": ("audio",), "3b": ("image", "video", "audio")}
     c = recipe_lib._module(recipe.stages[-1][1], "3b").get_config("7b")
     common.use_media(c, "video")
     assert (c.media.image_slots, c.media.video_slots, c.media.audio_slots) == (0, 64, 0)

@@ -2,8 +2,8 @@
 omni-synth's image captions without the LLM: each image's vision-connector output tokens, read through
 the LLM's token embeddings, say which words its caption holds (the bag-of-words term of
 ``omnijax.training.connector_bow``; ``c.model.next_token_loss = False``, so the LLM's layers are not run).
-Only the vision tower, the vision connector and the token embeddings train; stage 0a then keeps the
-tower frozen.
+Only the vision tower, the vision connector and the token embeddings train; stage 0_vision_binding
+later trains the tower on which colour goes with which shape, and stage 0a keeps it frozen.
 
 Trained through the LLM's caption loss alone (stage 0a as it was), the tower told colours apart but
 hardly shapes: held-out captions after 0a named the right shape 31-38% of the time (chance 33%). After

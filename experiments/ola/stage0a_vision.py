@@ -3,8 +3,9 @@
 Ola begins from Qwen2.5-7B, SigLIP-so400m and Whisper-large-v3, all pretrained. No pretrained tower
 exists offline, so the tiny recipe first pretrains its own: stage 0 the vision tower alone (a bag of
 caption words, no LLM), stage 0_speech_tower the audio tower alone (CTC on speech recognition, Whisper's
-task), here the LLM and a vision connector on omni-synth's image captions -- SigLIP's image-text pairs --
-with both towers frozen, then stage 0b the LLM on speech recognition. 700 steps of captions with image
+task), stage 0_vision_binding the vision tower again (which colour goes with which shape), here the LLM
+and a vision connector on omni-synth's image captions -- SigLIP's image-text pairs -- with both towers
+frozen, then stage 0b the LLM on speech recognition. 700 steps of captions with image
 slots only take about 3 minutes and end at a caption loss of about 0.3. No question-answer task is in the
 stages 0*; the Ola stages take the LLM and the encoders from 0b and start the vision connector fresh, as
 Ola's do. The `7b` recipe has no such stage.

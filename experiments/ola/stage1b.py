@@ -1,9 +1,13 @@
 """Ola stage 1b, image-text supervised fine-tuning: everything learns (paper: lr 2e-5 for the LLM and
-connector, 2e-6 for the vision encoder) on image captions, image questions and text instructions."""
+connector, 2e-6 for the vision encoder) on image captions, image questions and text instructions.
+
+Tiny: 750 steps. From the same stage 1a, whose model already captions held-out images with the right
+colour on each shape, 250 steps answered 68% of the held-out image questions ("which shape is <colour>?"
+38%), 750 steps 82% (79%); 250 steps with the vision tower frozen, 68%."""
 
 from experiments import common
 
-STEPS = {"tiny": 250, "7b": 20000}
+STEPS = {"tiny": 750, "7b": 20000}
 
 
 def get_config(arg="tiny"):
