@@ -21,7 +21,8 @@ from data_pipelines import audio
 
 def librosa_log_mel(waveform: np.ndarray, n_mels: int, chunk_seconds: float) -> np.ndarray:
     """``whisper_log_mel`` with ``librosa.stft`` for its STFT (what the pipeline computed before)."""
-    array = librosa.util.fix_length(waveform.astype(np.float64), size=int(chunk_seconds * 100) * audio.HOP_LENGTH)
+    samples = audio._chunk_frames(chunk_seconds) * audio.HOP_LENGTH
+    array = librosa.util.fix_length(waveform.astype(np.float64), size=samples)
     stft = librosa.stft(array, n_fft=audio.N_FFT, hop_length=audio.HOP_LENGTH, window="hann", center=True,
                         pad_mode="reflect")
     mel = audio._mel_filters(n_mels) @ (np.abs(stft[:, :-1]) ** 2)

@@ -84,6 +84,9 @@ def test_image_bow_binding_pairs_match_torch():
                                rtol=1e-5)
     aux = connector_bow.aux_values("image", out)
     assert float(aux["bow_image_pairs"]) == pytest.approx(pairs, rel=1e-5)
+    unresolved = ConnectorBOW("image", weight=1.0, tasks=("asr",), pairs=(("x",), ("y",)))
+    with pytest.raises(ValueError, match=r"have no token ids; build the term with ConnectorBOW.with_pair_ids"):
+        bow_sums(features, embedding, batch, OLA.media_layout, unresolved, (ASR,))
 
 
 def test_loss_fn_with_bow_terms_and_without_the_next_token_loss():

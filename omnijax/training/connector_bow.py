@@ -56,7 +56,7 @@ class ConnectorBOW:
     max_label_tokens: int = 48
     pairs: tuple[tuple[str, ...], tuple[str, ...]] = ()
     pair_weight: float = 1.0
-    pair_ids: tuple[tuple[int, ...], tuple[int, ...]] = ()
+    pair_ids: tuple[tuple[int, ...], tuple[int, ...]] = ()  # ``pairs``' token ids: ``with_pair_ids(tokenizer)``
 
     def __post_init__(self):
         check_term(self, "bow", "('image_caption',)")
@@ -109,6 +109,9 @@ def bow_sums(features: jax.Array, embedding: jax.Array, batch: dict, layout, cfg
     keep = starts & (lengths > 0)
     kept = keep.astype(jnp.float32)
     out = {"sum": jnp.sum(per_item * kept), "items": jnp.sum(kept)}
+    if cfg.pairs and not cfg.pair_ids:
+        raise ValueError(f"bow {cfg.modality} pairs {cfg.pairs!r} have no token ids; build the term with "
+                         "ConnectorBOW.with_pair_ids(tokenizer)")
     if cfg.pair_ids:
         attrs, objs = (jnp.asarray(ids, jnp.int32) for ids in cfg.pair_ids)
         pair_logits = logits[..., attrs][..., :, None] + logits[..., objs][..., None, :]  # [B, S * L, A, O]

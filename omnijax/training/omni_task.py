@@ -78,7 +78,7 @@ def ctc_config(c, cfg: OmniConfig, field: str = "ctc") -> tuple[tuple, ...]:
             term = cls(modality, **dict(fields))
             if tower is None:
                 raise ValueError(f"it needs the model's {'audio' if modality == 'audio' else 'vision'} tower")
-            if getattr(term, "pairs", ()):
+            if isinstance(term, ConnectorBOW) and term.pairs:
                 term = term.with_pair_ids(_pair_tokenizer(c))
             out.append((term, term.task_ids(c.task_names)))
         except (TypeError, ValueError) as e:
