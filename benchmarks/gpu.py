@@ -8,9 +8,9 @@ Every part runs in its own child process, so each peak-memory figure belongs to 
 - ``attention``: ``omnijax.models.attention.attention`` forward + backward at the shapes the towers and
   the LLM use at 7B (Qwen2.5-7B's 28:4 heads of 128 over 4096 tokens, one sequence per row and packed
   rows; SigLIP-so400m's 16 heads of 72 over 729 patches; Whisper-large-v3's 20 heads of 64 over 1500
-  frames with per-clip lengths). ``xla`` and ``cudnn`` in bf16 are compared with the XLA
-  implementation in float32 at ``highest`` matmul precision (relative L2 error over the valid rows of
-  out, dq, dk, dv) and timed round-robin.
+  frames with per-clip lengths). ``xla`` and ``cudnn`` (``--impls``) in bf16 are compared with a dense
+  float32 softmax over the whole square at ``highest`` matmul precision (relative L2 error over the valid
+  rows of out, dq, dk, dv), timed round-robin, and their compile times recorded.
 - ``numerics``: Qwen2.5-0.5B's architecture (random weights, saved by transformers and read through
   ``omnijax.hf.load_hf``): omnijax's logits in float32 and bf16 (xla, cudnn) against transformers'
   float32 eager forward on the same GPU (TF32 off), next to transformers' own bf16 forward.
@@ -19,7 +19,9 @@ Every part runs in its own child process, so each peak-memory figure belongs to 
   ``llm1.5b`` is a text-only omni model with Qwen2.5-1.5B's sizes, everything trained;
   ``ola7b_1a`` is ``experiments/ola/stage1a.py:7b`` (Qwen2.5-7B + SigLIP-so400m + Whisper-large-v3,
   only the vision connector trains) with random weights instead of the HF checkpoints, frozen groups
-  stored in bf16. ``--runs llm1.5b:xla`` times the XLA attention instead (on an H100 it did not finish
+  stored in bf16; ``ola1b_1.5b`` is ``experiments/ola/stage1b.py:7b`` (everything trains, SigLIP-so400m
+  through the cuDNN backward) with Qwen2.5-1.5B's sizes for the LLM, since AdamW for 7B does not fit one
+  GPU. ``--runs llm1.5b:xla`` times the XLA attention instead (on an H100 it did not finish
   compiling at 4096 tokens in 165 s: benchmarks/RESULTS.md section 6).
 
 Model FLOPs (MFU numerator): a trained matmul weight costs 6 FLOPs per token (forward, input grad, weight
@@ -48,7 +50,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
 from towers import interleaved as timed  # noqa: E402 - median seconds per call, round-robin
 
 PARTS = ("peak", "attention", "numerics", "train")
-TRAIN_RUNS = ("llm1.5b:cudnn", "ola7b_1a:cudnn")
+TRAIN_RUNS = ("llm1.5b:cudnn", "ola7b_1a:cudnn", "ola1b_1.5b:cudnn")
 
 
 def on_gpu() -> bool:
@@ -98,6 +100,29 @@ ATTENTION_CASES = {  # name: (batch, len, heads, kv_heads, head_dim, causal, pac
 }
 
 
+def dense_attention(q, k, v, seg, causal: bool):
+    """The reference: softmax over the whole square in float32, masked to the same nonzero segment (and the
+    past when causal), grouped query heads repeated. Nothing blocked or fused, so nothing to get wrong."""
+    import jax
+    import jax.numpy as jnp
+
+    groups = q.shape[2] // k.shape[2]
+    k, v = (jnp.repeat(x, groups, axis=2) for x in (k, v))
+    scores = jnp.einsum("bqnh,bknh->bnqk", q, k) / jnp.sqrt(jnp.float32(q.shape[-1]))
+    mask = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] != 0)
+    if causal:
+        mask &= jnp.tril(jnp.ones(mask.shape[1:], bool))
+    probs = jax.nn.softmax(jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min), axis=-1)
+    return jnp.einsum("bnqk,bknh->bqnh", jnp.where(mask[:, None], probs, 0), v)
+
+
+def dense_fwd_bwd(q, k, v, dout, seg, causal: bool):
+    import jax
+
+    out, vjp = jax.vjp(lambda *x: dense_attention(*x, seg, causal), q, k, v)
+    return (out, *vjp(dout))
+
+
 def part_attention(args) -> dict:
     import jax
     import jax.numpy as jnp
@@ -105,7 +130,7 @@ def part_attention(args) -> dict:
 
     from omnijax.models.attention import attention
 
-    impls = ("xla", "cudnn") if on_gpu() else ("xla",)
+    impls = [i for i in args.impls.split(",") if on_gpu() or i == "xla"]
     rows = []
     for name, (b, t, n, kv, h, causal, packed) in ATTENTION_CASES.items():
         if args.cases and not any(c in name for c in args.cases.split(",")):
@@ -116,7 +141,9 @@ def part_attention(args) -> dict:
         seg = jnp.asarray(segments(rng, b, t, packed, t // 2))
         q = jnp.asarray(rng.standard_normal((b, t, n, h), np.float32))
         k, v = (jnp.asarray(rng.standard_normal((b, t, kv, h), np.float32)) for _ in range(2))
-        dout = jnp.asarray(rng.standard_normal((b, t, n, h), np.float32))
+        # The output's cotangent is zero on padding, as under any loss that masks it: what padded queries
+        # attend to is each implementation's own choice and no model's concern.
+        dout = jnp.where((seg != 0)[:, :, None, None], jnp.asarray(rng.standard_normal((b, t, n, h), np.float32)), 0)
 
         def fwd_bwd(q, k, v, dout, impl, dtype):
             out, vjp = jax.vjp(lambda q, k, v: attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=causal,
@@ -125,13 +152,15 @@ def part_attention(args) -> dict:
             return (out, *vjp(dout.astype(dtype)))
 
         with jax.default_matmul_precision("highest"):
-            ref = jax.jit(lambda *a: fwd_bwd(*a, "xla", jnp.float32))(q, k, v, dout)
+            ref = jax.jit(dense_fwd_bwd, static_argnums=5)(q, k, v, dout, seg, causal)
         valid = (seg != 0)[:, :, None, None]
-        errors, calls, temp = {}, {}, {}
+        errors, calls, temp, compile_s = {}, {}, {}, {}
         print(f"attention: {name}: reference done", flush=True)
         for impl in impls:
             fn = jax.jit(lambda *a, impl=impl: fwd_bwd(*a, impl, jnp.bfloat16))
+            t0 = time.perf_counter()
             compiled = fn.lower(q, k, v, dout).compile()
+            compile_s[impl] = time.perf_counter() - t0
             got = compiled(q, k, v, dout)
             errors[impl] = [float(jnp.linalg.norm(jnp.where(valid, g.astype(jnp.float32) - r, 0))
                                   / jnp.linalg.norm(jnp.where(valid, r, 0))) for g, r in zip(got, ref)]
@@ -141,7 +170,7 @@ def part_attention(args) -> dict:
         secs = timed(calls, reps=5 if args.quick else 10, warmup=2)
         fwd_flops = 4 * b * t * t * n * h * (0.5 if causal else 1.0)
         rows.append({"case": name, "shape": f"{b}x{t}, {n}:{kv} heads x {h}", "errors": errors,
-                     "ms": {k: s * 1e3 for k, s in secs.items()},
+                     "ms": {k: s * 1e3 for k, s in secs.items()}, "compile_s": compile_s,
                      "tflops": {k: 3.5 * fwd_flops / s / 1e12 for k, s in secs.items()}, "temp_mib": temp})
     return {"rows": rows}
 
@@ -213,7 +242,7 @@ QWEN25_1P5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, 
 
 def train_config(model: str, impl: str, args):
     from experiments import common
-    from experiments.ola import stage1a
+    from experiments.ola import stage1a, stage1b
 
     if model == "llm1.5b":
         c = common.stage_config("7b", "bench_llm1.5b", common.omni_model("7b", vision_connector=None,
@@ -222,10 +251,15 @@ def train_config(model: str, impl: str, args):
         common.use_media(c)  # text only
         c.trainable = [(".*", common.schedule(1e-5))]
         c.batch_size, c.seq_len = args.llm_batch, args.seq
-    else:
+    elif model == "ola7b_1a":
         c = stage1a.get_config("7b")
         c.init_from = None  # random weights: the HF checkpoints are not on the benchmark machine
         c.frozen_param_dtype = "bfloat16"  # 8.9B params in float32 leave too little of one 80 GB GPU
+        c.batch_size, c.seq_len = args.omni_batch, args.seq
+    else:  # ola1b_1.5b: stage 1b trains everything, SigLIP-so400m included; AdamW for 7B is over one GPU
+        c = stage1b.get_config("7b")
+        c.model.llm.update(QWEN25_1P5B)
+        c.init_from = None
         c.batch_size, c.seq_len = args.omni_batch, args.seq
     for tower in ("llm", "vision", "audio"):
         if c.model.get(tower):
@@ -244,6 +278,13 @@ def train_config(model: str, impl: str, args):
     return c
 
 
+def trains(c, path: str) -> bool:
+    """Whether the stage's first ``trainable`` rule that matches ``path`` gives it a learning rate."""
+    import re
+
+    return next(lr for rule, lr in c.trainable if re.fullmatch(rule, path)) is not None
+
+
 def model_flops(c, batch: dict) -> float:
     """Model FLOPs of one step (module docstring): trained vs frozen weights, the LLM's attention square."""
     from omnijax.models.llm import LLMConfig
@@ -253,14 +294,15 @@ def model_flops(c, batch: dict) -> float:
     q, kv = llm.num_heads * llm.head_dim, llm.num_kv_heads * llm.head_dim
     n_llm = llm.num_layers * (2 * h * q + 2 * h * kv + 3 * h * f) + h * llm.vocab_size
     rows, seq = batch["input_ids"].shape
-    trained = c.trainable[0][1] is not None and c.trainable[0][0] == ".*"
+    trained = trains(c, "llm/layers/mlp/kernel")
     flops = (6 if trained else 4) * n_llm * rows * seq + 12 * llm.num_layers * rows * seq * seq * q
     if "images" in batch and c.model.get("vision"):
         v = c.model.vision
         patches = (v.image_size // v.patch_size) ** 2
         images = batch["images"].shape[0] * batch["images"].shape[1]
         n_v = v.num_layers * (4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.intermediate_size)
-        flops += images * (2 * n_v * patches + 4 * v.num_layers * patches * patches * v.hidden_size)
+        w, a = (6, 12) if trains(c, "vision/layers/mlp/kernel") else (2, 4)
+        flops += images * (w * n_v * patches + a * v.num_layers * patches * patches * v.hidden_size)
     return float(flops)
 
 
@@ -311,7 +353,7 @@ def spawn(part: str, args, run: str | None = None) -> dict | None:
     with tempfile.NamedTemporaryFile(suffix=".json") as result:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", part, "--result", result.name, f"--seq={args.seq}",
                f"--llm-batch={args.llm_batch}", f"--omni-batch={args.omni_batch}"] + \
-            ([f"--cases={args.cases}"] if args.cases else []) + \
+            ([f"--cases={args.cases}"] if args.cases else []) + [f"--impls={args.impls}"] + \
             (["--quick"] if args.quick else []) + (["--run", run] if run else [])
         t0 = time.perf_counter()
         try:
@@ -332,13 +374,13 @@ def report(results: dict, spec_tflops: float) -> None:
               f"(spec dense bf16: {spec_tflops:.0f})")
     att = results.get("attention")
     if att:
-        print("\nattention forward + backward, bf16; rel. L2 error vs XLA f32 (highest) on valid rows: "
+        print("\nattention forward + backward, bf16; rel. L2 error vs dense f32 (highest) on valid rows: "
               "out / dq / dk / dv")
         for r in att["rows"]:
             for impl, e in r["errors"].items():
-                ratio = r["ms"]["xla"] / r["ms"][impl]
+                ratio = r["ms"]["xla"] / r["ms"][impl] if "xla" in r["ms"] else float("nan")
                 print(f"  {r['case']:38s} {r['shape']:26s} {impl:6s} {r['ms'][impl]:8.2f} ms {r['tflops'][impl]:6.1f} "
-                      f"TFLOP/s  x{ratio:4.2f} vs xla  temp {r['temp_mib'][impl]:8.0f} MiB  err "
+                      f"TFLOP/s  x{ratio:4.2f} vs xla  compile {r['compile_s'][impl]:5.1f} s  temp {r['temp_mib'][impl]:8.0f} MiB  err "
                       + " / ".join(f"{x:.1e}" for x in e))
     num = results.get("numerics")
     if num:
@@ -364,6 +406,7 @@ def main() -> None:
     p.add_argument("--llm-batch", type=int, default=4)
     p.add_argument("--omni-batch", type=int, default=2)
     p.add_argument("--spec-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
+    p.add_argument("--impls", default="xla,cudnn", help="attention implementations the attention part times")
     p.add_argument("--cases", help="attention cases whose names contain one of these (comma-separated)")
     p.add_argument("--json", help="write every figure here")
     p.add_argument("--quick", action="store_true")
