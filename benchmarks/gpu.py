@@ -380,7 +380,8 @@ def report(results: dict, spec_tflops: float) -> None:
             for impl, e in r["errors"].items():
                 ratio = r["ms"]["xla"] / r["ms"][impl] if "xla" in r["ms"] else float("nan")
                 print(f"  {r['case']:38s} {r['shape']:26s} {impl:6s} {r['ms'][impl]:8.2f} ms {r['tflops'][impl]:6.1f} "
-                      f"TFLOP/s  x{ratio:4.2f} vs xla  compile {r['compile_s'][impl]:5.1f} s  temp {r['temp_mib'][impl]:8.0f} MiB  err "
+                      f"TFLOP/s  x{ratio:4.2f} vs xla  compile {r['compile_s'][impl]:5.1f} s  "
+                      f"temp {r['temp_mib'][impl]:8.0f} MiB  err "
                       + " / ".join(f"{x:.1e}" for x in e))
     num = results.get("numerics")
     if num:
