@@ -3,6 +3,7 @@ freezing and optimizer state, sharded = single-device step, non-finite steps, ex
 restore onto another mesh, stage chaining, config errors."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -165,6 +166,16 @@ def test_next_stage_starts_from_the_previous_one(connectors_run, tmp_path):
     batch = trainer.setup(c).random_batches().batch_at(0)
     loss = jax.jit(lambda p: stage_a.task.loss(p, batch, None)[0])(a_final)
     np.testing.assert_allclose(result.metrics[0]["loss"], loss, rtol=1e-5)
+
+
+def test_reading_a_finished_stage_warns_nothing(connectors_run, caplog):
+    """Generation and evaluation open a stage's checkpoints read-only, often: Orbax's warnings that a
+    read-only manager saves nothing are not shown each time."""
+    c, stage, _, _, workdir = connectors_run
+    with caplog.at_level(logging.WARNING):
+        assert checkpointing.final_step(workdir) == c.num_steps
+        checkpointing.final_params(workdir, stage.abstract_params)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 def test_init_from_named_groups_reads_only_those(connectors_run, tmp_path):

@@ -63,6 +63,13 @@ def _manager(workdir: str, options: ocp.CheckpointManagerOptions, data_handler=N
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
+def _reader(workdir: str) -> ocp.CheckpointManager:
+    """A read-only manager of a stage's checkpoints. Orbax says at warning level, on every open, that a
+    read-only manager saves nothing; generation and evaluation open checkpoints often, so that is dropped."""
+    with _absl_errors_only():
+        return _manager(workdir, ocp.CheckpointManagerOptions(read_only=True, create=False))
+
+
 def _save(tree):
     return ocp.args.PyTreeSave(tree)
 
@@ -116,7 +123,7 @@ def is_stage_workdir(path: str) -> bool:
 def final_step(workdir: str) -> int:
     """The last step of a finished stage's workdir; ``StageConfigError`` when it has no complete
     checkpoint or stopped before its last step."""
-    manager = _manager(workdir, ocp.CheckpointManagerOptions(read_only=True, create=False))
+    manager = _reader(workdir)
     try:
         step = manager.latest_step()
     finally:
@@ -139,7 +146,7 @@ def final_params(workdir: str, target_params, groups=None):
     (top-level group names) only those are read, so the other groups may differ in shape from the
     target's (``StageConfigError`` naming a group the stage does not hold)."""
     step = final_step(workdir)
-    manager = _manager(workdir, ocp.CheckpointManagerOptions(read_only=True, create=False))
+    manager = _reader(workdir)
     try:
         if groups is None:
             return manager.restore(step, args=ocp.args.Composite(params=_restore(target_params))).params
