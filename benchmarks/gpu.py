@@ -8,9 +8,11 @@ Every part runs in its own child process, so each peak-memory figure belongs to 
 - ``attention``: ``omnijax.models.attention.attention`` forward + backward at the shapes the towers and
   the LLM use at 7B (Qwen2.5-7B's 28:4 heads of 128 over 4096 tokens, one sequence per row and packed
   rows; SigLIP-so400m's 16 heads of 72 over 729 patches; Whisper-large-v3's 20 heads of 64 over 1500
-  frames with per-clip lengths). ``xla`` and ``cudnn`` (``--impls``) in bf16 are compared with a dense
+  frames with per-clip lengths). ``xla``, ``cudnn`` and ``cudnn-mask`` (``--impls``; cuDNN with packed
+  rows through the explicit mask instead of cuDNN's packed layout) in bf16 are compared with a dense
   float32 softmax over the whole square at ``highest`` matmul precision (relative L2 error over the valid
-  rows of out, dq, dk, dv), timed round-robin, and their compile times recorded.
+  rows of out, dq, dk, dv), timed round-robin, and their compile times recorded. Train runs take the same
+  ``:cudnn-mask``.
 - ``numerics``: Qwen2.5-0.5B's architecture (random weights, saved by transformers and read through
   ``omnijax.hf.load_hf``): omnijax's logits in float32 and bf16 (xla, cudnn) against transformers'
   float32 eager forward on the same GPU (TF32 off), next to transformers' own bf16 forward.
@@ -146,8 +148,10 @@ def part_attention(args) -> dict:
         dout = jnp.where((seg != 0)[:, :, None, None], jnp.asarray(rng.standard_normal((b, t, n, h), np.float32)), 0)
 
         def fwd_bwd(q, k, v, dout, impl, dtype):
+            # cudnn-mask: packed rows through cuDNN's explicit mask rather than its packed layout
             out, vjp = jax.vjp(lambda q, k, v: attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=causal,
-                                                          implementation=impl, packed=packed),
+                                                          implementation=impl.split("-")[0], packed=packed,
+                                                          max_segments=0 if impl == "cudnn-mask" else None),
                                *(x.astype(dtype) for x in (q, k, v)))
             return (out, *vjp(dout.astype(dtype)))
 
@@ -263,7 +267,9 @@ def train_config(model: str, impl: str, args):
         c.batch_size, c.seq_len = args.omni_batch, args.seq
     for tower in ("llm", "vision", "audio"):
         if c.model.get(tower):
-            c.model[tower].attention = impl
+            c.model[tower].attention = impl.split("-")[0]
+    if impl == "cudnn-mask":  # packed rows through cuDNN's explicit mask rather than its packed layout
+        c.model.llm.cudnn_max_segments = 0
     if args.quick:
         c.model.llm.update(hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
                            num_kv_heads=2)

@@ -118,3 +118,55 @@ def test_cudnn_wrapper_pads_lengths_to_its_multiple(monkeypatch, t, causal):
         np.testing.assert_allclose(np.where(valid, g, 0), np.where(valid, rg, 0), atol=1e-4, rtol=1e-4)
     padded = -(-t // attn.CUDNN_LENGTH_MULTIPLE) * attn.CUDNN_LENGTH_MULTIPLE
     assert set(seen) == {(padded, padded)}
+
+
+def _layout_stand_in(q, k, v, *, q_seqlen, kv_seqlen, q_offsets, kv_offsets, scale, mask_type):
+    """cuDNN's packed layout read back on the CPU: a position attends to the positions of its own
+    (lengths, offsets) segment, and to earlier ones only when the mask type is causal."""
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn
+
+    t = q.shape[1]
+    pos = jnp.arange(t)
+    start = q_offsets[:, :-1, None]
+    inside = (pos >= start) & (pos < start + q_seqlen[..., None]) & (q_seqlen >= 0)[..., None]  # [b, segment, t]
+    which = jnp.argmax(inside, axis=1) + jnp.where(inside.any(axis=1), 0, 10 ** 6)  # [b, t]; -> a stray id
+    mask = which[:, :, None] == which[:, None, :]
+    if mask_type == cudnn.MaskType.PADDING_CAUSAL:
+        mask &= pos[:, None] >= pos[None, :]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale, implementation="xla")
+
+
+@pytest.mark.parametrize("rows", ["packer", "other"])
+def test_cudnn_packed_layout_means_the_segment_mask(monkeypatch, rows):
+    """Packed causal rows on the cuDNN path go through cuDNN's packed layout (per-segment lengths and
+    offsets) when laid out as the packer writes them, through the explicit mask otherwise. On the CPU,
+    stand-ins read the layout back as a mask and run JAX's XLA kernel: values and gradients must equal
+    omnijax's reference attention on the valid rows either way."""
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn
+
+    import omnijax.models.attention as attn
+
+    xla_kernel = jax.nn.dot_product_attention
+    monkeypatch.setattr(cudnn, "dot_product_attention", _layout_stand_in)
+    monkeypatch.setattr(attn.jax.nn, "dot_product_attention",
+                        lambda q, k, v, implementation, **kw: xla_kernel(q, k, v, implementation="xla", **kw))
+    b, t, n, kv, h = 3, 48, 4, 2, 8
+    if rows == "packer":
+        seg = [[1] * 10 + [2] * 20 + [3] * 18, [1] * 30 + [0] * 18, [1] * 5 + [2] * 5 + [3] * 30 + [0] * 8]
+    else:  # a segment id reused after another, and padding before a segment
+        seg = [[1] * 10 + [2] * 20 + [1] * 18, [0] * 8 + [1] * 40, [1] * 48]
+    seg = jnp.asarray(seg, jnp.int32)
+    assert bool(attn.packed_layout(seg)[2]) == (rows == "packer")
+    rng = np.random.RandomState(0)
+    q, w = (jnp.asarray(rng.randn(b, t, n, h), jnp.float32) for _ in range(2))
+    k, v = (jnp.asarray(rng.randn(b, t, kv, h), jnp.float32) for _ in range(2))
+    valid = (np.asarray(seg) != 0)[:, :, None, None]
+
+    def loss(impl):
+        return jax.jit(lambda q, k, v: jnp.sum(jnp.where(valid, attention(
+            q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=True, implementation=impl, packed=True), 0) * w))
+
+    np.testing.assert_allclose(loss("cudnn")(q, k, v), loss("xla")(q, k, v), rtol=1e-5)
+    grads = zip(jax.grad(loss("cudnn"), argnums=(0, 1, 2))(q, k, v), jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v))
+    for g, rg in grads:
+        np.testing.assert_allclose(g, rg, atol=1e-4, rtol=1e-4)

@@ -8,7 +8,8 @@ id 0 is padding). Implementations:
   ``xla_attention``). The reference; runs everywhere (CPU tests, CPU training).
 - ``cudnn``: cuDNN flash attention through ``jax.nn.dot_product_attention(implementation='cudnn')``.
   Without segment ids (or with a single segment per row) it runs as pure causal flash attention with
-  per-row valid lengths; packed rows pass an explicit boolean mask.
+  per-row valid lengths; packed rows as the packer writes them use cuDNN's packed layout (per-segment
+  lengths and offsets, ``packed_layout``), other packed rows and KV-cache decoding an explicit mask.
 - ``splash``: Pallas splash attention for TPU (``make_splash_mha`` with a causal mask and native
   segment ids), vmapped over the batch. ``interpret=True`` runs the kernel in the Pallas interpreter,
   which is how it is checked on CPU.
@@ -144,13 +145,61 @@ def xla_attention(q, k, v, mask, scale, causal_block: int | None = None):
 CUDNN_LENGTH_MULTIPLE = 64
 
 
-def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, mask, scale, causal: bool, use_mask: bool):
-    """cuDNN flash attention (GPU only). Unpacked rows use (causal) flash with per-row lengths;
-    packed rows and KV-cache decoding pass the explicit mask (cuDNN turns it into a bias)."""
-    if use_mask:
+# The segments a packed row may hold in cuDNN's packed layout by default; rows with more take the explicit
+# mask. cuDNN's backward takes float32 workspace for every segment slot of every row: at 2 rows x 4096
+# tokens x 28 heads of 128 on an H100, 1.1 GiB for 4 slots, 3.8 GiB for 16, 14.7 GiB for 64
+# (benchmarks/RESULTS.md section 6.3). LLMConfig.cudnn_max_segments sets it per model.
+CUDNN_MAX_SEGMENTS = 16
+
+
+def packed_layout(segment_ids: jax.Array, max_segments: int | None = None):
+    """Segment ids ``[b, t]`` -> cuDNN's packed layout ``(lengths [b, m], offsets [b, m + 1], ok)``,
+    ``m = max_segments + 1``: per row the length and first position of each segment, -1 after the last.
+    The padding after a row's last segment (id 0) is one more segment, so that every position has an
+    output. ``ok`` (a scalar) says whether every row is laid out as the packer writes it -- segments
+    numbered 1, 2, ... from the row's start, each one contiguous run, padding only at the end -- and holds
+    at most ``max_segments`` (default ``CUDNN_MAX_SEGMENTS``); the layout means nothing otherwise."""
+    max_segments = CUDNN_MAX_SEGMENTS if max_segments is None else max_segments
+    seg = segment_ids.astype(jnp.int32)
+    prev, nxt = seg[:, :-1], seg[:, 1:]
+    # A position in a segment follows one of the same segment or of the one before; padding follows anything.
+    ok = jnp.all((nxt == 0) | ((prev != 0) & ((nxt == prev) | (nxt == prev + 1))))
+    ok &= jnp.all((seg[:, 0] == 0) | (seg[:, 0] == 1)) & jnp.all(jnp.max(seg, axis=1) <= max_segments)
+    ids = jnp.where(seg == 0, jnp.max(seg, axis=1, keepdims=True) + 1, seg)
+    m = max_segments + 1
+    counts = jax.vmap(lambda r: jnp.bincount(r, length=m + 1))(jnp.minimum(ids, m))[:, 1:]
+    starts = jnp.cumsum(counts, axis=1) - counts
+    lengths = jnp.where(counts > 0, counts, -1)
+    offsets = jnp.pad(jnp.where(counts > 0, starts, -1), ((0, 0), (0, 1)), constant_values=-1)
+    return lengths, offsets, ok
+
+
+def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, mask, scale, causal: bool, use_mask: bool,
+                    packed_self: bool = False, max_segments: int | None = None):
+    """cuDNN flash attention (GPU only). Unpacked rows use (causal) flash with per-row lengths; packed
+    self-attention rows laid out as the packer writes them use cuDNN's packed layout (per-segment lengths
+    and offsets, ``packed_layout``); other packed rows and KV-cache decoding pass the explicit mask (cuDNN
+    turns it into a bias and skips no masked-out block)."""
+    def with_mask():
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask[:, None, :, :], scale=scale, implementation="cudnn"
         )
+
+    if packed_self:
+        from jax._src.cudnn import fused_attention_stablehlo as cudnn
+
+        lengths, offsets, ok = packed_layout(q_segment_ids, max_segments)
+        ok &= jnp.all(q_segment_ids == kv_segment_ids)
+
+        def with_layout():
+            return cudnn.dot_product_attention(
+                q, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets, kv_offsets=offsets, scale=scale,
+                mask_type=cudnn.MaskType.PADDING_CAUSAL if causal else cudnn.MaskType.PADDING,
+            )
+
+        return jax.lax.cond(ok, with_layout, with_mask)
+    if use_mask:
+        return with_mask()
     # Rows hold one sequence right-padded with segment id 0: (causal +) valid lengths is exact. cuDNN's
     # flash backward takes lengths in multiples of 64 only (SigLIP-so400m's 729 patches, Whisper's 1500
     # frames are not): pad the rows at the end, where the lengths mask them, and cut the output back.
@@ -207,6 +256,7 @@ def attention(
     causal: bool = True,
     implementation: Implementation = "xla",
     packed: bool = True,
+    max_segments: int | None = None,
     splash_interpret: bool = False,
 ) -> jax.Array:
     """Grouped-query attention with causal + segment masking (see module docstring for shapes).
@@ -216,6 +266,8 @@ def attention(
       q_slots, kv_slots: int ``[batch, len]`` token indices for causality (default ``arange``);
         differ from ``arange`` only when decoding against a KV cache.
       packed: whether rows may hold several segments (selects the cuDNN code path).
+      max_segments: cuDNN, packed rows: the most segments a row may hold in cuDNN's packed layout
+        (default ``CUDNN_MAX_SEGMENTS``); rows with more take the explicit mask.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {implementation!r} is not one of {IMPLEMENTATIONS}")
@@ -236,5 +288,6 @@ def attention(
     mask = make_attention_mask(q_segment_ids, kv_segment_ids, q_slots, kv_slots, causal)
     if implementation == "cudnn":
         use_mask = packed or q_slots_given
-        return cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, mask, scale, causal, use_mask)
+        return cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, mask, scale, causal, use_mask,
+                               packed_self=packed and aligned, max_segments=max_segments)
     return xla_attention(q, k, v, mask, scale, CAUSAL_QUERY_BLOCK if causal and aligned else None)

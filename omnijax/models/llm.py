@@ -89,6 +89,7 @@ class LLMConfig(Numerics):
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     attention: str = "xla"  # xla | cudnn | splash
+    cudnn_max_segments: int = 16  # cudnn: packed rows with more segments than this take the explicit mask
     remat: str = "none"  # none | full | dots | dots_no_batch
     scan_unroll: int = 1  # layers unrolled per scan iteration (same param layout)
 
@@ -212,7 +213,7 @@ class Attention(nn.Module):
 
         if kv_cache is None:
             out = attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
-                            implementation=cfg.attention)
+                            implementation=cfg.attention, max_segments=cfg.cudnn_max_segments)
             new_cache = None
         else:
             # Decode against a static-shape cache: write this step's k/v at cache_slots[0] onward.
