@@ -51,7 +51,7 @@ from tqdm import tqdm
 from data_pipelines import schema, speech
 
 NAME = "omni-synth"
-VERSION = 3  # bump when the content of any example changes: a cached corpus of another version is rebuilt
+VERSION = 4  # bump when the content of any example changes: a cached corpus of another version is rebuilt
 SPLITS = ("train", "eval")
 TASKS = (
     "image_caption",
@@ -95,6 +95,8 @@ NUMBER_WORDS = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
     "sixteen seventeen eighteen nineteen twenty"
 ).split()
+# The numbers the ASR sentences and the narrations say: a narration only uses words the speech data teaches.
+SPOKEN_NUMBERS = range(2, 13)
 
 # A closed vocabulary of about 150 common words for the ASR sentences, next to the shape, colour and
 # number words: each word is heard often enough in a thousand utterances for a tiny model to learn it.
@@ -346,7 +348,7 @@ def _plural(noun: str) -> str:
 def _sentence(rng: np.random.Generator) -> str:
     """A short English sentence from shape, colour and number words and a closed list of common words."""
     colour, shape, noun = _pick(rng, list(COLOURS)), _pick(rng, SHAPES), _pick(rng, NOUNS)
-    number = _pick(rng, NUMBER_WORDS[2:13])
+    number = NUMBER_WORDS[_pick(rng, SPOKEN_NUMBERS)]
     templates = (
         lambda: f"the {colour} {shape} is {_pick(rng, PLACES)}",
         lambda: f"there are {number} {colour} {shape}s on the {noun}",
@@ -408,7 +410,7 @@ def _narrated_video(rng: np.random.Generator) -> tuple[list[dict], dict]:
         template = _pick(rng, ("the ball is {}", "my favourite colour is {}", "the door was painted {}"))
         narration = {"kind": "colour", "value": said, "text": template.format(said)}
     else:
-        number = int(rng.integers(0, len(NUMBER_WORDS)))
+        number = _pick(rng, SPOKEN_NUMBERS)
         template = _pick(rng, ("the number is {}", "I counted {} birds", "there were {} apples"))
         narration = {"kind": "number", "value": str(number), "text": template.format(NUMBER_WORDS[number])}
     video = {
@@ -448,8 +450,11 @@ def _video_audio_qa(rng: np.random.Generator) -> dict:
 
 
 def _text_instruct(rng: np.random.Generator) -> dict:
-    kind = _pick(rng, ("arithmetic", "copy", "reverse", "described_scene"))
-    if kind == "arithmetic":
+    kind = _pick(rng, ("arithmetic", "copy", "reverse", "described_scene", "digits"))
+    if kind == "digits":  # the number words to digits, which the narrated-number questions ask for
+        number = int(rng.integers(0, len(NUMBER_WORDS)))
+        question, answer = f"Write {NUMBER_WORDS[number]} in digits.", str(number)
+    elif kind == "arithmetic":
         a, b = (int(v) for v in rng.integers(0, 50, size=2))
         op = _pick(rng, ("+", "-", "*"))
         value = {"+": a + b, "-": a - b, "*": a * b}[op]

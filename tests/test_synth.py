@@ -226,6 +226,9 @@ def test_asr_and_text_answers(examples):
                 assert int(_answer(example)) == value
             if question.startswith("Reverse"):
                 assert _answer(example).split() == question.split(": ")[1].split()[::-1]
+            digits = re.fullmatch(r"Write (\w+) in digits\.", question)
+            if digits:
+                assert synth.NUMBER_WORDS.index(digits.group(1)) == int(_answer(example))
 
 
 # ---------------------------------------------------------------- images
@@ -320,4 +323,5 @@ def test_video_answers_follow_the_frames_and_the_audio(examples):
                 assert distance.min() > 60, f"the narrated colour {answer} appears in the frames"
             else:
                 assert synth.NUMBER_WORDS[int(answer)] in narration["text"].split()
+                assert int(answer) in synth.SPOKEN_NUMBERS  # a number the ASR sentences also say
     assert directions  # the tiny corpus asks at least one direction question
