@@ -51,7 +51,7 @@ from tqdm import tqdm
 from data_pipelines import schema, speech
 
 NAME = "omni-synth"
-VERSION = 4  # bump when the content of any example changes: a cached corpus of another version is rebuilt
+VERSION = 5  # bump when the content of any example changes: a cached corpus of another version is rebuilt
 SPLITS = ("train", "eval")
 TASKS = (
     "image_caption",
@@ -405,14 +405,18 @@ def render_video(motion: dict) -> np.ndarray:
 def _narrated_video(rng: np.random.Generator) -> tuple[list[dict], dict]:
     """A moving shape and a narration naming a colour that is not shown, or a number -> (media, truth)."""
     motion = _moving_shape(rng)
+    # The narrations speak the ASR sentences' words only: a speech tower trained on those heard sentences
+    # like "my favourite colour is red" as the nearest sentence it knew ("the long moon found the bread").
+    noun, name = _pick(rng, NOUNS), _pick(rng, NAMES)
     if rng.random() < 0.5:
         said = _pick(rng, [c for c in COLOURS if c != motion["colour"]])
-        template = _pick(rng, ("the ball is {}", "my favourite colour is {}", "the door was painted {}"))
-        narration = {"kind": "colour", "value": said, "text": template.format(said)}
+        template = _pick(rng, ("the {noun} is {said}", "{name} painted the {noun} {said}", "{name} likes the {said} {noun}"))
+        narration = {"kind": "colour", "value": said, "text": template.format(noun=noun, name=name, said=said)}
     else:
         number = _pick(rng, SPOKEN_NUMBERS)
-        template = _pick(rng, ("the number is {}", "I counted {} birds", "there were {} apples"))
-        narration = {"kind": "number", "value": str(number), "text": template.format(NUMBER_WORDS[number])}
+        template = _pick(rng, ("there are {said} {nouns}", "{name} found {said} {nouns}", "{name} took {said} {nouns}"))
+        text = template.format(nouns=_plural(noun), name=name, said=NUMBER_WORDS[number])
+        narration = {"kind": "number", "value": str(number), "text": text}
     video = {
         "kind": "video",
         "format": "mp4",
