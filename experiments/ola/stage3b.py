@@ -6,7 +6,8 @@ from experiments import common
 
 STEPS = {"tiny": 600, "7b": 30000}
 # tiny: from one stage 3a, 400 steps gave ASR WER 31.4, image QA 81, video (frames) 68, narration 8%;
-# 600 steps 29.0, 81, 65, 19% (corpus v4, single runs).
+# 600 steps 29.0, 81, 65, 19% (corpus v4, single runs). In the demo on corpus v5 (narrations in words the
+# speech tower knows), 600 steps: 21.2, 89, 75, 53% (benchmarks/RESULTS.md section 5.1).
 WEIGHTS = {"asr": 2.0, "video_audio_qa": 2.0, "video_visual_qa": 1.0, "image_qa": 1.5, "image_choice": 0.5,
            "image_caption": 0.5, "text_instruct": 0.5}
 # tiny: twice the frame questions. The stand-in speech tower trained with CTC (stage 0b) hands the LLM
