@@ -8,8 +8,9 @@ id 0 is padding). Implementations:
   ``xla_attention``). The reference; runs everywhere (CPU tests, CPU training).
 - ``cudnn``: cuDNN flash attention through ``jax.nn.dot_product_attention(implementation='cudnn')``.
   Without segment ids (or with a single segment per row) it runs as pure causal flash attention with
-  per-row valid lengths; packed rows as the packer writes them use cuDNN's packed layout (per-segment
-  lengths and offsets, ``packed_layout``), other packed rows and KV-cache decoding an explicit mask.
+  per-row valid lengths; packed causal rows as the packer writes them use cuDNN's packed layout
+  (per-segment lengths and offsets, ``packed_layout``), other packed rows and KV-cache decoding an
+  explicit mask.
 - ``splash``: Pallas splash attention for TPU (``make_splash_mha`` with a causal mask and native
   segment ids), vmapped over the batch. ``interpret=True`` runs the kernel in the Pallas interpreter,
   which is how it is checked on CPU.
@@ -147,7 +148,7 @@ CUDNN_LENGTH_MULTIPLE = 64
 
 # The segments a packed row may hold in cuDNN's packed layout by default; rows with more take the explicit
 # mask. cuDNN's backward takes float32 workspace for every segment slot of every row: at 2 rows x 4096
-# tokens x 28 heads of 128 on an H100, 1.1 GiB for 4 slots, 3.8 GiB for 16, 14.7 GiB for 64
+# tokens x 28 heads of 128 on an H100, 1.1 GiB with 4 segments a row, 3.8 GiB with 16, 14.7 GiB with 64
 # (benchmarks/RESULTS.md section 6.3). LLMConfig.cudnn_max_segments sets it per model.
 CUDNN_MAX_SEGMENTS = 16
 
@@ -177,9 +178,9 @@ def packed_layout(segment_ids: jax.Array, max_segments: int | None = None):
 def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, mask, scale, causal: bool, use_mask: bool,
                     packed_self: bool = False, max_segments: int | None = None):
     """cuDNN flash attention (GPU only). Unpacked rows use (causal) flash with per-row lengths; packed
-    self-attention rows laid out as the packer writes them use cuDNN's packed layout (per-segment lengths
-    and offsets, ``packed_layout``); other packed rows and KV-cache decoding pass the explicit mask (cuDNN
-    turns it into a bias and skips no masked-out block)."""
+    causal self-attention rows laid out as the packer writes them use cuDNN's packed layout (per-segment
+    lengths and offsets, ``packed_layout``); other packed rows and KV-cache decoding pass the explicit mask
+    (cuDNN turns it into a bias and skips no masked-out block)."""
     def with_mask():
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask[:, None, :, :], scale=scale, implementation="cudnn"
@@ -194,7 +195,7 @@ def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, mask, scale, causal:
         def with_layout():
             return cudnn.dot_product_attention(
                 q, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets, kv_offsets=offsets, scale=scale,
-                mask_type=cudnn.MaskType.PADDING_CAUSAL if causal else cudnn.MaskType.PADDING,
+                mask_type=cudnn.MaskType.PADDING_CAUSAL,
             )
 
         return jax.lax.cond(ok, with_layout, with_mask)
@@ -289,5 +290,5 @@ def attention(
     if implementation == "cudnn":
         use_mask = packed or q_slots_given
         return cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, mask, scale, causal, use_mask,
-                               packed_self=packed and aligned, max_segments=max_segments)
+                               packed_self=packed and aligned and causal, max_segments=max_segments)
     return xla_attention(q, k, v, mask, scale, CAUSAL_QUERY_BLOCK if causal and aligned else None)
