@@ -410,7 +410,8 @@ def _narrated_video(rng: np.random.Generator) -> tuple[list[dict], dict]:
     noun, name = _pick(rng, NOUNS), _pick(rng, NAMES)
     if rng.random() < 0.5:
         said = _pick(rng, [c for c in COLOURS if c != motion["colour"]])
-        template = _pick(rng, ("the {noun} is {said}", "{name} painted the {noun} {said}", "{name} likes the {said} {noun}"))
+        template = _pick(rng, ("the {noun} is {said}", "{name} painted the {noun} {said}",
+                               "{name} likes the {said} {noun}"))
         narration = {"kind": "colour", "value": said, "text": template.format(noun=noun, name=name, said=said)}
     else:
         number = _pick(rng, SPOKEN_NUMBERS)
