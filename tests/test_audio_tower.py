@@ -19,7 +19,7 @@ from transformers import (
     WhisperModel,
 )
 from transformers.masking_utils import create_bidirectional_mask
-from transformers.models.whisper.modeling_whisper import WhisperPreTrainedModel
+from transformers.models.whisper.modeling_whisper import WhisperEncoder, WhisperPreTrainedModel
 
 from omnijax import media_tokens, sharding
 from omnijax.checkpoint import load_model
@@ -180,9 +180,29 @@ def test_qwen2_audio_encoder_exports_to_transformers(qwen2_audio_dir, tmp_path):
 def test_whisper_export_is_refused(tmp_path):
     whisper_dir(str(tmp_path / "w"), WhisperModel, 80)
     loaded = load_model(str(tmp_path / "w"), progress=False)
-    with pytest.raises(ValueError, match="export to WhisperModel is not supported.*decoder"):
+    with pytest.raises(ValueError, match="export to WhisperModel is not supported.*decoder.*WhisperEncoder"):
         save_hf(str(tmp_path / "out"), loaded.arch, loaded.cfg, loaded.params, progress=False)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_whisper_encoder_imports_and_exports(tmp_path):
+    """A standalone ``WhisperEncoder`` (how the tiny pretrained audio tower ships): transformers' own directory
+    loads with its outputs, and the export loads back in transformers with no missing key and equal tensors."""
+    encoder = WhisperEncoder(WhisperConfig(num_mel_bins=80, **TINY)).eval()
+    randomize(encoder, 4)
+    encoder.save_pretrained(tmp_path / "hf")
+    loaded = load_model(str(tmp_path / "hf"), progress=False)
+    assert loaded.arch.name == "WhisperEncoder" and loaded.cfg.variant == "whisper"
+    x = features(2, 80, seed=5)
+    with torch.no_grad():
+        want = encoder(torch.as_tensor(x)).last_hidden_state.numpy()
+    assert rel_err(loaded.arch.hf_forward(loaded.module, loaded.params, {"input_features": x}), want) <= TOL
+    save_hf(str(tmp_path / "out"), loaded.arch, loaded.cfg, loaded.params, progress=False)
+    back, info = WhisperEncoder.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    ref = encoder.state_dict()
+    for k, v in back.state_dict().items():
+        torch.testing.assert_close(v, ref[k], rtol=0, atol=0, msg=k)
 
 
 def test_token_counts_match_transformers():

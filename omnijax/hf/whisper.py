@@ -9,7 +9,10 @@ Registered architectures, each a tower-only model whose params are ``{'audio': .
   skipped by design (the importer logs them at INFO, not as a warning). Export is refused: an encoder
   alone cannot make a Whisper checkpoint that transformers loads without a randomly initialised
   decoder. Whisper towers leave omnijax inside the models that use them (Qwen2-Audio's
-  ``audio_tower``), or as a standalone ``Qwen2AudioEncoder``.
+  ``audio_tower``), as a standalone ``Qwen2AudioEncoder``, or as a ``WhisperEncoder``.
+- ``WhisperEncoder``: the encoder alone, import and export (unprefixed keys, ``model_type='whisper'``;
+  transformers loads it with ``WhisperEncoder.from_pretrained``, no missing or unexpected keys). The
+  tiny pretrained audio tower ships in this form (``checkpoints/tiny/audio``).
 - ``Qwen2AudioEncoder``: import and export (unprefixed keys, ``model_type='qwen2_audio_encoder'``;
   transformers loads it with ``AutoModel``).
 
@@ -31,8 +34,8 @@ from omnijax.models.audio import AudioConfig, AudioTower
 CONV1D = conv_permute(1)
 
 _EXPORT_NOTE = ("omnijax holds only the Whisper encoder, and a Whisper checkpoint without its decoder does not "
-                "load cleanly in transformers; export the model that uses the tower (e.g. Qwen2-Audio), or build "
-                "the tower as variant='qwen2_audio' and export it as Qwen2AudioEncoder")
+                "load cleanly in transformers; export the tower as WhisperEncoder (architectures "
+                "['WhisperEncoder'] in its config.json), or the model that uses it (e.g. Qwen2-Audio)")
 
 
 def audio_tower_table(cfg: AudioConfig, hf_prefix: str = "audio_tower.") -> list[Entry]:
@@ -112,6 +115,15 @@ WHISPER_FOR_CONDITIONAL_GENERATION = register(Architecture(
     aliases=(("model.encoder.", "encoder."),),
     expected_unused=("model.decoder.", "decoder.", "proj_out."),
     export_unsupported=_EXPORT_NOTE,
+))
+
+WHISPER_ENCODER = register(Architecture(
+    name="WhisperEncoder",
+    build=_build,
+    table=lambda cfg: audio_tower_table(cfg, ""),
+    hf_config=_hf_config("WhisperEncoder"),
+    init_inputs=_init_inputs,
+    hf_forward=audio_forward,
 ))
 
 QWEN2_AUDIO_ENCODER = register(Architecture(
