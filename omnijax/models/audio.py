@@ -69,6 +69,7 @@ class AudioConfig(Numerics):
     param_dtype: str = "float32"
     attention: str = "xla"  # xla | cudnn
     remat: str = "none"  # none | full | dots | dots_no_batch
+    scan_unroll: int = 1  # layers unrolled per scan iteration (same param layout)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -248,7 +249,7 @@ class WhisperEncoder(nn.Module):
             embedding_init=_part(lambda key, shape, dtype: jnp.asarray(table, dtype),
                                  ("audio_positions", "audio_embed")))
         self.layers = scanned(EncoderLayer, cfg.remat, cfg.encoder_layers,
-                              (nn.broadcast, nn.broadcast))(cfg, name="layers")
+                              (nn.broadcast, nn.broadcast), cfg.scan_unroll)(cfg, name="layers")
         self.layer_norm = _layer_norm(cfg, "layer_norm")
 
     def _check(self, features, valid_frames, layout: str):

@@ -31,6 +31,12 @@ A stage file (``experiments/<recipe>/<stage>.py``) has ``get_config(arg)``, star
     c.num_steps, c.seed, c.log_every
     c.checkpoint        every (steps), keep (newest N), async_save
     c.max_nonfinite_in_a_row   K: that many skipped non-finite steps in a row stop the run
+
+Paths may start at a named root instead of a folder of this machine: ``'@corpus/tasks/train/asr*'``,
+``'@hf/Qwen2.5-7B-Instruct'``, ``'@data/librispeech/shards-*'`` (``ROOTS``). Whoever runs the stage
+says where the roots are (``resolve_roots``: ``omnijax.experiment.run_recipe(corpus=..., hf_root=...,
+data_root=...)``, the CLIs' ``--corpus``, ``--hf-root``, ``--data-root``), so a config file holds no
+machine's folders and two runs in one process can read two corpora.
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ from omnijax.training.stages import DEFAULT_NO_DECAY, StageConfigError, check_ru
 MEDIA_SLOTS = ("image_slots", "video_slots", "audio_slots")
 FROZEN_DTYPES = ("bfloat16", "float16", "float32")
 DATA_SOURCES = ("random", "grain")
+# Named roots a config path may start with ('@corpus/...'): the omni-synth corpus folder, the folder of
+# HF checkpoints, the folder of the user's converted data. The defaults are the CLIs'.
+ROOTS = {"corpus": "workdirs/omni-synth", "hf": "checkpoints/hf", "data": "data"}
+ROOT_FLAGS = {"corpus": "corpus=... / --corpus", "hf": "hf_root=... / --hf-root", "data": "data_root=... / --data-root"}
 
 
 def base_config() -> mlc.ConfigDict:
@@ -75,6 +85,54 @@ def base_config() -> mlc.ConfigDict:
     return c
 
 
+def _root_of(value: str) -> str | None:
+    if value.startswith("@") and not value.startswith(("@previous", "@stage:")):
+        return value[1:].split("/", 1)[0]
+    return None
+
+
+def _resolve(value, roots: dict[str, str]):
+    if isinstance(value, str):
+        name = _root_of(value)
+        if name is not None and name in roots:
+            rest = value[1 + len(name):].lstrip("/")
+            return os.path.join(os.path.abspath(roots[name]), rest) if rest else os.path.abspath(roots[name])
+        return value
+    if isinstance(value, mlc.ConfigDict):
+        with value.ignore_type():
+            for key in list(value.keys()):
+                value[key] = _resolve(value[key], roots)
+        return value
+    if isinstance(value, dict):
+        return {k: _resolve(v, roots) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_resolve(v, roots) for v in value)
+    return value
+
+
+def resolve_roots(c: mlc.ConfigDict, roots: dict[str, str] | None = None) -> mlc.ConfigDict:
+    """``c`` (changed in place and returned) with every path that starts at a named root (``'@corpus/x'``)
+    made absolute under that root's folder: ``roots`` maps names of ``ROOTS`` to folders, the others keep
+    their defaults (relative to the working directory)."""
+    unknown = sorted(set(roots or {}) - set(ROOTS))
+    if unknown:
+        raise StageConfigError(f"unknown roots {unknown}; roots are {', '.join(ROOTS)}")
+    return _resolve(c, {**ROOTS, **{k: v for k, v in (roots or {}).items() if v is not None}})
+
+
+def _unresolved(value, where: str = "c") -> tuple[str, str] | None:
+    """The first (field, path) that still names a root."""
+    if isinstance(value, str):
+        return (where, value) if _root_of(value) is not None else None
+    items = (value.items() if isinstance(value, dict | mlc.ConfigDict)
+             else enumerate(value) if isinstance(value, list | tuple) else ())
+    for key, v in items:
+        found = _unresolved(v, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]")
+        if found:
+            return found
+    return None
+
+
 def init_sources(c) -> list[tuple[str, tuple[str, ...] | None]]:
     """``c.init_from`` as (path, groups or None = all) pairs."""
     if not c.init_from:
@@ -99,6 +157,13 @@ def check_config(c, num_devices: int, process_count: int = 1) -> None:
     """Everything that can be wrong with a stage config without building the model; each error
     names the field and the fix. (Rules against the actual parameters: ``stages.assign_labels``.)"""
     stage = f"stage {c.name!r}"
+    found = _unresolved(c)
+    if found:
+        name = _root_of(found[1])
+        hint = (f"say where it is ({ROOT_FLAGS[name]})" if name in ROOTS
+                else f"roots are {', '.join('@' + r for r in ROOTS)}")
+        raise StageConfigError(f"{stage}: {found[0]} is {found[1]!r}, a path under the root '@{name}' that was not "
+                               f"resolved; {hint}, or run the stage through omnijax.experiment / omnijax.recipe")
     unknown = sorted(set(c.mesh) - set(sharding.MESH_AXES))
     if unknown:
         raise StageConfigError(f"{stage}: unknown mesh axis {unknown} in c.mesh; mesh axes are "

@@ -255,8 +255,9 @@ def setup(c, task: Task | None = None, devices=None) -> Stage:
     return stage
 
 
-def run(c, workdir: str, *, task: Task | None = None, data=None) -> Result:
-    """Train one stage in ``workdir`` (resuming from its newest complete checkpoint)."""
+def run(c, workdir: str, *, task: Task | None = None, data=None, progress: bool | None = None) -> Result:
+    """Train one stage in ``workdir`` (resuming from its newest complete checkpoint). ``progress``: a progress
+    bar (process 0; default: when stderr is a terminal)."""
     sharding.init_distributed()
     main = jax.process_index() == 0
     say = (lambda msg: print(msg, flush=True)) if main else (lambda msg: None)
@@ -287,7 +288,7 @@ def run(c, workdir: str, *, task: Task | None = None, data=None) -> Result:
             say(format_group_table(c.name, table))
         logger = MetricsLogger(workdir, active=main, resume_step=start, log_every=c.log_every,
                                task_names=tuple(c.task_names), total=c.num_steps,
-                               progress=main and sys.stderr.isatty())
+                               progress=main and (sys.stderr.isatty() if progress is None else progress))
         with stage.context(), _Preemption() as preemption:
             status, step, state = _loop(stage, state, start, data, ckpt, logger, preemption)
         if status == "preempted":
