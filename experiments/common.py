@@ -10,15 +10,18 @@ assigns what its stage is about (trainable groups, data mixture, steps). Paper s
 - ``tiny``: the same architecture at toy sizes on omni-synth's 64-pixel images and 4 s audio windows,
   with the omni-synth BPE tokenizer (1024 ids; placeholders 3 image, 4 video, 5 audio).
 
-The `7b` presets point at HF checkpoints under ``$OMNIJAX_HF_ROOT`` (default ``checkpoints/hf``):
-``Qwen2.5-7B-Instruct``, ``siglip-so400m-patch14-384``, ``whisper-large-v3``. Their data is the user's,
-converted with ``python -m data_pipelines.build`` into ``$OMNIJAX_DATA_ROOT/<source name>/shards-*``
-(default root ``data``). The tiny presets read omni-synth from ``$OMNIJAX_CORPUS`` (default
-``workdirs/omni-synth``).
+Paths start at named roots (``omnijax.training.config.ROOTS``) that whoever runs the stage resolves:
+the `7b` presets import HF checkpoints from ``@hf/`` (``Qwen2.5-7B-Instruct``,
+``siglip-so400m-patch14-384``, ``whisper-large-v3``) and read the user's data, converted with
+``python -m data_pipelines.build``, from ``@data/<source name>/shards-*``; the tiny presets read
+omni-synth from ``@corpus/`` and start from the tiny pretrained checkpoints shipped in
+``checkpoints/tiny`` (``TINY_CHECKPOINTS``; made by ``python -m experiments.pretrain_tiny.release``),
+as the `7b` ones start from Qwen2.5, SigLIP and Whisper.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import ml_collections as mlc
@@ -52,19 +55,15 @@ AUDIO = {
 }
 TINY_VIDEO_FRAMES = 4  # of omni-synth's 8: enough to see which way a shape moves
 HF_DIRS = {"llm": "Qwen2.5-7B-Instruct", "vision": "siglip-so400m-patch14-384", "audio": "whisper-large-v3"}
-
-
-def corpus() -> str:
-    """The tiny presets' omni-synth folder: ``$OMNIJAX_CORPUS``, default ``workdirs/omni-synth``."""
-    return os.environ.get("OMNIJAX_CORPUS", "workdirs/omni-synth")
-
-
-def hf_root() -> str:
-    return os.environ.get("OMNIJAX_HF_ROOT", "checkpoints/hf")
-
-
-def data_root() -> str:
-    return os.environ.get("OMNIJAX_DATA_ROOT", "data")
+CORPUS = "@corpus"  # the omni-synth folder (``omnijax.training.config.ROOTS``)
+CORPUS_TOKENIZER = f"{CORPUS}/{tok.SYNTH_TOKENIZER_DIR}"  # trained on the corpus (the tiny pretraining's)
+# The tiny pretrained LLM (with its tokenizer), vision tower and audio tower, in HF format, and what they were
+# trained on (``PIN_FILE``). Rebuilt by REBUILD.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CHECKPOINTS = os.path.join(REPO, "checkpoints", "tiny")
+TINY_DIRS = {"llm": "llm", "vision": "vision", "audio": "audio"}
+PIN_FILE = "omni_synth.json"
+REBUILD = "python -m experiments.pretrain_tiny.release"
 
 
 def check_preset(preset: str) -> str:
@@ -74,7 +73,11 @@ def check_preset(preset: str) -> str:
 
 
 def hf_dir(group: str) -> str:
-    return os.path.join(hf_root(), HF_DIRS[group])
+    return f"@hf/{HF_DIRS[group]}"
+
+
+def tiny_dir(group: str) -> str:
+    return os.path.join(TINY_CHECKPOINTS, TINY_DIRS[group])
 
 
 def omni_model(preset: str, *, vision_connector: str | None = "ola", audio_connector: str | None = "frame_stack",
@@ -96,8 +99,9 @@ def omni_model(preset: str, *, vision_connector: str | None = "ola", audio_conne
     return mlc.ConfigDict(model)
 
 
-def stage_config(preset: str, name: str, model: mlc.ConfigDict) -> mlc.ConfigDict:
-    """A stage's preset-wide fields: model, mesh, batch, sequence, media slots, checkpointing, data defaults."""
+def stage_config(preset: str, name: str, model: mlc.ConfigDict, tokenizer: str | None = None) -> mlc.ConfigDict:
+    """A stage's preset-wide fields: model, mesh, batch, sequence, media slots, checkpointing, data defaults.
+    ``tokenizer``: default the pretrained LLM's (the shipped tiny one's; Qwen2.5's for `7b`)."""
     c = base_config()
     c.name = name
     c.model = model
@@ -106,7 +110,7 @@ def stage_config(preset: str, name: str, model: mlc.ConfigDict) -> mlc.ConfigDic
         c.mesh = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
         c.batch_size, c.seq_len = 8, 256
         c.media.update(image_slots=4, video_slots=8, audio_slots=4)
-        c.data.update(source="grain", tokenizer=os.path.join(corpus(), tok.SYNTH_TOKENIZER_DIR), workers=0,
+        c.data.update(source="grain", tokenizer=tokenizer or tiny_dir("llm"), workers=0,
                       pipeline=dict(too_long="truncate", video_frames=TINY_VIDEO_FRAMES))
         c.checkpoint.update(every=100, keep=1, async_save=False)
         c.log_every = 25
@@ -115,7 +119,7 @@ def stage_config(preset: str, name: str, model: mlc.ConfigDict) -> mlc.ConfigDic
         c.rules = "fsdp"
         c.batch_size, c.seq_len = 256, 4096
         c.media.update(image_slots=8, video_slots=64, audio_slots=8)
-        c.data.update(source="grain", tokenizer=hf_dir("llm"), workers=8,
+        c.data.update(source="grain", tokenizer=tokenizer or hf_dir("llm"), workers=8,
                       pipeline=dict(too_long="truncate", video_frames=64))
         c.checkpoint.update(every=500, keep=2, async_save=True)
         c.log_every = 10
@@ -137,16 +141,16 @@ def use_media(c: mlc.ConfigDict, *kinds: str) -> None:
 
 def sources(preset: str, weights: dict[str, float], *, spoken: tuple[str, ...] = ()) -> list[dict]:
     """The stage's data sources with their mixture weights: omni-synth task shards (`tiny`), or the user's
-    converted shards under $OMNIJAX_DATA_ROOT/<name>/ (`7b`). ``spoken``: sources whose examples are read as their
+    converted shards under ``@data/<name>/`` (`7b`). ``spoken``: sources whose examples are read as their
     spoken-question view (Self-KD students, Ola's audio questions)."""
     out = []
     for name, weight in weights.items():
         if preset == "tiny":
             if name not in synth.TASKS:
                 raise ValueError(f"{name!r} is not an omni-synth task; tasks: {', '.join(synth.TASKS)}")
-            paths = synth.task_shards(corpus(), "train")[name] + "*"
+            paths = synth.task_shards(CORPUS, "train")[name] + "*"
         else:
-            paths = os.path.join(data_root(), name, "shards-*")
+            paths = f"@data/{name}/shards-*"
         out.append(dict(name=name, paths=paths, weight=float(weight), spoken=name in spoken))
     return out
 
@@ -170,23 +174,56 @@ def stage_ref(name: str) -> str:
     return f"@stage:{name}"
 
 
-def hf_init(groups: tuple[str, ...]) -> list:
-    """`7b` first stages: each group from its HF checkpoint (lazy, sharded import)."""
-    return [(hf_dir(g), (g,)) for g in groups]
+def pretrained(preset: str, groups: tuple[str, ...]) -> list:
+    """A first stage's ``init_from``: each group from its pretrained HF checkpoint (lazy, sharded import) --
+    Qwen2.5-7B, SigLIP-so400m and Whisper-large-v3 under ``@hf/`` for `7b`, the shipped tiny ones for `tiny`."""
+    return [(hf_dir(g) if check_preset(preset) == "7b" else tiny_dir(g), (g,)) for g in groups]
 
 
 def qwen2_audio_dir() -> str:
     """Capybara's audio tower source: a Qwen2-Audio checkpoint (its encoder)."""
-    return os.path.join(hf_root(), "Qwen2-Audio-7B-Instruct")
+    return "@hf/Qwen2-Audio-7B-Instruct"
 
 
-def prepare_synth(preset: str) -> None:
-    """A recipe's ``prepare``: omni-synth for the tiny preset, built once at the default size; a folder that
-    already holds a prepared corpus of another size (the tests' tiny one) is used as it is."""
+class CorpusMismatchError(ValueError):
+    pass
+
+
+def check_tiny_checkpoints(corpus: str) -> dict:
+    """The pin of the shipped tiny checkpoints (``TINY_CHECKPOINTS/PIN_FILE``), checked against the omni-synth
+    corpus in ``corpus``: a corpus of another version (its examples, and so what the tokenizer and the
+    towers were trained on, differ) is refused with both versions and the command that rebuilds the checkpoints."""
+    try:
+        with open(os.path.join(TINY_CHECKPOINTS, PIN_FILE)) as f:
+            pin = json.load(f)
+    except OSError:
+        raise CorpusMismatchError(f"the tiny pretrained checkpoints are missing ({TINY_CHECKPOINTS}/{PIN_FILE} does "
+                                  f"not exist); rebuild them with `{REBUILD}`") from None
+    try:
+        with open(os.path.join(corpus, synth.MANIFEST)) as f:
+            version = json.load(f).get("version")
+    except (OSError, ValueError):
+        raise CorpusMismatchError(f"{corpus} holds no omni-synth corpus ({synth.MANIFEST}); build it with "
+                                  f"`python -m data_pipelines.synth --out {corpus}`") from None
+    if version != pin["omni_synth_version"]:
+        raise CorpusMismatchError(
+            f"the omni-synth corpus in {corpus} is version {version}, but the tiny pretrained checkpoints in "
+            f"{TINY_CHECKPOINTS} were trained on omni-synth version {pin['omni_synth_version']} with its tokenizer; "
+            f"rebuild the checkpoints for version {version} with `{REBUILD}` (about 20 minutes on 2 cores), or "
+            f"use a corpus of version {pin['omni_synth_version']}")
+    return pin
+
+
+def prepare_synth(preset: str, roots: dict[str, str]) -> None:
+    """A recipe's ``prepare``: omni-synth for the tiny preset in the ``corpus`` root, built once at the default
+    size (a folder that already holds a prepared corpus of another size, the tests' tiny one, is used as it is),
+    checked against the shipped tiny checkpoints it starts from."""
     if preset == "tiny":
-        synth.prepare(corpus(), size=synth.prepared_size(corpus()) or "default")
+        corpus = roots["corpus"]
+        synth.prepare(corpus, size=synth.prepared_size(corpus) or "default")
+        check_tiny_checkpoints(corpus)
 
 
 def synth_eval_data(preset: str) -> str | None:
     """A recipe's ``eval_data``: the tiny preset's held-out omni-synth split."""
-    return corpus() if preset == "tiny" else None
+    return CORPUS if preset == "tiny" else None

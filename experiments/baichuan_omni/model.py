@@ -18,13 +18,13 @@ def mixture(weights: dict[str, float]) -> dict[str, float]:
 
 
 def stage(preset: str, name: str, weights: dict[str, float], trainable, steps: dict[str, int], first: bool = False):
-    """A stage: the previous stage's params (the first: the HF checkpoints for 7b, a fresh init for tiny)."""
+    """A stage: the previous stage's params (the first: the pretrained LLM and towers, fresh connectors)."""
     preset = common.check_preset(preset or "tiny")
     c = common.stage_config(preset, f"baichuan_omni_{name}", model(preset))
     if not first:
         c.init_from = common.PREVIOUS
-    elif preset == "7b":
-        c.init_from = common.hf_init(("llm", "vision", "audio"))
+    else:
+        c.init_from = common.pretrained(preset, ("llm", "vision", "audio"))
     common.set_data(c, preset, mixture(weights))
     c.trainable = trainable
     c.num_steps = steps[preset]

@@ -13,12 +13,7 @@ STEPS = {"tiny": 30, "7b": 2000}
 def get_config(arg="tiny"):
     preset = common.check_preset(arg or "tiny")
     c = common.stage_config(preset, "ola_1a", common.omni_model(preset))
-    if preset == "tiny":
-        # The stand-in's speech projector comes along: the tiny LLM is far weaker than Qwen2.5, and stage 3a's
-        # 50 connector-only steps would not align a fresh one to it.
-        c.init_from = [(common.stage_ref("0b_speech"), ("llm", "vision", "audio", "audio_connector"))]
-    else:
-        c.init_from = common.hf_init(("llm", "vision", "audio"))
+    c.init_from = common.pretrained(preset, ("llm", "vision", "audio"))  # both connectors start fresh
     common.use_media(c, "image")
     common.set_data(c, preset, {"image_caption": 1.0})
     c.trainable = [("vision_connector/.*", common.schedule(1e-3 if preset == "7b" else 3e-3)), (".*", None)]

@@ -1,4 +1,5 @@
-"""Ola tiny only, the speech half of the stand-in towers: the audio tower and the speech projector learn
+"""The tiny pretraining (``experiments/pretrain_tiny``), the speech half of the stand-in towers: the audio
+tower and the speech projector learn
 speech recognition alone, without the LLM's layers -- the stand-in for Whisper's own pretraining, as stage 0
 is SigLIP's. The only loss is CTC on the speech projector's output against the LLM's token embeddings
 (``omnijax.training.connector_ctc``; ``c.model.next_token_loss = False``); the audio tower, the speech
@@ -21,10 +22,10 @@ STEPS = 1500
 
 def get_config(arg="tiny"):
     if common.check_preset(arg or "tiny") != "tiny":
-        raise ValueError("stage0_speech_tower exists only in the tiny preset: the 7b recipe starts from HF "
+        raise ValueError("stage0_speech_tower exists only in the tiny preset: the 7b recipes start from HF "
                          "checkpoints")
     model = common.omni_model("tiny", ctc=dict(audio=dict(weight=1.0, tasks=("asr",))), next_token_loss=False)
-    c = common.stage_config("tiny", "ola_0_speech_tower", model)
+    c = common.stage_config("tiny", "pretrain_tiny_0_speech_tower", model, tokenizer=common.CORPUS_TOKENIZER)
     c.init_from = common.PREVIOUS
     common.use_media(c, "audio")
     common.set_data(c, "tiny", {"asr": 1.0})

@@ -1,4 +1,5 @@
-"""Ola tiny only, stage 0_vision_binding: the vision tower learns which colour goes with which shape.
+"""The tiny pretraining (``experiments/pretrain_tiny``), stage 0_vision_binding: the vision tower learns
+which colour goes with which shape.
 
 Stage 0_vision_tower's bag of caption words teaches the tower which colours and shapes an image holds,
 not which go together: scoring a held-out scene's true (colour, shape) pairs against its swapped pairs
@@ -22,12 +23,12 @@ STEPS = 1500
 
 def get_config(arg="tiny"):
     if common.check_preset(arg or "tiny") != "tiny":
-        raise ValueError("stage0_vision_binding exists only in the tiny preset: the 7b recipe starts from HF "
+        raise ValueError("stage0_vision_binding exists only in the tiny preset: the 7b recipes start from HF "
                          "checkpoints")
     pairs = (tuple(synth.COLOURS), synth.SHAPES)
     model = common.omni_model("tiny", bow=dict(image=dict(weight=1.0, tasks=("image_caption",), pairs=pairs)),
                               next_token_loss=False)
-    c = common.stage_config("tiny", "ola_0_vision_binding", model)
+    c = common.stage_config("tiny", "pretrain_tiny_0_vision_binding", model, tokenizer=common.CORPUS_TOKENIZER)
     c.init_from = common.PREVIOUS
     common.use_media(c, "image")
     common.set_data(c, "tiny", {"image_caption": 1.0})

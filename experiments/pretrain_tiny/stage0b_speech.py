@@ -1,4 +1,5 @@
-"""Ola tiny only, stage 0b: the rest of the stand-in for the pretrained Whisper (and the LLM's text skills)
+"""The tiny pretraining (``experiments/pretrain_tiny``), stage 0b: the rest of the stand-in for the pretrained
+Whisper (and the LLM's text skills)
 the paper starts from: from stage 0a, the LLM and the speech projector learn speech recognition of
 omni-synth's sentences and its text instructions, reading the audio tower that stage 0_speech_tower
 pretrained (frozen here, as the vision tower is); the vision tower keeps what stages 0 and 0a taught it.
@@ -22,9 +23,10 @@ CTC_WEIGHT = 0.2
 
 def get_config(arg="tiny"):
     if common.check_preset(arg or "tiny") != "tiny":
-        raise ValueError("stage0b_speech exists only in the tiny preset: the 7b recipe starts from HF checkpoints")
+        raise ValueError("stage0b_speech exists only in the tiny preset: the 7b recipes start from HF "
+                         "checkpoints")
     model = common.omni_model("tiny", ctc=dict(audio=dict(weight=CTC_WEIGHT, tasks=("asr",))))
-    c = common.stage_config("tiny", "ola_0b_speech", model)
+    c = common.stage_config("tiny", "pretrain_tiny_0b_speech", model, tokenizer=common.CORPUS_TOKENIZER)
     c.init_from = common.PREVIOUS
     common.use_media(c, "audio", "image")
     common.set_data(c, "tiny", {"asr": 2.0, "image_caption": 0.5, "text_instruct": 0.5})

@@ -1,4 +1,5 @@
-"""Ola tiny only, stage 0: the stand-in for SigLIP's own pretraining -- the vision tower learns from
+"""The tiny pretraining (``experiments/pretrain_tiny``), stage 0: the stand-in for SigLIP's own pretraining
+-- the vision tower learns from
 omni-synth's image captions without the LLM: each image's vision-connector output tokens, read through
 the LLM's token embeddings, say which words its caption holds (the bag-of-words term of
 ``omnijax.training.connector_bow``; ``c.model.next_token_loss = False``, so the LLM's layers are not run).
@@ -22,11 +23,11 @@ STEPS = 3000
 
 def get_config(arg="tiny"):
     if common.check_preset(arg or "tiny") != "tiny":
-        raise ValueError("stage0_vision_tower exists only in the tiny preset: the 7b recipe starts from HF "
+        raise ValueError("stage0_vision_tower exists only in the tiny preset: the 7b recipes start from HF "
                          "checkpoints")
     model = common.omni_model("tiny", bow=dict(image=dict(weight=1.0, tasks=("image_caption",))),
                               next_token_loss=False)
-    c = common.stage_config("tiny", "ola_0_vision_tower", model)
+    c = common.stage_config("tiny", "pretrain_tiny_0_vision_tower", model, tokenizer=common.CORPUS_TOKENIZER)
     common.use_media(c, "image")
     common.set_data(c, "tiny", {"image_caption": 1.0})
     c.trainable = [("(vision|vision_connector|llm/embed_tokens)/.*", common.schedule(2e-3)), (".*", None)]
