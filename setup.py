@@ -35,6 +35,8 @@ setup(
         "tokenizers>=0.21",
         "threadpoolctl>=3.0",
         "jiwer>=4.0",
+        "pandas>=2.2",  # omnijax.experiment's tables
+        "matplotlib>=3.8",  # omnijax.experiment's plots
     ],
     extras_require={
         # The CPU wheel of torch that lies on the machines' disk; a bare `torch` pulls a CUDA build.

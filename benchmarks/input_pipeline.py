@@ -75,9 +75,12 @@ def measure(config: PipelineConfig, warmup: int, batches: int) -> dict:
             "fill": delta["tokens"] / (batches * config.batch_size * config.seq_len)}
 
 
-def load_stage(spec: str):
-    """A stage config from ``FILE[:arg]`` (as ``omnijax.train --config`` reads it), init_from cleared."""
+def load_stage(spec: str, corpus: str):
+    """A stage config from ``FILE[:arg]`` (as ``omnijax.train --config`` reads it), init_from cleared, its
+    ``@corpus`` paths in ``corpus``."""
     import importlib.util
+
+    from omnijax.training.config import resolve_roots
 
     path, _, arg = spec.partition(":")
     module_spec = importlib.util.spec_from_file_location("stage_config", path)
@@ -85,7 +88,7 @@ def load_stage(spec: str):
     module_spec.loader.exec_module(module)
     c = module.get_config(arg or None)
     c.init_from = None
-    return c
+    return resolve_roots(c, {"corpus": corpus})
 
 
 def train_step_rate(c, batches: list[dict], steps: int) -> dict:
@@ -154,8 +157,7 @@ def compare(args) -> None:
     from omnijax.training.data_source import grain_pipeline_config
 
     synth.prepare(args.corpus)
-    os.environ["OMNIJAX_CORPUS"] = args.corpus  # the stage's sources and tokenizer (experiments.common.corpus)
-    c = load_stage(args.train_stage)
+    c = load_stage(args.train_stage, args.corpus)
     rows, batches = [], []
     for workers in (int(w) for w in args.workers.split(",")):
         config = dataclasses.replace(grain_pipeline_config(c, 0, 1), workers=workers)

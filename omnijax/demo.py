@@ -2,20 +2,19 @@
 
     python -m omnijax.demo --workdir workdirs/demo            # what `make demo` runs
 
-1. builds the omni-synth corpus and its tokenizer (``data_pipelines.synth.prepare``; cached);
-2. runs ``experiments/ola/recipe.py:tiny`` (``omnijax.recipe``): five stand-in pretraining stages for
-   the pretrained SigLIP and Whisper (0_vision_tower and 0_speech_tower: each tower alone, on caption
-   words and on CTC; 0_vision_binding: the vision tower on which colour goes with which shape; 0a and
-   0b: the LLM on captions and on ASR), then Ola's stages 1a, 1b, 2, 3a, 3b, each from the previous
-   one's params; resumable;
-3. evaluates every Ola stage on the held-out split (``omnijax.evaluate``) and prints the stage table
-   (``W/ola/eval.md``): ASR WER, image / video / video-audio question accuracy, the spoken-question gap;
-4. exports the final stage (``omnijax.hf.convert export``): the full omni model (``W/export/omni``)
-   and the LLM alone (``W/export/llm``);
-5. loads the exported LLM in transformers (``Qwen2ForCausalLM``) and compares its logits with
-   omnijax's (float32), and re-imports the full export and checks the params are bit-identical;
-6. asks ``python -m omnijax.tools.generate --image X.png --prompt Q`` ten held-out image questions on
-   the final stage and checks the answers beat a blind answerer by 30 points.
+1. builds the omni-synth corpus (cached in ``--corpus``, default ``workdirs/omni-synth``) and checks it is
+   the version the shipped tiny pretrained checkpoints (``checkpoints/tiny``) were trained on;
+2. runs ``experiments/ola/recipe.py:tiny`` in this process (``omnijax.experiment.run_recipe``): Ola's stages
+   1a, 1b, 2, 3a, 3b, the first from the shipped pretrained LLM, vision tower and audio tower with fresh
+   connectors, each next one from the previous one's params; resumable;
+3. evaluates every stage on the held-out split and prints the stage table (``W/ola/eval.md``): ASR WER,
+   image / video / video-audio question accuracy, the spoken-question gap;
+4. exports the final stage (``omnijax.hf.convert.export_model``): the full omni model (``W/export/omni``) and
+   the LLM alone (``W/export/llm``);
+5. loads the exported LLM in transformers (``Qwen2ForCausalLM``) and compares its logits with omnijax's
+   (float32), and re-imports the full export and checks the params are bit-identical;
+6. asks the final stage ten held-out image questions (``omnijax.experiment.load_model(W).ask(q, image=...)``)
+   and checks the answers beat a blind answerer by 30 points.
 
 ``--smoke`` runs the same job on the tiny corpus for 2 steps a stage (the test suite's check that
 the main command works end to end; its numbers mean nothing).
@@ -24,6 +23,7 @@ the main command works end to end; its numbers mean nothing).
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import time
@@ -36,18 +36,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m omnijax.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="workdirs/demo")
+    parser.add_argument("--corpus", help="the omni-synth folder (default $OMNIJAX_CORPUS, else workdirs/omni-synth; "
+                                         "with --smoke WORKDIR/omni-synth-tiny)")
     parser.add_argument("--smoke", action="store_true", help="tiny corpus, 2 steps a stage (tests)")
     args = parser.parse_args(argv)
     work = os.path.abspath(args.workdir)
-    if args.smoke:  # the recipes read the corpus folder from the environment when they are imported
-        os.environ["OMNIJAX_CORPUS"] = os.path.join(work, "omni-synth-tiny")
-    os.environ.setdefault("OMNIJAX_CORPUS", os.path.join(os.path.dirname(work), "omni-synth"))
+    corpus = args.corpus or (os.path.join(work, "omni-synth-tiny") if args.smoke else
+                             os.environ.get("OMNIJAX_CORPUS", os.path.join(os.path.dirname(work), "omni-synth")))
 
     import jax
     import numpy as np
 
     from data_pipelines import synth
-    from omnijax import recipe as recipe_lib
+    from experiments import common
+    from omnijax import experiment
     from omnijax.checkpoint import load_model
     from omnijax.eval import report
     from omnijax.hf import convert
@@ -62,34 +64,37 @@ def main(argv=None) -> int:
         checks.append((name, ok))
         say(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
 
-    corpus = os.environ["OMNIJAX_CORPUS"]
     say(f"omni-synth ({'tiny' if args.smoke else 'default'} size) -> {corpus}")
     manifest = synth.prepare(corpus, size="tiny" if args.smoke else "default")
     say(f"omni-synth ready ({sum(t['examples'] for t in manifest['splits']['train']['tasks'].values())} train "
         "examples)")
+    try:
+        pin = common.check_tiny_checkpoints(corpus)
+    except common.CorpusMismatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    say(f"starting from the shipped tiny checkpoints in {common.TINY_CHECKPOINTS} (omni-synth v"
+        f"{pin['omni_synth_version']})")
 
-    recipe = recipe_lib.load_recipe(RECIPE)
     ola = os.path.join(work, "ola")
-    if not args.smoke:  # (the test suite keeps its own cache)
-        recipe_lib.use_compilation_cache(os.path.join(work, ".jax_cache"))
-    rows = recipe_lib.run(recipe, ola, steps=2 if args.smoke else None, eval_limit=4 if args.smoke else EVAL_LIMIT,
-                          log=say)
-    trained = all(r["status"] in ("trained", "done before") for r in rows)
-    check("recipe", f"{len(rows)} stages of {RECIPE} in {ola}", trained and len(rows) == len(recipe.stages))
-    if not trained:
+    result = experiment.run_recipe(RECIPE, ola, corpus=corpus, steps=2 if args.smoke else None,
+                                   eval_limit=4 if args.smoke else EVAL_LIMIT, log=say, progress=None,
+                                   compilation_cache=None if args.smoke else os.path.join(work, ".jax_cache"))
+    check("recipe", f"{len(result.rows)} stages of {RECIPE} in {ola}",
+          result.complete and len(result.rows) == len(result.stages))
+    if not result.complete:
         return 1
     table, chance = report.read_report(ola)
     print("\nheld-out omni-synth, after each stage (%; chance: " +
           ", ".join(f"{k} {100 * v:.1f}" for k, v in (chance or {}).items()) + ")\n")
     print(report.format_table(table) + "\n", flush=True)
 
-    final = os.path.join(ola, recipe.stages[-1][0])
+    final = result.stage_dir(result.stages[-1])
     omni_dir, llm_dir = (os.path.join(work, "export", p) for p in ("omni", "llm"))
-    rc = convert.main(["export", "--ckpt", final, "--out", omni_dir, "--part", "full", "--overwrite"])
-    rc |= convert.main(["export", "--ckpt", final, "--out", llm_dir, "--part", "llm", "--overwrite"])
-    check("export", f"{final} -> {omni_dir} (full omni) and {llm_dir} (Qwen2ForCausalLM)", rc == 0)
-    if rc:
-        return 1
+    convert.export_model(final, omni_dir, "full", overwrite=True)
+    convert.export_model(final, llm_dir, "llm", overwrite=True)
+    check("export", f"{final} -> {omni_dir} (full omni) and {llm_dir} (Qwen2ForCausalLM)",
+          all(os.path.isfile(os.path.join(d, "config.json")) for d in (omni_dir, llm_dir)))
 
     trained_model = load_model(final, progress=False)
     again = load_model(omni_dir, progress=False)
@@ -101,44 +106,35 @@ def main(argv=None) -> int:
     check("transformers", f"{llm_dir} in Qwen2ForCausalLM: max|diff|/max|logit| = {err:.1e} vs omnijax (limit 1e-4)",
           err <= 1e-4)
 
-    right, n, chance = generate_from_images(final, corpus, os.path.join(work, "generate"))
-    detail = (f"python -m omnijax.tools.generate --image X.png --prompt Q on {n} held-out image questions: {right}/{n} "
-              f"right (blind answerer {100 * chance:.0f}%; needed: {100 * (chance + 0.3):.0f}%)")
-    if args.smoke:  # an untrained model: the command must run, its answers mean nothing
-        say(f"info generate: {detail}")
+    right, n, chance = ask_image_questions(experiment.load_model(final), corpus)
+    detail = (f"load_model(W).ask(question, image=...) on {n} held-out image questions: {right}/{n} right (blind "
+              f"answerer {100 * chance:.0f}%; needed: {100 * (chance + 0.3):.0f}%)")
+    if args.smoke:  # an untrained model: the call must work, its answers mean nothing
+        say(f"info ask: {detail}")
     else:
-        check("generate", detail, right / n >= chance + 0.3)
+        check("ask", detail, right / n >= chance + 0.3)
 
     failed = [name for name, ok in checks if not ok]
-    say(f"{len(checks) - len(failed)}/{len(checks)} checks passed" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    say(f"{len(checks) - len(failed)}/{len(checks)} checks passed"
+        + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 
-def generate_from_images(model: str, corpus: str, out: str, n: int = 10) -> tuple[int, int, float]:
-    """Ask the generate CLI ``n`` held-out image questions (the PNG written to ``out``) -> (right answers, n,
-    the blind answerer's accuracy on those questions' templates over the whole held-out task)."""
-    import contextlib
-    import io
+def ask_image_questions(model, corpus: str, n: int = 10) -> tuple[int, int, float]:
+    """Ask ``model`` ``n`` held-out image questions, each image as a PIL image -> (right answers, n, the blind
+    answerer's accuracy on those questions' templates over the whole held-out task)."""
+    from PIL import Image
 
     from omnijax import evaluate
     from omnijax.eval import metrics
-    from omnijax.tools import generate
 
-    os.makedirs(out, exist_ok=True)
     examples = evaluate.read_task(corpus, "image_qa")
     right = 0
-    for i, example in enumerate(examples[:n]):
-        path = os.path.join(out, f"image_qa_{i}.png")
-        with open(path, "wb") as f:
-            f.write(example.media[0].data)
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            rc = generate.main(["--model", model, "--image", path, "--prompt", evaluate.question_of(example),
-                                "--max-new-tokens", "16"])
-        answer = printed.getvalue().strip()
-        right += rc == 0 and metrics.exact_match(evaluate.answer_of(example), answer)
-        print(f"    {evaluate.question_of(example)!r} -> {answer!r} (reference {evaluate.answer_of(example)!r})",
-              flush=True)
+    for example in examples[:n]:
+        question, reference = evaluate.question_of(example), evaluate.answer_of(example)
+        answer = model.ask(question, image=Image.open(io.BytesIO(example.media[0].data)), max_new_tokens=16)
+        right += metrics.exact_match(reference, answer)
+        print(f"    {question!r} -> {answer!r} (reference {reference!r})", flush=True)
     return right, n, evaluate.blind_accuracy(examples)
 
 

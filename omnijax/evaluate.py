@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import os
 import re
 import sys
@@ -49,6 +48,11 @@ TASK_KINDS = {
 }
 MAX_NEW_TOKENS = {"asr": 48, "exact": 24, "choice": 8, "spoken": 24}
 BATCH_SIZE = 16
+
+
+def has_task(data: str, task: str) -> bool:
+    """Whether ``data`` holds a held-out shard of ``task``."""
+    return bool(glob.glob(os.path.join(data, "tasks", "eval", task + ".array_record-*")))
 
 
 def task_files(data: str, task: str) -> list[str]:

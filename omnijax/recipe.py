@@ -1,46 +1,68 @@
 """Run a paper's recipe: its stages in order, each initialised from the previous, each evaluated.
 
     python -m omnijax.recipe --recipe experiments/ola/recipe.py:tiny --workdir W [--only 1b,2]
-           [--steps N] [--no-eval] [--eval-limit 50]
+           [--steps N] [--seed S] [--no-eval] [--eval-limit 50] [--corpus DIR] [--hf-root DIR] [--data-root DIR]
+
+The same run from Python (a notebook): ``omnijax.experiment.run_recipe``; this module is its engine and
+the CLI a thin wrapper over it.
 
 A recipe file has ``STAGES = {preset: ((name, stage file), ...)}`` (stage files are read like
-``omnijax.train --config FILE:preset``), and optionally ``EVAL = {preset: (eval task, ...)}``,
-``eval_data(preset)`` (the ``omnijax.evaluate --data`` folder), ``SKIP_EVAL = (stage name, ...)`` and
-``prepare(preset)`` (data to build before the first stage). Stage ``name`` trains in ``W/<name>``; its config's ``init_from``
-may name ``'@previous'`` (the stage before it) or ``'@stage:NAME'`` (any earlier stage of the recipe).
+``omnijax.train --config FILE:preset``), and optionally ``EVAL = {preset: (eval task, ...)}`` (after every
+stage) or ``{preset: {stage name: (eval task, ...)}}`` (after the stages named, on their tasks),
+``eval_data(preset)`` (the ``omnijax.evaluate --data`` folder, e.g. ``'@corpus'``) and ``prepare(preset,
+roots)`` (data to build before the first stage). A recipe can also be
+built in memory (``from_stages``): a list of ``(name, ml_collections.ConfigDict)``. Stage ``name`` trains in
+``W/<name>``; its config's ``init_from`` may name ``'@previous'`` (the stage before it) or ``'@stage:NAME'``
+(any earlier stage of the recipe), and its paths may start at the roots ``@corpus``, ``@hf``, ``@data``
+(``omnijax.training.config.ROOTS``), resolved from the run's ``roots``.
 
 Resumable: a stage whose workdir holds its final checkpoint is skipped, an interrupted one resumes
 from its newest checkpoint, and a stage already evaluated (a row in ``W/eval.json``) is not evaluated
-again. After each stage the recipe evaluates it on the held-out split (``omnijax.evaluate``) and
-rewrites ``W/eval.md`` / ``W/eval.json``: one row per stage, as in Ola's Table 5 (and writes the
-question accuracies per template to ``W/<name>/eval_by_template.json``).
-``--steps N`` runs every stage for N steps (smoke tests); ``--only`` runs the named stages (the
-stages they start from must be complete).
+again. ``W/recipe.json`` records what shaped the run (seed, steps, overrides); resuming it with other
+values is refused (one workdir per arm and seed). After each stage the recipe evaluates it on the
+held-out split (``omnijax.evaluate``) and rewrites ``W/eval.md`` / ``W/eval.json``: one row per stage, as
+in Ola's Table 5 (and writes the question accuracies per template to ``W/<name>/eval_by_template.json``).
+``steps`` runs every stage for N steps (smoke tests); ``only`` runs the named stages (the stages they
+start from must be complete).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import importlib.util
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 
-STATUS_FILE = "recipe.json"
+import ml_collections as mlc
+
+SETTINGS_FILE = "recipe.json"  # in the recipe's workdir: what shaped the run (seed, steps, overrides)
 EVAL_BY_TEMPLATE = "eval_by_template.json"  # in the stage workdir: accuracy per question template
+ALL_STAGES = "*"  # an overrides key for every stage
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    path: str
+    name: str  # the spec (FILE:preset) or a name given to an in-memory recipe
     preset: str
-    stages: tuple[tuple[str, str], ...]  # (name, stage file path)
-    eval_tasks: tuple[str, ...]
-    eval_data: str | None  # folder with tasks/eval/<task> shards
-    skip_eval: tuple[str, ...]
-    prepare: object = None  # the recipe's ``prepare(preset)``: data it needs first (e.g. building omni-synth)
+    stages: tuple[tuple[str, str | mlc.ConfigDict], ...]  # (name, stage file path or the stage's config)
+    eval_tasks: tuple[str, ...] | Mapping[str, tuple[str, ...]]  # after every stage, or {stage: tasks}
+    eval_data: str | None  # folder with tasks/eval/<task> shards; may start at a root ('@corpus')
+    prepare: Callable | None = None  # ``prepare(preset, roots)``: data it needs first (e.g. building omni-synth)
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _ in self.stages]
+
+    def tasks_after(self, stage: str) -> tuple[str, ...]:
+        """The tasks ``stage`` is evaluated on (none: not evaluated)."""
+        if isinstance(self.eval_tasks, Mapping):
+            return tuple(self.eval_tasks.get(stage, ()))
+        return tuple(self.eval_tasks)
 
 
 def _module(path: str, name: str):
@@ -50,6 +72,11 @@ def _module(path: str, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _check_names(names: Sequence[str], where: str) -> None:
+    if len(set(names)) != len(names):
+        raise ValueError(f"recipe {where}: stage names repeat: {list(names)}")
 
 
 def load_recipe(spec: str) -> Recipe:
@@ -66,19 +93,81 @@ def load_recipe(spec: str) -> Recipe:
         raise ValueError(f"recipe {path} has no preset {preset!r}; presets: {', '.join(table)}")
     folder = os.path.dirname(os.path.abspath(path))
     stages = tuple((name, os.path.join(folder, f)) for name, f in table[preset])
-    names = [n for n, _ in stages]
-    if len(set(names)) != len(names):
-        raise ValueError(f"recipe {path}: stage names repeat: {names}")
-    return Recipe(path, preset, stages, tuple(getattr(module, "EVAL", {}).get(preset, ())),
-                  getattr(module, "eval_data", lambda _: None)(preset), tuple(getattr(module, "SKIP_EVAL", ())),
-                  getattr(module, "prepare", None))
+    _check_names([n for n, _ in stages], path)
+    tasks = getattr(module, "EVAL", {}).get(preset, ())
+    if isinstance(tasks, Mapping):
+        unknown = sorted(set(tasks) - {n for n, _ in stages})
+        if unknown:
+            raise ValueError(f"{path}: EVAL[{preset!r}] names {unknown}, which are not stages of the recipe")
+        tasks = {stage: tuple(t) for stage, t in tasks.items()}
+    return Recipe(f"{path}:{preset}", preset, stages, tasks if isinstance(tasks, dict) else tuple(tasks),
+                  getattr(module, "eval_data", lambda _: None)(preset), getattr(module, "prepare", None))
 
 
-def stage_config(recipe: Recipe, index: int, workdir: str, steps: int | None = None):
-    """Stage ``index``'s config with its ``@previous`` / ``@stage:NAME`` references resolved."""
-    name, path = recipe.stages[index]
-    c = _module(path, f"omnijax_stage_{index}").get_config(recipe.preset)
-    names = [n for n, _ in recipe.stages]
+def from_stages(stages: Sequence[tuple[str, mlc.ConfigDict]], *, name: str = "in-memory recipe",
+                eval_tasks: Sequence[str] | None = None, eval_data: str | None = "@corpus",
+                prepare: Callable | None = None) -> Recipe:
+    """A recipe of stage configs built in Python. ``eval_tasks`` default: the tasks the stages train on
+    that the evaluator knows (``omnijax.evaluate.TASK_KINDS``), in order of first appearance."""
+    from omnijax.evaluate import TASK_KINDS
+
+    stages = tuple(stages)
+    for i, entry in enumerate(stages):
+        if not (isinstance(entry, tuple | list) and len(entry) == 2 and isinstance(entry[0], str)
+                and isinstance(entry[1], mlc.ConfigDict)):
+            raise ValueError(f"recipe stage {i} is {entry!r}; a stage is (name, ml_collections.ConfigDict)")
+    _check_names([n for n, _ in stages], name)
+    if eval_tasks is None:
+        trained = dict.fromkeys(t for _, c in stages for t in (c.get("task_names") or ()))
+        eval_tasks = tuple(t for t in trained if t in TASK_KINDS and t not in ("image_caption", "text_instruct"))
+    return Recipe(name, "tiny", tuple((n, c) for n, c in stages), tuple(eval_tasks), eval_data, prepare)
+
+
+def set_field(c: mlc.ConfigDict, key: str, value, where: str) -> None:
+    """``c.<dotted key> = value`` (list entries by index: ``data.sources.0.weight``); an unknown field is a
+    ``ValueError`` naming it and the fields there."""
+    parts = key.split(".")
+    target = c
+    for depth, part in enumerate(parts):
+        fields = (list(target.keys()) if isinstance(target, dict | mlc.ConfigDict)
+                  else list(range(len(target))) if isinstance(target, list | tuple) else [])
+        index = int(part) if part.isdigit() and isinstance(target, list | tuple) else part
+        if index not in fields:
+            shown = ", ".join(map(str, fields)) or "none (not a config group)"
+            raise ValueError(f"{where}: {key!r}: {part!r} is not a field of the stage config here; fields: {shown}")
+        if depth == len(parts) - 1:
+            break
+        target = target[index]
+    if isinstance(target, mlc.ConfigDict):
+        with target.ignore_type():
+            target[index] = value
+    elif isinstance(target, tuple):
+        raise ValueError(f"{where}: {key!r} is inside a tuple; override the whole field")
+    else:
+        target[index] = value
+
+
+def apply_overrides(c: mlc.ConfigDict, name: str, overrides: Mapping[str, Mapping] | None) -> None:
+    """The ``overrides`` of ``ALL_STAGES`` then of stage ``name``: ``{dotted key: value}`` each."""
+    for scope in (ALL_STAGES, name):
+        for key, value in dict((overrides or {}).get(scope) or {}).items():
+            set_field(c, key, value, f"overrides[{scope!r}]")
+
+
+def stage_config(recipe: Recipe, index: int, workdir: str, steps: int | None = None, *,
+                 roots: Mapping[str, str] | None = None, overrides: Mapping[str, Mapping] | None = None,
+                 seed: int | None = None) -> mlc.ConfigDict:
+    """Stage ``index``'s config: its overrides applied, then ``steps`` and ``seed`` (parameter init, data
+    order: ``c.seed``, ``c.data.seed``), its ``@previous`` / ``@stage:NAME`` references and its roots resolved."""
+    from omnijax.training.config import init_sources, resolve_roots
+
+    name, source = recipe.stages[index]
+    if isinstance(source, mlc.ConfigDict):
+        c = copy.deepcopy(source)  # the caller's config stays as it was
+    else:
+        c = _module(source, f"omnijax_stage_{index}").get_config(recipe.preset)
+    apply_overrides(c, name, overrides)
+    names = recipe.names
 
     def resolve(ref: str) -> str:
         if ref == "@previous":
@@ -94,8 +183,6 @@ def stage_config(recipe: Recipe, index: int, workdir: str, steps: int | None = N
         return ref
 
     if c.init_from:
-        from omnijax.training.config import init_sources
-
         entries = [(resolve(p), list(g)) if g is not None else resolve(p) for p, g in init_sources(c)]
         with c.ignore_type():
             c.init_from = entries
@@ -103,7 +190,10 @@ def stage_config(recipe: Recipe, index: int, workdir: str, steps: int | None = N
         c.num_steps = int(steps)
         c.checkpoint.every = min(c.checkpoint.every, c.num_steps)
         c.log_every = min(c.log_every, c.num_steps)
-    return c
+    if seed is not None:
+        c.seed = int(seed)
+        c.data.seed = int(seed)
+    return resolve_roots(c, dict(roots or {}))
 
 
 def is_finished(stage_dir: str) -> bool:
@@ -119,38 +209,73 @@ def is_finished(stage_dir: str) -> bool:
     return True
 
 
+def _settings(recipe: Recipe, steps, seed, overrides) -> dict:
+    return json.loads(json.dumps({"recipe": recipe.name, "steps": steps, "seed": seed,
+                                  "overrides": overrides or {}}, default=repr))
+
+
+def check_settings(recipe: Recipe, workdir: str, steps, seed, overrides) -> None:
+    """Record what shapes the run in ``W/recipe.json``; a workdir run with other settings (seed, steps,
+    overrides) is refused."""
+    want = _settings(recipe, steps, seed, overrides)
+    path = os.path.join(workdir, SETTINGS_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            have = json.load(f)
+        differ = [k for k in ("steps", "seed", "overrides") if have.get(k) != want[k]]
+        if differ:
+            shown = "; ".join(f"{k}: {have.get(k)!r} there, {want[k]!r} now" for k in differ)
+            raise ValueError(f"{workdir} holds a run with other settings ({shown}); run each arm and seed in its "
+                             "own workdir, or remove that one to start over")
+        return
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + ".partial", "w") as f:
+        json.dump(want, f, indent=1)
+    os.replace(path + ".partial", path)
+
+
 def run(recipe: Recipe, workdir: str, *, only: tuple[str, ...] = (), steps: int | None = None,
-        evaluate: bool = True, eval_limit: int | None = None, log=print) -> list[dict]:
+        evaluate: bool = True, eval_limit: int | None = None, log=print, roots: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Mapping] | None = None, seed: int | None = None,
+        progress: bool | None = None) -> list[dict]:
     """Train (and evaluate) the recipe's stages in ``workdir``; returns one status row per stage."""
     from omnijax.training import trainer
+    from omnijax.training.config import ROOTS
 
-    names = [n for n, _ in recipe.stages]
+    names = recipe.names
     unknown = sorted(set(only) - set(names))
     if unknown:
-        raise ValueError(f"--only names {unknown}, which are not stages of {recipe.path}; stages: {', '.join(names)}")
-    os.makedirs(workdir, exist_ok=True)
+        raise ValueError(f"--only names {unknown}, which are not stages of {recipe.name}; stages: {', '.join(names)}")
+    unknown = sorted(set(overrides or {}) - set(names) - {ALL_STAGES})
+    if unknown:
+        raise ValueError(f"overrides name {unknown}, which are not stages of {recipe.name}; stages: "
+                         f"{', '.join(names)} (or {ALL_STAGES!r} for all)")
+    roots = {**ROOTS, **{k: os.path.abspath(v) for k, v in (roots or {}).items() if v is not None}}
+    check_settings(recipe, workdir, steps, seed, overrides)
     if recipe.prepare is not None:
-        recipe.prepare(recipe.preset)
+        recipe.prepare(recipe.preset, roots)
     rows = []
-    for i, (name, path) in enumerate(recipe.stages):
+    for i, (name, source) in enumerate(recipe.stages):
         if only and name not in only:
             continue
         stage_dir = os.path.join(workdir, name)
-        c = stage_config(recipe, i, workdir, steps)
+        c = stage_config(recipe, i, workdir, steps, roots=roots, overrides=overrides, seed=seed)
         start = time.perf_counter()
         if is_finished(stage_dir):
             status = "done before"
         else:
-            log(f"[{i + 1}/{len(names)}] stage {name} ({os.path.basename(path)}): {c.num_steps} steps -> {stage_dir}")
-            result = trainer.run(c, stage_dir)
+            what = os.path.basename(source) if isinstance(source, str) else "in memory"
+            log(f"[{i + 1}/{len(names)}] stage {name} ({what}): {c.num_steps} steps -> {stage_dir}")
+            result = trainer.run(c, stage_dir, progress=progress)
             if result.status != "finished":
                 log(f"stage {name}: {result.status} at step {result.step}; run the recipe again to resume")
                 rows.append(dict(stage=name, status=result.status, seconds=time.perf_counter() - start))
                 return rows
             status = "trained"
         row = dict(stage=name, status=status, seconds=round(time.perf_counter() - start, 1))
-        if evaluate and recipe.eval_tasks and recipe.eval_data and name not in recipe.skip_eval:
-            row["metrics"] = evaluate_stage(recipe, name, stage_dir, workdir, eval_limit, log)
+        if evaluate and recipe.tasks_after(name) and recipe.eval_data:
+            data = _resolved(recipe.eval_data, roots)
+            row["metrics"] = evaluate_stage(recipe, name, stage_dir, workdir, data, eval_limit, log)
         rows.append(row)
         loss = _last_loss(stage_dir)
         log(f"stage {name}: {status} in {row['seconds']:.0f} s" + (f", final loss {loss:.3f}" if loss else "") +
@@ -158,7 +283,14 @@ def run(recipe: Recipe, workdir: str, *, only: tuple[str, ...] = (), steps: int 
     return rows
 
 
-def evaluate_stage(recipe: Recipe, name: str, stage_dir: str, workdir: str, limit: int | None, log) -> dict:
+def _resolved(path: str, roots: Mapping[str, str]) -> str:
+    from omnijax.training.config import resolve_roots
+
+    return resolve_roots(mlc.ConfigDict({"path": path}), dict(roots)).path
+
+
+def evaluate_stage(recipe: Recipe, name: str, stage_dir: str, workdir: str, data: str, limit: int | None,
+                   log) -> dict:
     """The stage's row of ``W/eval.json`` (computed once; an existing row is reused)."""
     from omnijax import evaluate
     from omnijax.eval import report
@@ -167,14 +299,13 @@ def evaluate_stage(recipe: Recipe, name: str, stage_dir: str, workdir: str, limi
     for stage, metrics in rows:
         if stage == name:
             return metrics
-    data = recipe.eval_data
-    templates = {}
-    metrics = evaluate.evaluate(stage_dir, data, recipe.eval_tasks, limit=limit, log=log, by_template=templates)
+    templates, tasks = {}, recipe.tasks_after(name)
+    metrics = evaluate.evaluate(stage_dir, data, tasks, limit=limit, log=log, by_template=templates)
     tmp = os.path.join(stage_dir, f".{EVAL_BY_TEMPLATE}.partial")
     with open(tmp, "w") as f:
         json.dump(templates, f, indent=1)
     os.replace(tmp, os.path.join(stage_dir, EVAL_BY_TEMPLATE))
-    report.update_report(workdir, name, metrics, chance=evaluate.chance_levels(recipe.eval_tasks, data, limit))
+    report.update_report(workdir, name, metrics, chance=evaluate.chance_levels(tasks, data, limit))
     return metrics
 
 
@@ -202,6 +333,18 @@ def use_compilation_cache(directory: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def add_root_flags(p: argparse.ArgumentParser) -> None:
+    """``--corpus``, ``--hf-root``, ``--data-root``: the roots a config's paths start at; the defaults are
+    ``$OMNIJAX_CORPUS``, ``$OMNIJAX_HF_ROOT``, ``$OMNIJAX_DATA_ROOT``, else ``ROOTS``'s."""
+    from omnijax.training.config import ROOTS
+
+    for flag, root, env in (("--corpus", "corpus", "OMNIJAX_CORPUS"), ("--hf-root", "hf", "OMNIJAX_HF_ROOT"),
+                            ("--data-root", "data", "OMNIJAX_DATA_ROOT")):
+        default = os.environ.get(env, ROOTS[root])
+        p.add_argument(flag, default=default, help=f"the '@{root}' root (default ${env}, else {ROOTS[root]}; "
+                                                   f"now {default})")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m omnijax.recipe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -209,24 +352,28 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", required=True, help="the recipe's folder; stage NAME trains in WORKDIR/NAME")
     p.add_argument("--only", default="", help="comma-separated stage names to run (default: all)")
     p.add_argument("--steps", type=int, help="run every stage for this many steps (smoke test)")
+    p.add_argument("--seed", type=int, help="seed of every stage's parameter init and data order (default: the "
+                                            "stage configs')")
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the stages")
     p.add_argument("--eval-limit", type=int, help="held-out examples per eval task (default: all)")
     p.add_argument("--compilation-cache", help="JAX persistent compilation cache (default WORKDIR/.jax_cache)")
+    add_root_flags(p)
     args = p.parse_args(argv)
-    use_compilation_cache(args.compilation_cache or os.path.join(args.workdir, ".jax_cache"))
-    from omnijax.training.stages import StageConfigError
+    from omnijax import experiment
 
     try:
-        recipe = load_recipe(args.recipe)
-        rows = run(recipe, args.workdir, only=tuple(s for s in args.only.split(",") if s), steps=args.steps,
-                   evaluate=not args.no_eval, eval_limit=args.eval_limit)
-    except (FileNotFoundError, ValueError, StageConfigError) as e:
+        result = experiment.run_recipe(
+            args.recipe, args.workdir, corpus=args.corpus, hf_root=args.hf_root, data_root=args.data_root,
+            only=tuple(s for s in args.only.split(",") if s), steps=args.steps, seed=args.seed,
+            evaluate=not args.no_eval, eval_limit=args.eval_limit, progress=None,
+            compilation_cache=args.compilation_cache or os.path.join(args.workdir, ".jax_cache"))
+    except experiment.USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.no_eval and os.path.exists(os.path.join(args.workdir, "eval.md")):
         with open(os.path.join(args.workdir, "eval.md")) as f:
             print(f.read())
-    return 0 if all(r["status"] in ("trained", "done before") for r in rows) else 1
+    return 0 if result.complete else 1
 
 
 if __name__ == "__main__":

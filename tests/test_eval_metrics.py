@@ -129,6 +129,14 @@ def test_update_report_replaces_in_place_and_appends(tmp_path):
     assert "| audio_align | 10.0 | – |" in (tmp_path / "eval.md").read_text()
 
 
+def test_update_report_adds_the_chance_levels_of_other_tasks(tmp_path):
+    update_report(str(tmp_path), "1a", {"mmbench/accuracy": 0.4}, chance={"mmbench/accuracy": 0.25})
+    update_report(str(tmp_path), "3a", {"librispeech/wer": 0.3}, chance={"librispeech/wer": 1.0})
+    _, chance = read_report(str(tmp_path))
+    assert chance == {"mmbench/accuracy": 0.25, "librispeech/wer": 1.0}
+    assert (tmp_path / "eval.md").read_text().splitlines()[-1] == "| chance | 25.0 | 100.0 |"
+
+
 def test_failed_write_keeps_old_report_and_no_temp_files(tmp_path, monkeypatch):
     write_report(ROWS[:1], str(tmp_path))
     before = (tmp_path / "eval.json").read_text()

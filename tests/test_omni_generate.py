@@ -28,6 +28,7 @@ from omnijax.batch import MediaItem, media_slots
 from omnijax.checkpoint import save_model_dir
 from omnijax.hf.importer import Loaded
 from omnijax.hf.omni import OMNI
+from omnijax.inference import chat
 from omnijax.inference import omni as omni_gen
 from omnijax.inference.omni import GENERATION_SLOTS, OmniGenerator, generation_config
 from omnijax.inference.sentences import espeak_callback, sentences
@@ -343,7 +344,7 @@ def test_command_line_streams_and_speaks(planted, corpus, tmp_path, monkeypatch)
     assert (code, out) == (0, PLANTED + "\n"), err
     assert sorted(os.listdir(tmp_path / "wav")) == ["sentence_000.wav", "sentence_001.wav", "sentence_002.wav"]
     loaded = SimpleNamespace(module=planted.model, params=planted.params)
-    monkeypatch.setattr(cli, "load_model", lambda path, **kw: loaded)
+    monkeypatch.setattr(chat, "load_params", lambda path, **kw: loaded)
     base = ["--model", "unused", "--tokenizer", tokenizer_dir, *args]
     code, _, err = run_cli([*base, "--image", str(tmp_path / "missing.png"), "--prompt", "Hi"])
     assert code == 2 and "--image" in err and "missing.png: no such file" in err
@@ -355,6 +356,6 @@ def test_command_line_streams_and_speaks(planted, corpus, tmp_path, monkeypatch)
     assert code == 2 and "--temperature" in err
     deaf = SimpleNamespace(module=OmniModel(CFG.replace(audio=None, audio_connector=None, audio_token_id=None,
                                                         audio_slots=0)), params=planted.params)
-    monkeypatch.setattr(cli, "load_model", lambda path, **kw: deaf)
+    monkeypatch.setattr(chat, "load_params", lambda path, **kw: deaf)
     code, _, err = run_cli([*base, "--spoken-question", str(tmp_path / "wav" / "sentence_000.wav")])
     assert code == 2 and "--spoken-question: the model has no audio tower; leave out --spoken-question" in err

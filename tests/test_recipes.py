@@ -1,10 +1,13 @@
 """The papers' recipes: every `tiny` preset runs all its stages (a few steps, smoke), every `7b` preset
 builds its configs and its abstract parameter shapes (``jax.eval_shape``, nothing allocated) with the
 parameter counts of the HF models it starts from (counted by transformers on the meta device).
-The Ola tiny recipe's smoke run is the demo's (tests/test_demo.py)."""
+The Ola tiny recipe's smoke run is the demo's (tests/test_demo.py); the tiny pretraining
+(``experiments/pretrain_tiny``) has a smoke test of its own here, and its product, the shipped checkpoints,
+tests of what they load as."""
 
 import glob
 import json
+import math
 import os
 
 import jax
@@ -21,7 +24,9 @@ from omnijax.training.stages import StageConfigError
 pytestmark = pytest.mark.usefixtures("compile_once")
 
 RECIPES = sorted(glob.glob("experiments/*/recipe.py"))
-SMOKE = [r for r in RECIPES if "/ola/" not in r and "/self_kd/" not in r]  # those two: test_demo, test_self_kd
+PAPERS = [r for r in RECIPES if "/pretrain_tiny/" not in r]  # a tiny and a 7b preset each
+# ola: test_demo; self_kd: test_self_kd; pretrain_tiny: its own test below
+SMOKE = [r for r in PAPERS if "/ola/" not in r and "/self_kd/" not in r]
 
 
 def test_every_paper_has_a_recipe():
@@ -30,10 +35,10 @@ def test_every_paper_has_a_recipe():
 
 
 @pytest.mark.parametrize("path", SMOKE)
-def test_tiny_preset_runs_every_stage(path, corpus, tmp_path, monkeypatch):
-    monkeypatch.setenv("OMNIJAX_CORPUS", corpus)
+def test_tiny_preset_runs_every_stage(path, corpus, tmp_path):
     recipe = recipe_lib.load_recipe(f"{path}:tiny")
-    rows = recipe_lib.run(recipe, str(tmp_path), steps=2, evaluate=False, log=lambda _: None)
+    run = dict(steps=2, evaluate=False, log=lambda _: None, roots={"corpus": corpus})
+    rows = recipe_lib.run(recipe, str(tmp_path), **run)
     assert [r["stage"] for r in rows] == [n for n, _ in recipe.stages]
     assert all(r["status"] == "trained" for r in rows), rows
     for name, _ in recipe.stages:
@@ -45,8 +50,38 @@ def test_tiny_preset_runs_every_stage(path, corpus, tmp_path, monkeypatch):
             rows_ = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl") if '"loss": ' in line]
             assert all(np.isfinite(r[f"ctc/{m}/loss"]) and r[f"ctc/{m}/items"] > 0 for r in rows_), (name, m, rows_)
     # Run again: every stage is complete, nothing trains.
-    again = recipe_lib.run(recipe, str(tmp_path), steps=2, evaluate=False, log=lambda _: None)
+    again = recipe_lib.run(recipe, str(tmp_path), **run)
     assert all(r["status"] == "done before" for r in again), again
+    # the first stage starts from the shipped tiny checkpoints: its LLM and towers are theirs
+    first = json.load(open(tmp_path / recipe.stages[0][0] / "stage.json"))["config"]
+    assert {tuple(g) for _, g in first["init_from"]} >= {("llm",), ("vision",), ("audio",)}, first["init_from"]
+
+
+def test_tiny_pretraining_runs_every_stage(corpus, tmp_path):
+    """experiments/pretrain_tiny: the stand-in towers' terms (the bag of words, CTC) train without the LLM, then
+    the LLM learns captions and speech; everything reads the corpus's own tokenizer."""
+    recipe = recipe_lib.load_recipe("experiments/pretrain_tiny/recipe.py:tiny")
+    rows = recipe_lib.run(recipe, str(tmp_path), steps=2, evaluate=False, log=lambda _: None,
+                          roots={"corpus": corpus})
+    assert [r["status"] for r in rows] == ["trained"] * 5, rows
+    logs = {stage: [json.loads(line) for line in open(tmp_path / stage / "metrics.jsonl") if '"loss": ' in line]
+            for stage, _ in recipe.stages}
+    # stage 0_vision_tower trains on the bag of words alone (no LLM, no task loss), 0_vision_binding on the bag
+    # with its (colour, shape) pairs
+    assert logs["0_vision_tower"] and all(
+        math.isfinite(r["bow/image/loss"]) and r["bow/image/items"] > 0 and r["loss"] == r["bow/image/loss"]
+        and "bow/image/pairs" not in r and not any(k.startswith("task_loss") for k in r)
+        for r in logs["0_vision_tower"]), logs
+    assert logs["0_vision_binding"] and all(
+        r["loss"] == r["bow/image/loss"] and 0 < r["bow/image/pairs"] < r["bow/image/loss"]
+        and not any(k.startswith("task_loss") for k in r) for r in logs["0_vision_binding"]), logs
+    # the speech tower's stage likewise trains on CTC alone
+    assert logs["0_speech_tower"] and all(
+        math.isfinite(r["ctc/audio/loss"]) and r["ctc/audio/items"] > 0 and r["loss"] == r["ctc/audio/loss"]
+        and not any(k.startswith("task_loss") for k in r) for r in logs["0_speech_tower"]), logs
+    assert logs["0b_speech"] and all(math.isfinite(r["ctc/audio/loss"]) for r in logs["0b_speech"]), logs
+    config = json.load(open(tmp_path / "0a_vision" / "stage.json"))["config"]
+    assert config["data"]["tokenizer"] == os.path.join(corpus, "tokenizer")
 
 
 def _meta_count(module) -> int:
@@ -87,7 +122,7 @@ def _stage_configs(path: str, preset: str):
     return [recipe_lib.stage_config(recipe, i, "/pod/workdir") for i in range(len(recipe.stages))]
 
 
-@pytest.mark.parametrize("path", RECIPES)
+@pytest.mark.parametrize("path", PAPERS)
 def test_7b_preset_abstract_shapes(path):
     configs = _stage_configs(path, "7b")
     cfg = omni_config(configs[0])
@@ -104,17 +139,35 @@ def test_7b_preset_abstract_shapes(path):
         assert c.mesh.fsdp == -1 and c.batch_size >= 128, c.name
 
 
-def test_unresolved_stage_reference_is_a_clear_error(corpus, monkeypatch):
+def test_unresolved_stage_reference_is_a_clear_error(corpus):
     from omnijax.training import trainer
+    from omnijax.training.config import resolve_roots
 
-    monkeypatch.setenv("OMNIJAX_CORPUS", corpus)
     c = recipe_lib.load_recipe("experiments/ola/recipe.py:tiny")
-    stage = recipe_lib._module(c.stages[2][1], "stage").get_config("tiny")  # 1b: starts from '@previous'
-    with pytest.raises(StageConfigError, match="names a recipe stage"):
+    stage = recipe_lib._module(c.stages[1][1], "stage").get_config("tiny")  # 1b: starts from '@previous'
+    with pytest.raises(StageConfigError, match=r"c.data.sources\[0\].paths is '@corpus/tasks/train/image_caption\*', "
+                                               r"a path under the root '@corpus' that was not resolved; say where it "
+                                               r"is \(corpus=\.\.\. / --corpus\)"):
         trainer.setup(stage)
+    with pytest.raises(StageConfigError, match="names a recipe stage"):
+        trainer.setup(resolve_roots(stage, {"corpus": corpus}))
 
 
-def test_recipe_errors():
+def test_ola_evaluates_each_stage_on_the_skills_it_has_trained():
+    recipe = recipe_lib.load_recipe("experiments/ola/recipe.py:tiny")
+    assert {n: recipe.tasks_after(n) for n in recipe.names} == {
+        "1a": ("image_qa", "image_choice"), "1b": ("image_qa", "image_choice"),
+        "2": ("image_qa", "image_choice", "video_visual_qa"), "3a": ("asr",),
+        "3b": ("asr", "image_qa", "image_choice", "video_visual_qa", "video_audio_qa", "spoken_image_qa")}
+    assert recipe_lib.load_recipe("experiments/capybara/recipe.py:tiny").tasks_after("2_audio") == (
+        "asr", "image_qa", "video_audio_qa")
+
+
+def test_recipe_errors(tmp_path):
+    bad = tmp_path / "recipe.py"
+    bad.write_text("STAGES = {'tiny': (('1a', 'stage1a.py'),)}\nEVAL = {'tiny': {'1z': ('asr',)}}\n")
+    with pytest.raises(ValueError, match=r"EVAL\['tiny'\] names \['1z'\], which are not stages of the recipe"):
+        recipe_lib.load_recipe(f"{bad}:tiny")
     with pytest.raises(ValueError, match="no preset 'huge'"):
         recipe_lib.load_recipe("experiments/ola/recipe.py:huge")
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -124,16 +177,16 @@ def test_recipe_errors():
         recipe_lib.run(recipe, "/tmp/unused", only=("9z",), evaluate=False)
 
 
-def test_ola_stages_carry_only_their_own_media(corpus, monkeypatch):
+def test_ola_stages_carry_only_their_own_media():
     """`common.use_media`: a stage's batches have slots only for the media its data has."""
     from experiments import common
 
-    monkeypatch.setenv("OMNIJAX_CORPUS", corpus)
-    recipe = recipe_lib.load_recipe("experiments/ola/recipe.py:tiny")
     media = {}
-    for name, path in recipe.stages:
-        c = recipe_lib._module(path, name).get_config("tiny")
-        media[name] = tuple(k for k in ("image", "video", "audio") if c.media[f"{k}_slots"])
+    for spec in ("experiments/pretrain_tiny/recipe.py:tiny", "experiments/ola/recipe.py:tiny"):
+        recipe = recipe_lib.load_recipe(spec)
+        for name, path in recipe.stages:
+            c = recipe_lib._module(path, name).get_config("tiny")
+            media[name] = tuple(k for k in ("image", "video", "audio") if c.media[f"{k}_slots"])
     assert media == {"0_vision_tower": ("image",), "0_speech_tower": ("audio",), "0_vision_binding": ("image",),
                      "0a_vision": ("image",), "0b_speech": ("image", "audio"), "1a": ("image",), "1b": ("image",),
                      "2": ("image", "video", "audio"), "3a": ("audio",), "3b": ("image", "video", "audio")}

@@ -293,10 +293,9 @@ def test_self_kd_config_errors(corpus):
 # -- the recipe -----------------------------------------------------------------------------------------
 
 
-def test_tiny_recipe_runs_every_stage(corpus, tmp_path, monkeypatch):
-    monkeypatch.setenv("OMNIJAX_CORPUS", corpus)
+def test_tiny_recipe_runs_every_stage(corpus, tmp_path):
     recipe = recipe_lib.load_recipe("experiments/self_kd/recipe.py:tiny")  # prepare keeps the tiny corpus
-    rows = recipe_lib.run(recipe, str(tmp_path), steps=2, evaluate=False, log=lambda _: None)
+    rows = recipe_lib.run(recipe, str(tmp_path), steps=2, evaluate=False, log=lambda _: None, roots={"corpus": corpus})
     assert [r["stage"] for r in rows] == ["0_base", "1_audio_align", "2_selfkd_sft"]
     assert all(r["status"] == "trained" for r in rows), rows
     for name, _ in recipe.stages:

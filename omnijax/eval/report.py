@@ -86,13 +86,15 @@ def read_report(out_dir: str) -> tuple[Rows, dict | None]:
 
 
 def update_report(out_dir: str, stage: str, metrics: dict, chance: dict | None = None) -> Rows:
-    """Adds ``stage``'s row, or replaces it in place if present, and rewrites the report; the stored
-    chance levels are kept unless ``chance`` is given. Returns the rows written."""
+    """Adds ``stage``'s row, or replaces it in place if present, and rewrites the report; ``chance``
+    adds or replaces chance levels (stages may be evaluated on different tasks). Returns the rows written."""
     rows, stored_chance = read_report(out_dir)
     names = [s for s, _ in rows]
     if stage in names:
         rows[names.index(stage)] = (stage, metrics)
     else:
         rows.append((stage, metrics))
-    write_report(rows, out_dir, chance if chance is not None else stored_chance)
+    if chance is not None:
+        stored_chance = {**(stored_chance or {}), **chance}
+    write_report(rows, out_dir, stored_chance)
     return rows

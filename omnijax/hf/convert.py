@@ -35,6 +35,26 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
 
 
+def import_model(hf_dir: str, out: str, overwrite: bool = False) -> None:
+    """A HF model directory -> an omnijax model directory ``out`` (params, description, tokenizer files)."""
+    check_writable(out, overwrite)
+    save_model_dir(out, load_hf(hf_dir), assets_dir=hf_dir, overwrite=overwrite)
+
+
+def export_model(ckpt: str, out: str, part_name: str = "full", dtype: str | None = None,
+                 max_shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False) -> None:
+    """An omnijax checkpoint, finished stage workdir or HF directory -> a HF directory ``out`` (``part_name``:
+    ``omnijax.hf.omni.PARTS``; ``dtype``: the tensors', default as stored), with its tokenizer files."""
+    check_writable(out, overwrite)
+    loaded = part(load_model(ckpt), part_name)
+    if dtype is not None:
+        import jax.numpy as jnp
+
+        dtype = jnp.dtype(dtype)
+    save_hf(out, loaded.arch, loaded.cfg, loaded.params, assets_dir=assets_of(ckpt), dtype=dtype,
+            max_shard_bytes=max_shard_bytes, overwrite=overwrite)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m omnijax.hf.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,18 +73,10 @@ def main(argv=None) -> int:
     exp.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
-        check_writable(args.out, args.overwrite)
         if args.cmd == "import":
-            loaded = load_hf(args.hf)
-            save_model_dir(args.out, loaded, assets_dir=args.hf, overwrite=args.overwrite)
+            import_model(args.hf, args.out, args.overwrite)
         else:
-            loaded = part(load_model(args.ckpt), args.part)
-            dtype = None
-            if args.dtype:
-                import jax.numpy as jnp
-                dtype = jnp.dtype(args.dtype)
-            save_hf(args.out, loaded.arch, loaded.cfg, loaded.params, assets_dir=assets_of(args.ckpt),
-                    dtype=dtype, max_shard_bytes=args.max_shard_size, overwrite=args.overwrite)
+            export_model(args.ckpt, args.out, args.part, args.dtype, args.max_shard_size, args.overwrite)
     except (ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -39,8 +39,7 @@ from data_pipelines import schema
 from data_pipelines.speech import SpeechSynthesisError
 from omnijax.checkpoint import assets_of, load_model
 from omnijax.inference import generate
-from omnijax.models.llm import LLMConfig
-from omnijax.models.omni import OmniConfig
+from omnijax.inference.chat import DEFAULT_MAX_PROMPT_LEN, Model, chat_example
 
 
 def _ids(text: str) -> list[int]:
@@ -84,68 +83,31 @@ def _media(kind: str, path: str, flag: str) -> schema.Media:
 
 def build_example(media: list[tuple[str, str]], prompt: str | None = None,
                   spoken_question: str | None = None) -> schema.Example:
-    """The example the chat flags describe: one user turn with the media placeholders in the flags'
-    order, a newline and ``prompt``; with ``spoken_question`` (a WAV/FLAC path) instead of ``prompt``,
-    the question as speech, written as ``Example.spoken_view`` writes it (``<audio>`` last, the
-    recording the last media item). ``media``: (kind, path) pairs. Raises FileNotFoundError or
-    ValueError naming the flag."""
+    """The example the chat flags describe (``omnijax.inference.chat.chat_example``): one user turn with the
+    media placeholders in the flags' order, a newline and ``prompt``; with ``spoken_question`` (a WAV/FLAC
+    path) instead of ``prompt``, the question as speech. ``media``: (kind, path) pairs. Raises
+    FileNotFoundError or ValueError naming the flag."""
     if (prompt is None) == (spoken_question is None):
         raise ValueError("give the question as --prompt TEXT or as --spoken-question WAV (one of them)")
-    items = [_media(kind, path, f"--{kind}") for kind, path in media]
-    placeholders = "".join(schema.PLACEHOLDERS[kind] for kind, _ in media)
-    if spoken_question is not None:
-        items.append(_media("audio", spoken_question, "--spoken-question"))
-        question = schema.PLACEHOLDERS["audio"]
-    else:
-        question = prompt
-    text = f"{placeholders}\n{question}" if placeholders else question
-    return schema.Example(id="command-line", source="command-line", task="chat",
-                          turns=(schema.Turn("user", text, tuple(range(len(items)))),), media=tuple(items))
-
-
-DEFAULT_MAX_PROMPT_LEN = 2048
-
-
-def chat_config(module) -> OmniConfig:
-    """The ``OmniConfig`` of a loaded module: an omni model's own (omnijax omni, LLaVA-OneVision,
-    Qwen2-Audio), or a text LLM's as an omni model without towers (the same ``llm`` params)."""
-    cfg = getattr(module, "cfg", None)
-    if isinstance(cfg, OmniConfig):
-        return cfg
-    if isinstance(cfg, LLMConfig):
-        return OmniConfig(llm=cfg)
-    raise ValueError(f"--prompt needs an omni model or a language model, not a {type(module).__name__}; "
-                     "use --input-ids")
+    items = [(kind, _media(kind, path, f"--{kind}")) for kind, path in media]
+    spoken = _media("audio", spoken_question, "--spoken-question") if spoken_question is not None else None
+    return chat_example(items, prompt, spoken)
 
 
 def _chat(args) -> int:
-    from omnijax.inference.omni import OmniGenerator, generation_config, media_unsupported, stage_prompt_options
     from omnijax.inference.sentences import espeak_callback
 
     if args.temperature != 0.0 or args.top_p != 1.0 or args.stop_ids is not None:
         raise ValueError("--temperature, --top-p and --stop-ids go with --input-ids; --prompt decodes greedily "
                          "and stops at <|im_end|>")
     example = build_example(args.media or [], args.prompt, args.spoken_question)
-    tokenizer = args.tokenizer or assets_of(args.model)
-    if not tokenizer:
-        raise ValueError(f"{args.model} carries no tokenizer: pass --tokenizer DIR (a HF tokenizer directory)")
-    loaded = load_model(args.model, dtype=args.dtype, progress=False)
-    options, seq_len = stage_prompt_options(args.model)  # a stage workdir: prompts as its batches were
-    if args.video_frames is not None:
-        options["video_frames"] = args.video_frames
-    cfg = generation_config(chat_config(loaded.module), options.get("video_frames"))
-    flags = [(kind, f"--{kind}") for kind, _ in args.media or []]
-    flags += [("audio", "--spoken-question")] if args.spoken_question else []
-    for kind, flag in flags:
-        reason = media_unsupported(cfg, kind)
-        if reason:
-            raise ValueError(f"{flag}: {reason}; leave out {flag} or use a model that takes {kind}s")
-    room = cfg.llm.max_position_embeddings - args.max_new_tokens
-    max_prompt_len = args.max_prompt_len or min(seq_len or DEFAULT_MAX_PROMPT_LEN, room)
-    generator = OmniGenerator(cfg, loaded.params, tokenizer, max_prompt_len=max_prompt_len, batch_size=1,
-                              **options)
+    model = Model(args.model, dtype=args.dtype, tokenizer=args.tokenizer, max_prompt_len=args.max_prompt_len,
+                  video_frames=args.video_frames)
+    names = {kind: f"--{kind}" for kind, _ in args.media or []}
+    if args.spoken_question:
+        names["audio"] = names.get("audio", "--spoken-question")
     speak = espeak_callback(args.speak_dir) if args.speak_dir else None
-    for sentence in generator.stream(example, args.max_new_tokens, on_sentence=speak):
+    for sentence in model.stream(example, args.max_new_tokens, on_sentence=speak, names=names):
         print(sentence, end="", flush=True)
     print()
     return 0
