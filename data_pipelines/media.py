@@ -11,6 +11,7 @@ goes through exactly the decoding a file on disk does.
 
 from __future__ import annotations
 
+import fractions
 import io
 
 import av
@@ -45,7 +46,7 @@ def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
     """H.264 MP4 of ``[frames, height, width, 3]`` uint8 frames (even height and width)."""
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream("libx264", rate=fractions.Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.options = {"crf": MP4_CRF, "preset": "veryfast"}
         stream.codec_context.thread_count = 1

@@ -22,3 +22,17 @@ def devices():
     devs = jax.devices()
     assert len(devs) == 8, f"expected 8 simulated CPU devices, got {len(devs)}: set XLA_FLAGS before importing jax"
     return devs
+
+
+# The files whose tests train whole recipes or start processes, longest first: scheduled first, so that
+# `pytest -n 2 --dist loadfile` does not end with one worker running a long file while the other waits.
+LONG_FILES = ("test_demo.py", "test_recipes.py", "test_experiment.py", "test_self_kd.py", "test_training_procs.py",
+              "test_training_grain.py", "test_omni_generate.py", "test_training.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order

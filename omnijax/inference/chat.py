@@ -76,7 +76,7 @@ def image_media(image) -> schema.Media:
     return schema.Media("image", "png", media_codec.encode_png(np.ascontiguousarray(array)))
 
 
-def audio_media(audio, what: str = "audio=") -> schema.Media:
+def audio_media(audio, what: str = "audio=:") -> schema.Media:
     """``(waveform, sampling_rate)``: float or int16 samples ``[samples]`` or ``[samples, channels]`` -> a WAV
     item (the pipeline averages the channels and resamples to 16 kHz, as for a file)."""
     if not (isinstance(audio, tuple | list) and len(audio) == 2 and np.isscalar(audio[1])):
@@ -127,7 +127,7 @@ def question_example(prompt: str | None = None, *, image=None, audio=None, video
     if audio is not None:
         clips = audio if isinstance(audio, list) else [audio]
         items += [("audio", audio_media(a)) for a in clips]
-    spoken = audio_media(spoken_question, "spoken_question=") if spoken_question is not None else None
+    spoken = audio_media(spoken_question, "spoken_question=:") if spoken_question is not None else None
     return chat_example(items, prompt, spoken)
 
 
