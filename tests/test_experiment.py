@@ -180,6 +180,7 @@ def test_other_corpus_version_is_refused(tmp_path, monkeypatch):
     assert shipped == synth.VERSION
     monkeypatch.setattr(synth, "VERSION", shipped + 1)  # an edited corpus generator
     corpus = str(tmp_path / "corpus")
+    synth.prepare(corpus, size="tiny", progress=False)  # the recipe uses a prepared corpus of any size as it is
     message = (rf"omni-synth corpus in {re.escape(corpus)} is version {shipped + 1}, but the tiny pretrained "
                rf"checkpoints in .*checkpoints/tiny were trained on omni-synth version {shipped} with its tokenizer; "
                rf"rebuild the checkpoints for version {shipped + 1} with `python -m experiments.pretrain_tiny.release`")
