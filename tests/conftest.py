@@ -33,7 +33,7 @@ LONG_FILES = ("test_recipes.py", "test_connector_ctc.py", "test_demo.py", "test_
 
 def pytest_collection_modifyitems(items):
     def rank(item):
-        name = os.path.basename(str(item.fspath))
+        name = item.path.name
         return LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES)
 
     items.sort(key=rank)  # stable: each file's tests keep their order
