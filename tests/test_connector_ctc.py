@@ -93,20 +93,20 @@ def test_loss_fn_adds_the_weighted_ctc_of_the_connector_outputs():
     terms = ((ConnectorCTC("audio", weight=0.3, tasks=("asr",), max_slots=2), (ASR,)),
              (ConnectorCTC("image", weight=0.5, tasks=("asr",)), (ASR,)))
 
-    def both(p):
+    def difference(p):  # what the terms add, with the losses and the audio connector's outputs on the side
         plain, _ = objective.loss_fn(model, p, batch, num_tasks=2)
         with_ctc, aux = objective.loss_fn(model, p, batch, num_tasks=2, ctc=terms)
-        return plain, with_ctc, aux
+        audio = model.apply({"params": p}, batch["audio"], batch["audio_valid_frames"], method="encode_audio")
+        return with_ctc - plain, (plain, with_ctc, aux, audio)
 
-    plain, with_ctc, aux = jax.jit(both)(params)
-    audio = model.apply({"params": params}, batch["audio"], batch["audio_valid_frames"], method="encode_audio")
-    direct = ctc_sums(audio, params["llm"]["embed_tokens"]["embedding"], batch, OLA.media_layout, terms[0][0], (ASR,))
+    (_, (plain, with_ctc, aux, audio)), grads = jax.jit(jax.value_and_grad(difference, has_aux=True))(params)
+    direct = jax.jit(lambda a, e: ctc_sums(a, e, batch, OLA.media_layout, terms[0][0], (ASR,)))(
+        audio, params["llm"]["embed_tokens"]["embedding"])
     np.testing.assert_allclose(float(aux["ctc_audio"]), float(direct["sum"] / direct["tokens"]), rtol=1e-5)
     assert float(aux["ctc_image_items_sum"]) == 1
     np.testing.assert_allclose(float(with_ctc), float(plain) + 0.3 * float(aux["ctc_audio"])
                                + 0.5 * float(aux["ctc_image"]), rtol=1e-5)
     # the terms train the towers through their connectors
-    grads = jax.grad(lambda p: both(p)[1] - both(p)[0])(params)
     assert float(jnp.abs(grads["audio"]["conv1"]["kernel"]).max()) > 0
     assert float(jnp.abs(grads["vision"]["embeddings"]["patch_embedding"]["kernel"]).max()) > 0
 

@@ -37,8 +37,10 @@ def test_attention_values_and_gradients_equal_autodiff(t, causal, packed):
 
     ours = loss(lambda q, k, v: attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=causal))
     ref = loss(lambda q, k, v: _reference_attention(q, k, v, mask))
+    ours, ref = jax.jit(ours), jax.jit(ref)
     np.testing.assert_allclose(ours(q, k, v), ref(q, k, v), rtol=1e-5)
-    for g, rg in zip(jax.grad(ours, argnums=(0, 1, 2))(q, k, v), jax.grad(ref, argnums=(0, 1, 2))(q, k, v)):
+    for g, rg in zip(jax.jit(jax.grad(ours, argnums=(0, 1, 2)))(q, k, v),
+                     jax.jit(jax.grad(ref, argnums=(0, 1, 2)))(q, k, v)):
         np.testing.assert_allclose(g, rg, atol=1e-4, rtol=1e-4)
 
 
@@ -112,8 +114,9 @@ def test_cudnn_wrapper_pads_lengths_to_its_multiple(monkeypatch, t, causal):
         return lambda q, k, v: jnp.sum(jnp.where(valid, attention(
             q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=causal, implementation=impl, packed=False), 0) * w)
 
-    np.testing.assert_allclose(loss("cudnn")(q, k, v), loss("xla")(q, k, v), rtol=1e-5)
-    grads = zip(jax.grad(loss("cudnn"), argnums=(0, 1, 2))(q, k, v), jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v))
+    np.testing.assert_allclose(jax.jit(loss("cudnn"))(q, k, v), jax.jit(loss("xla"))(q, k, v), rtol=1e-5)
+    grads = zip(jax.jit(jax.grad(loss("cudnn"), argnums=(0, 1, 2)))(q, k, v),
+                jax.jit(jax.grad(loss("xla"), argnums=(0, 1, 2)))(q, k, v))
     for g, rg in grads:
         np.testing.assert_allclose(np.where(valid, g, 0), np.where(valid, rg, 0), atol=1e-4, rtol=1e-4)
     padded = -(-t // attn.CUDNN_LENGTH_MULTIPLE) * attn.CUDNN_LENGTH_MULTIPLE
@@ -167,6 +170,7 @@ def test_cudnn_packed_layout_means_the_segment_mask(monkeypatch, rows):
             q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=True, implementation=impl, packed=True), 0) * w))
 
     np.testing.assert_allclose(loss("cudnn")(q, k, v), loss("xla")(q, k, v), rtol=1e-5)
-    grads = zip(jax.grad(loss("cudnn"), argnums=(0, 1, 2))(q, k, v), jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v))
+    grads = zip(jax.jit(jax.grad(loss("cudnn"), argnums=(0, 1, 2)))(q, k, v),
+                jax.jit(jax.grad(loss("xla"), argnums=(0, 1, 2)))(q, k, v))
     for g, rg in grads:
         np.testing.assert_allclose(g, rg, atol=1e-4, rtol=1e-4)

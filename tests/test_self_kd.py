@@ -241,13 +241,14 @@ def test_equal_sides_have_zero_kl_and_the_teacher_gets_no_gradient(kd_batches):
     same = hidden.copy()
     for b in range(hidden.shape[0]):
         same[b, np.flatnonzero(student[b])] = hidden[b, np.flatnonzero(teacher[b])]
-    _, aux = pair_loss(jnp.asarray(same), head, batch, cfg)
+    loss_of = jax.jit(lambda h: pair_loss(h, head, batch, cfg))
+    _, aux = loss_of(jnp.asarray(same))
     assert int(aux["kd_tokens"]) == teacher.sum() > 0
     assert abs(float(aux["kl"])) < 1e-6, float(aux["kl"])
 
     # The gradient: zero on every teacher position, and on the student the one of a hand-made oracle
     # whose teacher distributions are constants.
-    grad = np.asarray(jax.grad(lambda h: pair_loss(h, head, batch, cfg)[0])(jnp.asarray(hidden)))
+    grad = np.asarray(jax.jit(jax.grad(lambda h: loss_of(h)[0]))(jnp.asarray(hidden)))
     assert not grad[kd == KD_TEACHER].any()
     assert (np.abs(grad[student]).sum(axis=-1) > 0).all()  # every student response position learns
     rows = [(b, np.flatnonzero(teacher[b]), np.flatnonzero(student[b])) for b in range(4)]
@@ -267,7 +268,7 @@ def test_equal_sides_have_zero_kl_and_the_teacher_gets_no_gradient(kd_batches):
             total += cfg.alpha * kl + (1 - cfg.alpha) * ce
         return total / n
 
-    want = np.asarray(jax.grad(by_hand)(jnp.asarray(hidden)))
+    want = np.asarray(jax.jit(jax.grad(by_hand))(jnp.asarray(hidden)))
     np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-8)
 
 

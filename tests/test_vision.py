@@ -274,7 +274,7 @@ def test_pack_anyres_matches_hf(size):
     feats = rng.randn(layout.num_tiles, 729, 8).astype(np.float32)
     newline = rng.randn(8).astype(np.float32)
     want = hf_pack(feats, size, newline, 384, 14, mt.LLAVA_ONEVISION_GRID_PINPOINTS)
-    got = pack_anyres(jnp.asarray(feats), size, jnp.asarray(newline))
+    got = jax.jit(pack_anyres, static_argnums=1)(jnp.asarray(feats), size, jnp.asarray(newline))
     assert got.shape == want.shape == (mt.anyres_num_tokens(size), 8)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert layout.shrunk == (size in [(2304, 2304), (1080, 1920)])
