@@ -46,7 +46,9 @@ TASK_KINDS = {
     "video_audio_qa": "exact",
     "text_instruct": "exact",
 }
-MAX_NEW_TOKENS = {"asr": 48, "exact": 24, "choice": 8, "spoken": 24}
+# Greedy decoding stops at the answer's end: one length for the short-answer kinds gives a stage's tasks of one
+# modality (image questions, multiple choice, the spoken questions' text pass) one compiled generate.
+MAX_NEW_TOKENS = {"asr": 48, "exact": 24, "choice": 24, "spoken": 24}
 BATCH_SIZE = 16
 
 
