@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 $(BIN)/activate: setup.py
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q --no-compile -e '.[test]'
+	$(BIN)/pip install -q -e '.[test]'
 	touch $(BIN)/activate
 
 .PHONY: setup demo test bench
