@@ -251,7 +251,7 @@ def train_config(model: str, impl: str, args):
         c = common.stage_config("7b", "bench_llm1.5b", common.omni_model("7b", vision_connector=None,
                                                                          audio_connector=None))
         c.model.llm.update(QWEN25_1P5B)
-        common.use_media(c)  # text only
+        c.media.update(image_slots=0, video_slots=0, audio_slots=0)  # text only
         c.trainable = [(".*", common.schedule(1e-5))]
         c.batch_size, c.seq_len = args.llm_batch, args.seq
     elif model == "ola7b_1a":

@@ -61,6 +61,17 @@ TASKS = (
     "video_audio_qa",
     "text_instruct",
 )
+# The media kinds each task's examples hold (a spoken question adds audio: ``Example.spoken_view``).
+TASK_MEDIA = {
+    "image_caption": ("image",),
+    "image_qa": ("image",),
+    "image_choice": ("image",),
+    "spoken_image_qa": ("image", "audio"),
+    "asr": ("audio",),
+    "video_visual_qa": ("video", "audio"),
+    "video_audio_qa": ("video", "audio"),
+    "text_instruct": (),
+}
 # Examples per task and split. `default` builds in about two minutes on one CPU core, `tiny` in seconds.
 SIZES = {
     "default": {"train": 1000, "eval": 100},

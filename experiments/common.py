@@ -5,8 +5,9 @@ assigns what its stage is about (trainable groups, data mixture, steps). Paper s
 
 - LLM Qwen2.5-7B (28 layers, hidden 3584, GQA 28:4, vocab 152064), SigLIP-so400m-patch14-384 (27 layers,
   hidden 1152), Whisper-large-v3 encoder (32 layers, d_model 1280, 128 mels, 30 s windows).
-- ``7b`` on GPUs: ``--config.model.{llm,vision,audio}.attention=cudnn`` (the XLA attention is the CPU
-  reference; ``benchmarks/RESULTS.md`` section 6).
+- Attention is ``'auto'`` in both presets: the platform's (cuDNN flash attention on GPUs, splash in the LLM on
+  TPUs, the XLA reference on CPUs; ``omnijax.models.attention.resolve_implementation``); a
+  ``--config.model.{llm,vision,audio}.attention=...`` flag picks one (``benchmarks/RESULTS.md`` section 6).
 - ``tiny``: the same architecture at toy sizes on omni-synth's 64-pixel images and 4 s audio windows,
   with the omni-synth BPE tokenizer (1024 ids; placeholders 3 image, 4 video, 5 audio).
 
@@ -36,22 +37,23 @@ QWEN_IDS = {"image": 151655, "video": 151656, "audio": 151646}  # Qwen2.5's <|im
 
 LLM = {
     "tiny": dict(vocab_size=tok.DEFAULT_VOCAB_SIZE, hidden_size=128, intermediate_size=384, num_layers=4,
-                 num_heads=4, num_kv_heads=2, max_position_embeddings=2048),
+                 num_heads=4, num_kv_heads=2, max_position_embeddings=2048, attention="auto"),
     "7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28,
-               num_kv_heads=4, rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=32768, tie_word_embeddings=False,
-               dtype="bfloat16", param_dtype="float32", remat="full", attention="xla"),
+               num_kv_heads=4, rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=32768,
+               tie_word_embeddings=False,
+               dtype="bfloat16", param_dtype="float32", remat="full", attention="auto"),
 }
 VISION = {
     "tiny": dict(image_size=64, patch_size=8, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                 use_head=False),
+                 use_head=False, attention="auto"),
     "7b": dict(image_size=384, patch_size=14, hidden_size=1152, intermediate_size=4304, num_layers=27, num_heads=16,
-               use_head=False, dtype="bfloat16", remat="full", attention="xla"),
+               use_head=False, dtype="bfloat16", remat="full", attention="auto"),
 }
 AUDIO = {
     "tiny": dict(num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
-                 max_source_positions=200),
+                 max_source_positions=200, attention="auto"),
     "7b": dict(num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
-               max_source_positions=1500, dtype="bfloat16", remat="full", attention="xla"),
+               max_source_positions=1500, dtype="bfloat16", remat="full", attention="auto"),
 }
 TINY_VIDEO_FRAMES = 4  # of omni-synth's 8: enough to see which way a shape moves
 HF_DIRS = {"llm": "Qwen2.5-7B-Instruct", "vision": "siglip-so400m-patch14-384", "audio": "whisper-large-v3"}
@@ -126,32 +128,28 @@ def stage_config(preset: str, name: str, model: mlc.ConfigDict, tokenizer: str |
     return c
 
 
-def use_media(c: mlc.ConfigDict, *kinds: str) -> None:
-    """Keep the media slots of ``kinds`` ('image', 'video', 'audio') and give the others none: a stage's
-    batches then carry no empty slots of media its data never has, and its step runs no tower on them
-    (Ola tiny's stage 1b: 0.33 s a step with image slots only, 0.63 s with every modality's). Evaluation
-    and generation give the model back the slots of its towers (``inference.omni.generation_config``)."""
-    unknown = sorted(set(kinds) - {"image", "video", "audio"})
-    if unknown:
-        raise ValueError(f"unknown media kinds {unknown}; kinds: image, video, audio")
-    for kind in ("image", "video", "audio"):
-        if kind not in kinds:
-            c.media[f"{kind}_slots"] = 0
+# The media the papers' data of a source holds (`7b`), where it differs from omni-synth's task of that name:
+# the video-question sets of the visual stages (LLaVA-Video-178K, ShareGPT4Video) are read as frames, without
+# an audio track, so those stages build no audio slots (``omnijax.training.config.media_slots``).
+PAPER_MEDIA = {"video_visual_qa": ("video",)}
 
 
 def sources(preset: str, weights: dict[str, float], *, spoken: tuple[str, ...] = ()) -> list[dict]:
-    """The stage's data sources with their mixture weights: omni-synth task shards (`tiny`), or the user's
-    converted shards under ``@data/<name>/`` (`7b`). ``spoken``: sources whose examples are read as their
-    spoken-question view (Self-KD students, Ola's audio questions)."""
+    """The stage's data sources with their mixture weights and the media kinds their examples hold: omni-synth
+    task shards (`tiny`), or the user's converted shards under ``@data/<name>/`` (`7b`). ``spoken``: sources
+    whose examples are read as their spoken-question view (Self-KD students, Ola's audio questions)."""
     out = []
     for name, weight in weights.items():
+        if name not in synth.TASKS:
+            raise ValueError(f"{name!r} is not an omni-synth task; tasks: {', '.join(synth.TASKS)}")
+        media = synth.TASK_MEDIA[name]
         if preset == "tiny":
-            if name not in synth.TASKS:
-                raise ValueError(f"{name!r} is not an omni-synth task; tasks: {', '.join(synth.TASKS)}")
             paths = synth.task_shards(CORPUS, "train")[name] + "*"
         else:
-            paths = f"@data/{name}/shards-*"
-        out.append(dict(name=name, paths=paths, weight=float(weight), spoken=name in spoken))
+            paths, media = f"@data/{name}/shards-*", PAPER_MEDIA.get(name, media)
+        if name in spoken and "audio" not in media:
+            media = (*media, "audio")
+        out.append(dict(name=name, paths=paths, weight=float(weight), spoken=name in spoken, media=tuple(media)))
     return out
 
 

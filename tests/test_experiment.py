@@ -34,12 +34,10 @@ def two_stages():
     (everything but the towers, on image questions and text), built in Python as a notebook would."""
     align = common.stage_config("tiny", "nb_align", common.omni_model("tiny"))
     align.init_from = common.pretrained("tiny", ("llm", "vision", "audio"))
-    common.use_media(align, "image")
     common.set_data(align, "tiny", {"image_caption": 1.0})
     align.trainable = [("vision_connector/.*", common.schedule(3e-3)), (".*", None)]
     sft = common.stage_config("tiny", "nb_sft", common.omni_model("tiny"))
     sft.init_from = common.PREVIOUS
-    common.use_media(sft, "image")
     common.set_data(sft, "tiny", {"image_qa": 2.0, "text_instruct": 1.0})
     sft.trainable = [("(vision|audio)/.*", None), (".*", common.schedule(1e-3))]
     for c in (align, sft):

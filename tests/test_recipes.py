@@ -18,6 +18,7 @@ from training_fixtures import compile_once, corpus
 
 from omnijax import recipe as recipe_lib
 from omnijax.models.omni import OmniModel, logical_specs
+from omnijax.training.config import check_config, media_slots, resolve_roots
 from omnijax.training.omni_task import omni_config
 from omnijax.training.stages import StageConfigError
 
@@ -133,7 +134,7 @@ def test_7b_preset_abstract_shapes(path):
         assert counts[group] == n, (path, group, counts[group], n)
     assert 7.6e9 < counts["llm"] < 7.7e9, counts  # Qwen2.5-7B: 7.62B
     assert sum(counts.values()) < 9.5e9, counts
-    no_slots = dict(image_slots=0, video_slots=0, audio_slots=0)  # a stage's slots are its media's (use_media)
+    no_slots = dict(image_slots=0, video_slots=0, audio_slots=0)  # a stage's slots are its mixture's (media_slots)
     for c in configs:  # every stage: the same architecture, rules that match, a pod mesh
         assert omni_config(c).replace(**no_slots) == cfg.replace(**no_slots), c.name
         assert c.mesh.fsdp == -1 and c.batch_size >= 128, c.name
@@ -177,29 +178,43 @@ def test_recipe_errors(tmp_path):
         recipe_lib.run(recipe, "/tmp/unused", only=("9z",), evaluate=False)
 
 
-def test_ola_stages_carry_only_their_own_media():
-    """`common.use_media`: a stage's batches have slots only for the media its data has."""
+def test_stages_carry_only_the_media_of_their_mixture():
+    """A stage's slots are the media its sources hold (``media_slots``); ``c.media.always`` widens them."""
     from experiments import common
 
     media = {}
-    for spec in ("experiments/pretrain_tiny/recipe.py:tiny", "experiments/ola/recipe.py:tiny"):
+    for spec in ("experiments/pretrain_tiny/recipe.py:tiny", "experiments/ola/recipe.py:tiny",
+                 "experiments/ola/recipe.py:7b"):
         recipe = recipe_lib.load_recipe(spec)
         for name, path in recipe.stages:
-            c = recipe_lib._module(path, name).get_config("tiny")
-            media[name] = tuple(k for k in ("image", "video", "audio") if c.media[f"{k}_slots"])
-    assert media == {"0_vision_tower": ("image",), "0_speech_tower": ("audio",), "0_vision_binding": ("image",),
-                     "0a_vision": ("image",), "0b_speech": ("image", "audio"), "1a": ("image",), "1b": ("image",),
-                     "2": ("image", "video", "audio"), "3a": ("audio",), "3b": ("image", "video", "audio")}
-    c = recipe_lib._module(recipe.stages[-1][1], "3b").get_config("7b")
-    common.use_media(c, "video")
-    assert (c.media.image_slots, c.media.video_slots, c.media.audio_slots) == (0, 64, 0)
-    with pytest.raises(ValueError, match=r"unknown media kinds \['pictures'\]"):
-        common.use_media(c, "pictures")
+            slots = media_slots(recipe_lib._module(path, name).get_config(recipe.preset))
+            media[name, recipe.preset] = tuple(k for k in ("image", "video", "audio") if slots[f"{k}_slots"])
+    image, audio, omni = ("image",), ("audio",), ("image", "video", "audio")
+    assert media == {("0_vision_tower", "tiny"): image, ("0_speech_tower", "tiny"): audio,
+                     ("0_vision_binding", "tiny"): image, ("0a_vision", "tiny"): image,
+                     ("0b_speech", "tiny"): ("image", "audio"), ("1a", "tiny"): image, ("1b", "tiny"): image,
+                     ("2", "tiny"): omni, ("3a", "tiny"): audio, ("3b", "tiny"): omni,
+                     # at 7b stage 2's video questions are read as frames (the papers' LLaVA-Video data)
+                     ("1a", "7b"): image, ("1b", "7b"): image, ("2", "7b"): ("image", "video"),
+                     ("3a", "7b"): audio, ("3b", "7b"): omni}
+    c = recipe_lib._module(recipe.stages[2][1], "2").get_config("7b")
+    assert media_slots(c) == dict(image_slots=8, video_slots=64, audio_slots=0)
+    c.media.always = ("audio",)
+    assert media_slots(c) == dict(image_slots=8, video_slots=64, audio_slots=8)
+    c.data.sources[0]["media"] = None  # a source that does not say: every slot of c.media stays
+    c.media.always = ()
+    assert media_slots(c)["audio_slots"] == 8
+    c.data.sources[0]["media"] = ("pictures",)
+    with pytest.raises(StageConfigError, match=r"c.data.sources\[0\].media names \['pictures'\]; give a tuple of "
+                                               r"media kinds \(image, video, audio\)"):
+        check_config(resolve_roots(c, {}), 8, 1)
+    assert common.sources("tiny", {"image_qa": 1.0}, spoken=("image_qa",))[0]["media"] == ("image", "audio")
 
 
-def test_7b_attention_is_a_command_line_override(monkeypatch):
-    """GPU runs of the 7b presets choose cuDNN from the command line (experiments/common.py): every tower's
-    config has the field, so ``--config.model.<tower>.attention=cudnn`` parses and reaches the model."""
+def test_7b_attention_follows_the_platform_or_the_command_line(monkeypatch):
+    """The 7b presets say attention 'auto': the platform's implementation -- of the mesh's devices when the task
+    is built on a mesh (a TPU slice compiled for on this CPU machine). Every tower's config has the field, so
+    ``--config.model.<tower>.attention=cudnn`` parses and reaches the model."""
     from absl import flags
     from ml_collections import config_flags
 
@@ -211,4 +226,9 @@ def test_7b_attention_is_a_command_line_override(monkeypatch):
     fv(argv)
     cfg = omni_config(fv.config)
     assert (cfg.llm.attention, cfg.vision.attention, cfg.audio.attention) == ("cudnn",) * 3
-    assert omni_config(_stage_configs("experiments/ola/recipe.py", "7b")[0]).llm.attention == "xla"
+    c = _stage_configs("experiments/ola/recipe.py", "7b")[0]
+    assert c.model.llm.attention == c.model.vision.attention == c.model.audio.attention == "auto"
+    expected = {"cpu": ("xla", "xla", "xla"), "tpu": ("splash", "xla", "xla"), "gpu": ("cudnn", "cudnn", "cudnn")}
+    for platform, want in expected.items():
+        cfg = omni_config(c, platform)
+        assert (cfg.llm.attention, cfg.vision.attention, cfg.audio.attention) == want, platform

@@ -14,7 +14,6 @@ def get_config(arg="tiny"):
     preset = common.check_preset(arg or "tiny")
     c = common.stage_config(preset, "ola_1a", common.omni_model(preset))
     c.init_from = common.pretrained(preset, ("llm", "vision", "audio"))  # both connectors start fresh
-    common.use_media(c, "image")
     common.set_data(c, preset, {"image_caption": 1.0})
     c.trainable = [("vision_connector/.*", common.schedule(1e-3 if preset == "7b" else 3e-3)), (".*", None)]
     c.num_steps = STEPS[preset]

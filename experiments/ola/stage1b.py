@@ -17,7 +17,6 @@ def get_config(arg="tiny"):
     preset = common.check_preset(arg or "tiny")
     c = common.stage_config(preset, "ola_1b", common.omni_model(preset))
     c.init_from = common.PREVIOUS
-    common.use_media(c, "image")
     common.set_data(c, preset, {"image_caption": 1.0, "image_qa": 2.0, "image_choice": 1.0, "text_instruct": 1.0})
     if preset == "7b":
         c.trainable = [("vision/.*", common.schedule(2e-6)), (".*", common.schedule(2e-5))]

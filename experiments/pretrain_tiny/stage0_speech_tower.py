@@ -27,7 +27,6 @@ def get_config(arg="tiny"):
     model = common.omni_model("tiny", ctc=dict(audio=dict(weight=1.0, tasks=("asr",))), next_token_loss=False)
     c = common.stage_config("tiny", "pretrain_tiny_0_speech_tower", model, tokenizer=common.CORPUS_TOKENIZER)
     c.init_from = common.PREVIOUS
-    common.use_media(c, "audio")
     common.set_data(c, "tiny", {"asr": 1.0})
     c.trainable = [("(audio|audio_connector|llm/embed_tokens)/.*", common.schedule(3e-3)), (".*", None)]
     c.num_steps = STEPS

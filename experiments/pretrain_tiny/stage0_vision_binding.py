@@ -30,7 +30,6 @@ def get_config(arg="tiny"):
                               next_token_loss=False)
     c = common.stage_config("tiny", "pretrain_tiny_0_vision_binding", model, tokenizer=common.CORPUS_TOKENIZER)
     c.init_from = common.PREVIOUS
-    common.use_media(c, "image")
     common.set_data(c, "tiny", {"image_caption": 1.0})
     c.trainable = [("(vision|vision_connector)/.*", common.schedule(2e-3)), (".*", None)]
     c.num_steps = STEPS

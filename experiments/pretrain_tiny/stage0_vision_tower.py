@@ -28,7 +28,6 @@ def get_config(arg="tiny"):
     model = common.omni_model("tiny", bow=dict(image=dict(weight=1.0, tasks=("image_caption",))),
                               next_token_loss=False)
     c = common.stage_config("tiny", "pretrain_tiny_0_vision_tower", model, tokenizer=common.CORPUS_TOKENIZER)
-    common.use_media(c, "image")
     common.set_data(c, "tiny", {"image_caption": 1.0})
     c.trainable = [("(vision|vision_connector|llm/embed_tokens)/.*", common.schedule(2e-3)), (".*", None)]
     c.num_steps = STEPS

@@ -23,7 +23,6 @@ def get_config(arg="tiny"):
                          "checkpoints")
     c = common.stage_config("tiny", "pretrain_tiny_0a_vision", common.omni_model("tiny"),
                             tokenizer=common.CORPUS_TOKENIZER)
-    common.use_media(c, "image")
     common.set_data(c, "tiny", {"image_caption": 1.0})
     c.init_from = common.PREVIOUS
     c.trainable = [("(vision|audio|audio_connector)/.*", None), (".*", common.schedule(2e-3))]

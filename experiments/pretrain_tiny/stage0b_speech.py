@@ -28,7 +28,6 @@ def get_config(arg="tiny"):
     model = common.omni_model("tiny", ctc=dict(audio=dict(weight=CTC_WEIGHT, tasks=("asr",))))
     c = common.stage_config("tiny", "pretrain_tiny_0b_speech", model, tokenizer=common.CORPUS_TOKENIZER)
     c.init_from = common.PREVIOUS
-    common.use_media(c, "audio", "image")
     common.set_data(c, "tiny", {"asr": 2.0, "image_caption": 0.5, "text_instruct": 0.5})
     c.trainable = [("(vision|vision_connector|audio)/.*", None), (".*", common.schedule(2e-3))]
     c.num_steps = STEPS

@@ -13,7 +13,6 @@ VLM_7B = "workdirs/ola_7b/2"
 def get_config(arg="tiny"):
     preset = common.check_preset(arg or "tiny")
     c = common.stage_config(preset, "self_kd_1_audio_align", common.omni_model(preset))
-    c.media.video_slots = 0  # no video anywhere in this recipe
     if preset == "tiny":  # the stand-in's "VLM" and "Whisper"; a fresh audio connector
         c.init_from = [(common.stage_ref("0_base"), ("llm", "vision", "vision_connector", "audio", "mm_embed"))]
     else:

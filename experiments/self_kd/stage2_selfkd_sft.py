@@ -24,7 +24,6 @@ def get_config(arg="tiny"):
     preset = common.check_preset(arg or "tiny")
     model = common.omni_model(preset, self_kd=dict(alpha=ALPHA, max_response_tokens=MAX_RESPONSE_TOKENS[preset]))
     c = common.stage_config(preset, "self_kd_2_selfkd_sft", model)
-    c.media.video_slots = 0  # no video anywhere in this recipe
     c.init_from = common.PREVIOUS
     common.set_data(c, preset, WEIGHTS)
     for source in c.data.sources:

@@ -12,8 +12,10 @@ id 0 is padding). Implementations:
   (per-segment lengths and offsets, ``packed_layout``), other packed rows and KV-cache decoding an
   explicit mask.
 - ``splash``: Pallas splash attention for TPU (``make_splash_mha`` with a causal mask and native
-  segment ids), vmapped over the batch. ``interpret=True`` runs the kernel in the Pallas interpreter,
-  which is how it is checked on CPU.
+  segment ids), vmapped over the rows and run under ``shard_map`` on a mesh (``splash_attention``).
+  ``interpret=True`` runs the kernel in the Pallas interpreter, which is how it is checked on CPU.
+
+Configs may say ``'auto'``: the platform's implementation (``resolve_implementation``).
 
 Shapes: q ``[batch, q_len, heads, head_dim]``, k/v ``[batch, kv_len, kv_heads, head_dim]`` with
 ``heads % kv_heads == 0`` (kv head j serves query heads ``j*rep ... (j+1)*rep-1``, transformers'
@@ -31,6 +33,22 @@ import numpy as np
 
 Implementation = Literal["xla", "cudnn", "splash"]
 IMPLEMENTATIONS = ("xla", "cudnn", "splash")
+AUTO = "auto"  # a config setting: the implementation of the platform the model runs on (``resolve_implementation``)
+
+
+def resolve_implementation(name: str, platform: str | None = None, *, causal: bool = True,
+                           dtype: str = "bfloat16") -> str:
+    """``'auto'`` -> the implementation for ``platform`` (default: JAX's default backend): on GPU ``cudnn`` for
+    bfloat16 / float16 compute (cuDNN's flash attention takes no float32), on TPU ``splash`` for causal
+    attention and ``xla`` for the bidirectional encoders (splash here is causal only), ``xla`` otherwise. Any
+    other name is returned as it is."""
+    if name != AUTO:
+        return name
+    platform = platform or jax.default_backend()
+    if platform in ("gpu", "cuda", "rocm"):
+        return "cudnn" if dtype in ("bfloat16", "float16") else "xla"
+    return "splash" if platform == "tpu" and causal else "xla"
+
 
 # Large finite negative: fully masked rows (padding queries) stay finite instead of NaN.
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
@@ -216,33 +234,86 @@ def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, mask, scale, causal:
     return out[:, :t]
 
 
-@functools.lru_cache(maxsize=32)
-def _splash_kernel(heads: int, q_len: int, kv_len: int, block: int, interpret: bool):
+# Splash attention's blocks are multiples of the TPU's 128 lanes: rows are padded to a multiple of this.
+SPLASH_LANES = 128
+SPLASH_BLOCK = 512  # the largest block tried (queries and keys alike)
+
+
+def splash_block(length: int, block: int = SPLASH_BLOCK) -> int:
+    """The block splash uses for rows of ``length`` tokens (a multiple of ``SPLASH_LANES``): the largest of
+    ``block``, ``block / 2``, ... (at least ``SPLASH_LANES``) that divides it."""
+    if length % SPLASH_LANES or block % SPLASH_LANES:
+        raise ValueError(f"splash attention: length {length} and block {block} must be multiples of {SPLASH_LANES}")
+    while length % block:
+        block //= 2
+    return max(block, SPLASH_LANES)
+
+
+def _splash_kernel(heads: int, length: int, block: int, interpret: bool):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
-    mask = sm.MultiHeadMask([sm.CausalMask((q_len, kv_len)) for _ in range(heads)])
-    sizes = sk.BlockSizes(
-        block_q=min(block, q_len), block_kv_compute=min(block, kv_len), block_kv=min(block, kv_len),
-        block_q_dkv=min(block, q_len), block_kv_dkv=min(block, kv_len),
-        block_kv_dkv_compute=min(block, kv_len), block_q_dq=min(block, q_len), block_kv_dq=min(block, kv_len),
-    )
+    mask = sm.MultiHeadMask([sm.CausalMask((length, length)) for _ in range(heads)])
+    b = splash_block(length, block)
+    sizes = sk.BlockSizes(block_q=b, block_kv_compute=b, block_kv=b, block_q_dkv=b, block_kv_dkv=b,
+                          block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
     return sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes, interpret=interpret)
 
 
-def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, scale, block: int = 512, interpret: bool = False):
-    """Pallas splash attention (TPU; ``interpret=True`` anywhere). Causal, segment ids native."""
+def _splash_partition(heads: int, kv_heads: int):
+    """``(mesh, batch axes, head axis)`` of the activations under the ambient mesh and logical rules
+    (``jax.set_mesh`` + ``nn.logical_axis_rules``), or None outside a mesh or on a single device."""
+    import flax.linen as nn
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return None
+    spec = nn.logical_to_mesh_axes(("activation_batch", "activation_length", "activation_heads", None))
+    batch, length, head = (tuple(spec) + (None,) * 4)[:3]
+    if length is not None:
+        raise ValueError(f"splash attention: the sequence axis is sharded over {length!r}; splash takes whole rows")
+    if head is not None and heads % mesh.shape[head]:
+        head = None  # heads the tensor axis does not divide: every device computes all of them
+    return mesh, batch, head
+
+
+def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, scale, block: int = SPLASH_BLOCK,
+                     interpret: bool = False):
+    """Pallas splash attention (TPU; ``interpret=True`` anywhere). Causal, segment ids native.
+
+    Rows are padded with segment id 0 to a multiple of ``SPLASH_LANES`` (cut off again after), so every
+    length works; on a mesh the kernel runs under ``shard_map`` (a Mosaic kernel cannot be partitioned
+    automatically): batch rows over the batch axes of the logical rules, heads over their head axis. When
+    that axis does not divide the kv heads, k and v are repeated to one per query head first."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
     b, t, n, h = q.shape
-    kernel = _splash_kernel(n, t, k.shape[1], block, interpret)
-    # Splash wants [heads, len, head_dim] per example; query scaling folded into q.
-    qh = jnp.swapaxes(q * jnp.asarray(scale, q.dtype), 1, 2)
-    kh = jnp.swapaxes(k, 1, 2)
-    vh = jnp.swapaxes(v, 1, 2)
-    segs = sk.SegmentIds(q=q_segment_ids.astype(jnp.int32), kv=kv_segment_ids.astype(jnp.int32))
-    out = jax.vmap(kernel)(qh, kh, vh, segment_ids=segs)
-    return jnp.swapaxes(out, 1, 2)
+    pad = -t % SPLASH_LANES
+    if pad:
+        q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
+        q_segment_ids, kv_segment_ids = (jnp.pad(s, ((0, 0), (0, pad))) for s in (q_segment_ids, kv_segment_ids))
+    length = t + pad
+    q = q * jnp.asarray(scale, q.dtype)  # splash does not scale: folded into q
+    part = _splash_partition(n, k.shape[2])
+    if part is not None and part[2] is not None and k.shape[2] % part[0].shape[part[2]]:
+        k, v = (jnp.repeat(x, n // k.shape[2], axis=2) for x in (k, v))
+
+    def local(q, k, v, q_seg, kv_seg):
+        # Splash wants [heads, len, head_dim] per example.
+        kernel = _splash_kernel(q.shape[2], length, block, interpret)
+        segs = sk.SegmentIds(q=q_seg.astype(jnp.int32), kv=kv_seg.astype(jnp.int32))
+        out = jax.vmap(kernel)(jnp.swapaxes(q, 1, 2), jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), segment_ids=segs)
+        return jnp.swapaxes(out, 1, 2)
+
+    if part is None:
+        out = local(q, k, v, q_segment_ids, kv_segment_ids)
+    else:
+        mesh, batch, head = part
+        P = jax.sharding.PartitionSpec
+        heads, rows = P(batch, None, head, None), P(batch, None)
+        out = jax.shard_map(local, mesh=mesh, in_specs=(heads, heads, heads, rows, rows), out_specs=heads,
+                            check_vma=False)(q, k, v, q_segment_ids, kv_segment_ids)
+    return out[:, :t]
 
 
 def attention(

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omnijax.media_tokens import whisper_conv_steps
-from omnijax.models.attention import attention
+from omnijax.models.attention import AUTO, attention, resolve_implementation
 from omnijax.models.layers import DenseGeneral
 from omnijax.models.llm import Numerics, scanned
 
@@ -67,7 +67,7 @@ class AudioConfig(Numerics):
     initializer_range: float = 0.02
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
-    attention: str = "xla"  # xla | cudnn
+    attention: str = "xla"  # xla | cudnn | auto (cudnn on GPU, else xla)
     remat: str = "none"  # none | full | dots | dots_no_batch
     scan_unroll: int = 1  # layers unrolled per scan iteration (same param layout)
 
@@ -77,6 +77,8 @@ class AudioConfig(Numerics):
         if self.d_model % self.encoder_attention_heads:
             raise ValueError(f"d_model ({self.d_model}) must be a multiple of encoder_attention_heads "
                              f"({self.encoder_attention_heads})")
+        if self.attention == AUTO:
+            object.__setattr__(self, "attention", resolve_implementation(AUTO, causal=False, dtype=self.dtype))
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"audio attention {self.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}: the "
                              "encoder attends bidirectionally and splash attention is causal-only; use 'xla' on TPU")

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from omnijax.models.attention import IMPLEMENTATIONS, attention
+from omnijax.models.attention import AUTO, IMPLEMENTATIONS, attention, resolve_implementation
 from omnijax.models.layers import DenseGeneral
 
 REMAT_POLICIES = {
@@ -88,7 +88,7 @@ class LLMConfig(Numerics):
     pad_token_id: int | None = None
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
-    attention: str = "xla"  # xla | cudnn | splash
+    attention: str = "xla"  # xla | cudnn | splash | auto (the platform's: models.attention.resolve_implementation)
     cudnn_max_segments: int = 16  # cudnn: packed rows with more segments than this take the explicit mask
     remat: str = "none"  # none | full | dots | dots_no_batch
     scan_unroll: int = 1  # layers unrolled per scan iteration (same param layout)
@@ -98,8 +98,10 @@ class LLMConfig(Numerics):
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+        if self.attention == AUTO:
+            object.__setattr__(self, "attention", resolve_implementation(AUTO, dtype=self.dtype))
         if self.attention not in IMPLEMENTATIONS:
-            raise ValueError(f"attention {self.attention!r} is not one of {IMPLEMENTATIONS}")
+            raise ValueError(f"attention {self.attention!r} is not one of {IMPLEMENTATIONS + (AUTO,)}")
         self.check_numerics()
 
     @classmethod

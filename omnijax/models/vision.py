@@ -42,7 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from omnijax.models.attention import attention
+from omnijax.models.attention import AUTO, attention, resolve_implementation
 from omnijax.models.image_layout import resize_matrix
 from omnijax.models.layers import DenseGeneral
 from omnijax.models.llm import Numerics, scanned
@@ -83,7 +83,7 @@ class VisionConfig(Numerics):
     interpolate_pos_encoding: bool = False  # accept other image sizes (HF's `interpolate_pos_encoding=True`)
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
-    attention: str = "xla"  # xla | cudnn
+    attention: str = "xla"  # xla | cudnn | auto (cudnn on GPU, else xla)
     remat: str = "none"  # none | full | dots | dots_no_batch
     scan_unroll: int = 1
 
@@ -94,6 +94,8 @@ class VisionConfig(Numerics):
             raise ValueError(f"image_size ({self.image_size}) is smaller than patch_size ({self.patch_size})")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {tuple(ACTIVATIONS)}")
+        if self.attention == AUTO:
+            object.__setattr__(self, "attention", resolve_implementation(AUTO, causal=False, dtype=self.dtype))
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"vision attention {self.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}: the "
                              "encoder attends bidirectionally and splash attention is causal-only; use 'xla' on TPU")

@@ -19,13 +19,15 @@ A stage file (``experiments/<recipe>/<stage>.py``) has ``get_config(arg)``, star
     c.batch_size        global batch (rows); c.microbatches: gradient accumulation steps
     c.seq_len           tokens per row
     c.media             media slots per row: image_slots, video_slots, audio_slots (the slot sizes
-                        are the model's: ``omnijax.batch.MediaBudget``)
+                        are the model's: ``omnijax.batch.MediaBudget``), at most; a kind that no source
+                        of the mixture holds gets none (``media_slots``) unless always=(kinds) keeps it
     c.num_tasks         task ids in the batches (per-task losses); c.task_names: their names
     c.data              source: 'random' (in-memory random rows, ``data_source.RandomBatches``) or
                         'grain' (``data_pipelines.pipeline.Pipeline``); seed (both); for 'grain':
                         sources [dict(name, paths: shard glob(s), weight=1.0, spoken=False,
-                        self_kd=False), ...] (spoken: read the spoken form of examples; self_kd: read
-                        each example as a Self-KD teacher-student pair, with c.model.self_kd set),
+                        self_kd=False, media=None), ...] (spoken: read the spoken form of examples; self_kd:
+                        read each example as a Self-KD teacher-student pair, with c.model.self_kd set;
+                        media: the kinds its examples hold, e.g. ('video', 'audio'), None: unknown),
                         tokenizer (HF tokenizer dir), workers (0: decode in the trainer process),
                         pipeline (dict of further ``PipelineConfig`` fields: video_frames, too_long, ...)
     c.num_steps, c.seed, c.log_every
@@ -50,7 +52,8 @@ from omnijax.training.checkpointing import final_step, is_stage_workdir
 from omnijax.training.stages import DEFAULT_NO_DECAY, StageConfigError, check_rules
 
 
-MEDIA_SLOTS = ("image_slots", "video_slots", "audio_slots")
+MEDIA_KINDS = ("image", "video", "audio")
+MEDIA_SLOTS = tuple(f"{kind}_slots" for kind in MEDIA_KINDS)
 FROZEN_DTYPES = ("bfloat16", "float16", "float32")
 DATA_SOURCES = ("random", "grain")
 # Named roots a config path may start with ('@corpus/...'): the omni-synth corpus folder, the folder of
@@ -73,7 +76,7 @@ def base_config() -> mlc.ConfigDict:
     c.batch_size = 8
     c.microbatches = 1
     c.seq_len = 256
-    c.media = mlc.ConfigDict(dict(image_slots=0, video_slots=0, audio_slots=0))  # a stage turns on its modalities
+    c.media = mlc.ConfigDict(dict(image_slots=0, video_slots=0, audio_slots=0, always=()))  # a stage sets its slots
     c.num_tasks = 0
     c.task_names = ()
     c.data = mlc.ConfigDict(dict(source="random", seed=0, sources=[], tokenizer="", workers=0, pipeline={}))
@@ -210,9 +213,17 @@ def check_config(c, num_devices: int, process_count: int = 1) -> None:
                 raise StageConfigError(f"{stage}: c.data.sources[{i}] is {src!r}; each source is a dict with "
                                        "name and paths (a shard glob or a list of them), optional weight, spoken, "
                                        "self_kd")
-    unknown = sorted(set(c.media) - set(MEDIA_SLOTS))
+    unknown = sorted(set(c.media) - set(MEDIA_SLOTS) - {"always"})
     if unknown:
-        raise StageConfigError(f"{stage}: c.media has {unknown}; it holds the slots per row: {', '.join(MEDIA_SLOTS)}")
+        raise StageConfigError(f"{stage}: c.media has {unknown}; it holds the slots per row: {', '.join(MEDIA_SLOTS)} "
+                               "and always (kinds that keep their slots)")
+    for where, kinds in [("c.media.always", c.media.get("always") or ())] + [
+            (f"c.data.sources[{i}].media", src.get("media") or ()) for i, src in enumerate(c.data.get("sources") or ())
+            if isinstance(src, dict | mlc.ConfigDict)]:
+        bad = sorted(set(kinds) - set(MEDIA_KINDS)) if isinstance(kinds, list | tuple) else [kinds]
+        if bad:
+            raise StageConfigError(f"{stage}: {where} names {bad}; give a tuple of media kinds "
+                                   f"({', '.join(MEDIA_KINDS)})")
     check_rules(c.trainable, c.name)
     for src, _ in init_sources(c):
         if src.startswith("@"):
@@ -228,6 +239,19 @@ def check_config(c, num_devices: int, process_count: int = 1) -> None:
         if not any(os.path.exists(os.path.join(src, m)) for m in marks):
             raise StageConfigError(f"{stage}: c.init_from {src!r} is neither a model directory (config.json or "
                                    "omnijax.json) nor a stage workdir (checkpoints/); point it at one of those")
+
+
+def media_slots(c) -> dict[str, int]:
+    """The stage's media slots per row (``image_slots``, ``video_slots``, ``audio_slots``): ``c.media``'s, except
+    that when every source of a 'grain' mixture says which media its examples hold (``media``), a kind none of
+    them holds gets no slots -- the step then runs no tower on slots that are always empty -- unless
+    ``c.media.always`` names it."""
+    slots = {k: int(c.media[k]) for k in MEDIA_SLOTS}
+    sources = list(c.data.get("sources") or ()) if c.data.get("source") == "grain" else []
+    if not sources or any(src.get("media") is None for src in sources):
+        return slots
+    held = {kind for src in sources for kind in src["media"]} | set(c.media.get("always") or ())
+    return {f"{kind}_slots": slots[f"{kind}_slots"] if kind in held else 0 for kind in MEDIA_KINDS}
 
 
 def resolve_mesh(shape: dict, num_devices: int) -> dict[str, int]:

@@ -20,19 +20,23 @@ trainer ``Task``: ``c.model.name = 'omni'``.
     c.model.bow = None               # likewise, a bag-of-words term on connector outputs (training.connector_bow)
     c.model.next_token_loss = True   # False: train on the ctc / bow terms alone (the LLM's layers are not run)
 
-The media slots per row come from ``c.media``, their sizes from the towers.
+The media slots per row come from ``c.media`` and the mixture (``training.config.media_slots``), their sizes
+from the towers. Attention ``'auto'`` in ``c.model.llm`` / ``vision`` / ``audio`` is the platform's
+implementation (``models.attention.resolve_implementation``): of the mesh's devices when there is one.
 """
 
 from __future__ import annotations
 
 from data_pipelines import tokenizer
 from omnijax.batch import batch_spec, check_batch
+from omnijax.models.attention import resolve_implementation
 from omnijax.models.audio import AudioConfig
 from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel, example_batch
 from omnijax.models.vision import VisionConfig
 from omnijax.training import objective
 from omnijax.training.connector_bow import ConnectorBOW
+from omnijax.training.config import media_slots
 from omnijax.training.connector_ctc import ConnectorCTC
 from omnijax.training.stages import StageConfigError
 from omnijax.training.task import Task, from_module
@@ -41,14 +45,19 @@ _OWN = ("name", "vocab_parallel", "self_kd", "ctc", "bow", "next_token_loss")
 _SUB = {"llm": LLMConfig, "vision": VisionConfig, "audio": AudioConfig}
 
 
-def omni_config(c) -> OmniConfig:
-    """The ``OmniConfig`` of a stage config (``StageConfigError`` naming the field if it is wrong)."""
+def omni_config(c, platform: str | None = None) -> OmniConfig:
+    """The ``OmniConfig`` of a stage config (``StageConfigError`` naming the field if it is wrong); attention
+    ``'auto'`` resolved for ``platform`` (default: JAX's default backend)."""
     fields = {k: v for k, v in c.model.to_dict().items() if k not in _OWN}
     try:
         for name, cls in _SUB.items():
             if fields.get(name) is not None:
-                fields[name] = cls(**fields[name])
-        return OmniConfig(**fields, **{k: int(c.media[k]) for k in ("image_slots", "video_slots", "audio_slots")})
+                sub = dict(fields[name])
+                if "attention" in sub:
+                    sub["attention"] = resolve_implementation(sub["attention"], platform, causal=name == "llm",
+                                                              dtype=sub.get("dtype", "float32"))
+                fields[name] = cls(**sub)
+        return OmniConfig(**fields, **media_slots(c))
     except (TypeError, ValueError) as e:
         raise StageConfigError(f"stage {c.name!r}: c.model: {e}") from None
 
@@ -111,7 +120,7 @@ def objective_terms(c, cfg: OmniConfig) -> tuple[tuple, tuple, bool]:
 
 
 def build(c, mesh) -> Task:
-    cfg = omni_config(c)
+    cfg = omni_config(c, mesh.devices.flat[0].platform if mesh is not None else None)
     model = OmniModel(cfg)
     vocab_parallel = bool(c.model.get("vocab_parallel", False))
     self_kd = self_kd_config(c)
