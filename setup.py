@@ -39,8 +39,10 @@ setup(
         "matplotlib>=3.8",  # omnijax.experiment's plots
     ],
     extras_require={
-        # The CPU wheel of torch that lies on the machines' disk; a bare `torch` pulls a CUDA build.
-        "test": ["torch==2.13.0", "pytest>=8.0", "pytest-xdist>=3.6"],
+        # The CPU wheel of torch that lies on the machines' disk; a bare `torch` pulls a CUDA build. The demo
+        # checks its export against transformers (torch); the tests also compile stages for TPU slices (libtpu).
+        "demo": ["torch==2.13.0"],
+        "test": ["torch==2.13.0", "pytest>=8.0", "pytest-xdist>=3.6", "jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda13]>=0.10.2"],
         "tpu": ["jax[tpu]>=0.10.2"],
     },

@@ -1,0 +1,484 @@
+"""Compile a stage's train step for a TPU slice on this machine: does it compile, does it fit, how fast.
+
+    python -m omnijax.compile --config experiments/ola/stage3b.py:7b [--config.KEY=VALUE ...] --topology v5p-64
+           [--mesh data=1,fsdp=-1,tensor=1] [--rules fsdp] [--save FILE]
+    python -m omnijax.compile --recipe experiments/ola/recipe.py:7b --topology v5p-64 [--markdown FILE]
+           [--set model.llm.attention=xla ...]   (--set KEY=VALUE: every stage, with --config or --recipe)
+
+With ``libtpu`` installed (the ``tpu`` and ``test`` extras: ``pip install -e '.[tpu]'``) JAX describes the
+devices of any TPU slice without one (``jax.experimental.topologies``), and ``jax.jit(step).lower(...)
+.compile()`` over a mesh of them runs the real TPU compiler on this CPU. The stage is built exactly as
+training builds it (``trainer.setup``: mesh, rules, frozen groups, optimizer, attention ``'auto'`` for
+the slice's platform), from shapes alone: no checkpoint, tokenizer or data is read. Per chip the report
+gives the argument / output / temporary bytes and the peak against the chip's HBM, the compile time,
+the model FLOPs of a step (analytic: ``model_flops``), the compiler's FLOPs and its time estimate --
+XLA counts a loop body once and every tower runs its layers in a loop, so both are also given with
+loop bodies counted by their trip counts (``omnijax.hlo_cost``) -- and the MFU that estimate implies.
+
+Topologies: ``v5p-N`` and ``v4-N`` (N TensorCores, two per chip: v5p-64 is 32 chips), ``v5e-N`` /
+``v5litepod-N`` and ``v6e-N`` (N chips), or a JAX topology string such as ``v5p:2x4x4``.
+
+Exit status: 0 every stage fits, 3 a stage does not fit (the message says how much is missing and
+which knobs would help), 2 a usage or config error (an unknown topology, a mesh the slice cannot hold).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+import sys
+import time
+
+GIB = 2**30
+DOES_NOT_FIT = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    name: str
+    hbm_bytes: int
+    peak_flops: float  # bf16 FLOP/s per chip
+    megacore: bool  # two TensorCores acting as one device (accelerator names count cores)
+
+
+CHIPS = {
+    "v4": Chip("TPU v4", 32 * GIB, 275e12, True),
+    "v5e": Chip("TPU v5e", 16 * GIB, 197e12, False),
+    "v5p": Chip("TPU v5p", 95 * GIB, 459e12, True),
+    "v6e": Chip("TPU v6e", 32 * GIB, 918e12, False),
+}
+_ALIASES = {"v5litepod": "v5e", "v5lite": "v5e"}
+# Chips -> the slice's shape (Cloud TPU's accelerator types): 3D tori for v4 / v5p, 2D for v5e / v6e.
+_SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
+              512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+_SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+
+
+class TopologyError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    name: str  # as the user gave it
+    jax_name: str  # e.g. 'v5p:2x4x4'
+    chip: Chip
+    devices: tuple
+
+
+def topology(name: str) -> Topology:
+    """The devices of the TPU slice ``name`` (``TopologyError`` naming the accepted forms otherwise)."""
+    m = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v5lite|v6e)-(\d+)", name)
+    if m:
+        kind = _ALIASES.get(m.group(1), m.group(1))
+        chip, n = CHIPS[kind], int(m.group(2))
+        chips = n // 2 if chip.megacore else n
+        shapes = _SHAPES_3D if kind in ("v4", "v5p") else _SHAPES_2D
+        if (chip.megacore and n % 2) or chips not in shapes:
+            sizes = ", ".join(f"{kind}-{c * 2 if chip.megacore else c}" for c in shapes)
+            raise TopologyError(f"unknown slice {name!r}: {kind} slices are {sizes} (or give a JAX topology string "
+                                f"such as {kind}:{shapes[min(shapes, key=lambda c: abs(c - chips))]})")
+        jax_name = f"{kind}:{shapes[chips]}"
+    elif re.fullmatch(r"(v4|v5p|v5e|v6e):\d+(x\d+){1,2}", name):
+        jax_name, kind = name, name.split(":")[0]
+        chip = CHIPS[kind]
+    else:
+        raise TopologyError(f"unknown topology {name!r}: give a slice (v5p-64, v5e-256, v6e-64, v4-128) or a JAX "
+                            "topology string (v5p:2x4x4, v5e:16x16)")
+    try:
+        from jax.experimental import topologies
+    except ImportError as e:  # pragma: no cover - jax always has it
+        raise TopologyError(f"this JAX has no jax.experimental.topologies ({e})") from None
+    shape = [int(d) for d in jax_name.split(":")[1].split("x")]
+    kw = {"chips_per_host_bounds": tuple(min(d, 2) for d in shape) + (1,) * (3 - len(shape))}  # hosts of <= 4 chips
+    if chip.megacore:
+        kw["chip_config_name"] = "megacore"
+    # Only the compiler is used, no TPU: several processes may load libtpu at once (it takes a lock otherwise).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    try:
+        desc = topologies.get_topology_desc(topology_name=jax_name, platform="tpu", **kw)
+    except Exception as e:  # noqa: BLE001 - libtpu missing or the shape unknown to it
+        import importlib.util
+
+        hint = "" if importlib.util.find_spec("libtpu") else (
+            "; compiling for a TPU on this machine needs libtpu: pip install -e '.[tpu]'")
+        raise TopologyError(f"cannot describe the TPU slice {jax_name!r}: {type(e).__name__}: {str(e)[:300]}{hint}") \
+            from None
+    return Topology(name, jax_name, chip, tuple(desc.devices))
+
+
+@dataclasses.dataclass
+class Report:
+    stage: str
+    topology: str
+    chip: Chip
+    chips: int
+    mesh: dict
+    rules: str
+    attention: dict
+    compile_seconds: float
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    model_flops: float  # per step, whole slice (analytic)
+    compiler_flops: float  # per chip, loop bodies once (XLA's cost analysis)
+    loop_factor: float  # matmul FLOPs with loop bodies x trip counts / with bodies once
+    compiler_seconds: float  # XLA's estimate, loop bodies once
+    kernels: tuple[str, ...] = ()  # Pallas kernels in the program (their work is opaque to the FLOP counts)
+    advice: tuple[str, ...] = ()
+    compiler_message: str | None = None  # the compiler refused the program (out of HBM): its words
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.chip.hbm_bytes
+
+    @property
+    def step_seconds(self) -> float:
+        """The compiler's time estimate with loop bodies counted by their trip counts."""
+        return self.compiler_seconds * self.loop_factor
+
+    @property
+    def mfu(self) -> float:
+        seconds = self.step_seconds
+        return self.model_flops / self.chips / (seconds * self.chip.peak_flops) if seconds > 0 else float("nan")
+
+    def verdict(self) -> str:
+        peak, hbm = self.peak_bytes / GIB, self.chip.hbm_bytes / GIB
+        if self.fits:
+            return f"fits: {peak:.1f} of {hbm:.1f} GiB per chip"
+        if self.compiler_message:
+            peak = f"at least {peak:.1f}"  # the compiler stopped at the first buffer that did not fit
+        else:
+            peak = f"{peak:.1f}"
+        missing = self.peak_bytes / GIB - hbm
+        return (f"does not fit: {peak} GiB per chip, a {self.chip.name} has {hbm:.1f} GiB ({missing:.1f} GiB "
+                "missing); try " + "; ".join(self.advice))
+
+    def text(self) -> str:
+        gib = lambda b: f"{b / GIB:.2f} GiB"  # noqa: E731
+        if self.compiler_message:
+            return (f"stage {self.stage!r} on {self.topology} ({self.chips} x {self.chip.name}): the TPU compiler "
+                    f"refused the step after {self.compile_seconds:.0f} s: {self.compiler_message}\n"
+                    f"  memory per chip  arguments {gib(self.argument_bytes)}, temporaries {gib(self.temp_bytes)}\n"
+                    f"  verdict          {self.verdict()}")
+        mesh = " ".join(f"{k}={v}" for k, v in self.mesh.items())
+        attention = " ".join(f"{k}={v}" for k, v in self.attention.items())
+        lines = [
+            f"stage {self.stage!r} on {self.topology} ({self.chips} x {self.chip.name}, "
+            f"{self.chip.hbm_bytes / GIB:.0f} GiB HBM each): mesh {mesh}, rules {self.rules}, attention {attention}",
+            f"  compile          {self.compile_seconds:.1f} s",
+            f"  memory per chip  arguments {gib(self.argument_bytes)}, outputs {gib(self.output_bytes)} (aliased "
+            f"{gib(self.alias_bytes)}), temporaries {gib(self.temp_bytes)}; peak {gib(self.peak_bytes)} of "
+            f"{gib(self.chip.hbm_bytes)} ({100 * self.peak_bytes / self.chip.hbm_bytes:.0f}%)",
+            f"  FLOPs per chip   model {self.model_flops / self.chips:.3g} (analytic); compiler "
+            f"{self.compiler_flops:.3g}"
+            f" with loop bodies once, {self.compiler_flops * self.loop_factor:.3g} with them x trip counts",
+            f"  step time        compiler estimate {self.step_seconds:.3g} s ({self.compiler_seconds:.3g} s with loop "
+            f"bodies once): MFU {100 * self.mfu:.1f}% at {self.chip.peak_flops / 1e12:.0f} TFLOP/s a chip",
+            f"  Pallas kernels   {', '.join(self.kernels) or 'none'}",
+            f"  verdict          {self.verdict()}",
+        ]
+        return "\n".join(lines)
+
+    def row(self) -> str:
+        return (f"| {self.stage} | {self.topology} | {'x'.join(str(v) for v in self.mesh.values())} | "
+                f"{self.attention.get('llm', '')} | {self.compile_seconds:.0f} | {self.peak_bytes / GIB:.1f} | "
+                f"{self.model_flops / self.chips:.3g} | {self.compiler_flops * self.loop_factor:.3g} | "
+                f"{self.step_seconds:.3g} | {100 * self.mfu:.0f}% | {'yes' if self.fits else 'no'} |")
+
+
+TABLE_HEADER = ("| stage | slice | mesh (data x fsdp x tensor) | LLM attention | compile s | peak GiB / chip | "
+                "model FLOPs / chip | compiler FLOPs / chip | est. s / step | MFU | fits |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+# Model FLOPs: which groups feed which (gradients flow back along these edges).
+_INPUTS = {"llm": ("vision_connector", "audio_connector", "mm_embed"), "vision_connector": ("vision",),
+           "audio_connector": ("audio",), "vision": (), "audio": (), "mm_embed": ()}
+
+
+def _upstream_trainable(group: str, trainable: dict[str, bool]) -> bool:
+    return any(trainable.get(g, False) or _upstream_trainable(g, trainable) for g in _INPUTS.get(group, ()))
+
+
+def model_flops(cfg, abstract_params, trainable: dict[str, bool], batch_size: int, seq_len: int) -> float:
+    """Matmul FLOPs one step needs (whole batch, no recomputation): each group's weight matrices x the
+    tokens it sees, x 2 forward; backward x 2 more for the input gradients where a gradient passes through
+    (a trainable group below it) and x 2 for the weight gradients of trainable groups; attention's
+    products likewise (causal in the LLM: half the square). Token counts: LLM ``batch x seq_len``, vision
+    ``(image slots + video frames) x patches``, audio ``audio slots x encoder positions`` per row; the
+    connectors counted at their tower's output length (an upper bound). Embedding lookups and position
+    tables are not matmuls."""
+    import jax
+    import numpy as np
+
+    def matmul_params(tree) -> int:
+        n = 0
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            keys = [str(getattr(p, "key", "")) for p in path]
+            if leaf.ndim >= 2 and keys[-1] != "bias" and not any(
+                    k in ("embed_tokens", "position_embedding", "embed_positions") for k in keys):
+                n += int(np.prod(leaf.shape))
+        return n
+
+    rows = batch_size
+    tokens, attention = {"llm": rows * seq_len}, {}
+    llm = cfg.llm
+    attention["llm"] = 4 * rows * seq_len**2 * llm.num_heads * llm.head_dim * llm.num_layers / 2
+    if cfg.vision is not None:
+        v = cfg.vision
+        patches = (v.image_size // v.patch_size) ** 2
+        items = rows * (cfg.image_slots + cfg.video_slots)
+        tokens["vision"] = tokens["vision_connector"] = items * patches
+        attention["vision"] = 4 * items * patches**2 * v.hidden_size * v.num_layers
+    if cfg.audio is not None:
+        a = cfg.audio
+        items = rows * cfg.audio_slots
+        tokens["audio"] = tokens["audio_connector"] = items * a.max_source_positions
+        attention["audio"] = 4 * items * a.max_source_positions**2 * a.d_model * a.encoder_layers
+    if getattr(llm, "tie_word_embeddings", False):
+        tokens["llm_head"] = rows * seq_len  # the tied embedding is also the output projection
+    total = 0.0
+    for group, tree in abstract_params.items():
+        trains, passes = trainable.get(group, False), _upstream_trainable(group, trainable)
+        factor = 2 + 2 * (trains or passes) + 2 * trains
+        total += factor * matmul_params(tree) * tokens.get(group, 0)
+        total += (1 + 2 * (trains or passes)) * attention.get(group, 0)
+        if group == "llm" and "llm_head" in tokens:
+            total += factor * llm.vocab_size * llm.hidden_size * tokens["llm_head"]
+    return float(total)
+
+
+def _advice(c, stage) -> tuple[str, ...]:
+    """Knobs that lower a stage's per-chip memory, with their current values."""
+    import jax
+    import numpy as np
+
+    out = []
+    llm = c.model.get("llm") or {}
+    if llm.get("remat", "none") != "full":
+        out.append(f"model.llm.remat=full (now {llm.get('remat', 'none')!r}: recompute each layer in the backward)")
+    frozen = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x, t in
+                 zip(jax.tree.leaves(stage.abstract_params), jax.tree.leaves(stage.trainable)) if not t)
+    if c.frozen_param_dtype is None and frozen:
+        out.append(f"frozen_param_dtype='bfloat16' (frozen groups are {frozen / GIB:.1f} GiB in their dtype over the "
+                   "slice)")
+    sizes = dict(stage.mesh.shape)
+    if sizes.get("fsdp", 1) < stage.mesh.size:
+        out.append(f"a mesh that shards parameters over more chips (now {sizes}): --mesh fsdp=-1 or "
+                   "--mesh fsdp=..,tensor=.. with --rules fsdp_tp")
+    out.append(f"microbatches={2 * c.microbatches} (now {c.microbatches}) or a smaller batch_size (now {c.batch_size}):"
+               " activations scale with batch_size / microbatches")
+    out.append("a slice with more chips")
+    return tuple(out)
+
+
+def prepare(c, mesh: dict | None = None, rules: str | None = None):
+    """A copy of stage config ``c`` to compile: its init sources and data are not read, only shapes."""
+    from omnijax.training.config import resolve_roots
+
+    c = copy.deepcopy(c)
+    c.init_from = None  # parameters are abstract: nothing is loaded
+    if mesh:
+        c.mesh = dict(mesh)
+    if rules:
+        c.rules = rules
+    return resolve_roots(c, {})  # paths of data that is not read: the default roots
+
+
+def compile_stage(c, topo: Topology, save: str | None = None, log=print) -> Report:
+    """Compile stage ``c``'s train step for ``topo``; ``save``: write the serialized executable there."""
+    import jax
+
+    from omnijax.hlo_cost import matmul_flops
+    from omnijax.training import trainer
+    from omnijax.training.checkpointing import abstract_with_shardings
+    from omnijax.training.omni_task import omni_config
+
+    stage = trainer.setup(c, devices=list(topo.devices))
+    state = abstract_with_shardings(stage.abstract_state, stage.state_shardings)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=stage.batch_shardings[k])
+             for k, v in stage.task.batch_spec.items()}
+    log(f"stage {c.name!r}: compiling the train step for {topo.name} ({len(topo.devices)} x {topo.chip.name}) ...")
+    start = time.perf_counter()
+    try:
+        with stage.context():
+            compiled = stage.train_step().lower(state, batch).compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return _out_of_memory(c, stage, topo, state, batch, str(e), time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    if save:
+        from jax.experimental import serialize_executable
+
+        payload, _, _ = serialize_executable.serialize(compiled)
+        tmp = f"{save}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, save)  # never a half-written file under the name asked for
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    matmuls = matmul_flops(compiled.as_text())
+    cfg = omni_config(c, "tpu") if c.model.name == "omni" else None
+    groups = {g: any(jax.tree.leaves(t)) for g, t in stage.trainable.items()}
+    flops = (model_flops(cfg, stage.abstract_params, groups, c.batch_size, c.seq_len) if cfg is not None
+             else float("nan"))
+    attention = {}
+    if cfg is not None:
+        attention = {name: sub.attention for name, sub in (("llm", cfg.llm), ("vision", cfg.vision),
+                                                           ("audio", cfg.audio)) if sub is not None}
+    report = Report(
+        stage=c.name, topology=topo.name, chip=topo.chip, chips=len(topo.devices), mesh=dict(stage.mesh.shape),
+        rules=c.rules, attention=attention, compile_seconds=seconds, argument_bytes=mem.argument_size_in_bytes,
+        output_bytes=mem.output_size_in_bytes, alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
+        model_flops=flops, compiler_flops=float(cost.get("flops", 0.0)),
+        loop_factor=matmuls.total / matmuls.once if matmuls.once else 1.0,
+        compiler_seconds=float(cost.get("optimal_seconds", 0.0)), kernels=matmuls.kernels)
+    if not report.fits:
+        report.advice = _advice(c, stage)
+    return report
+
+
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _shard_bytes(tree) -> int:
+    """Bytes of one device's shards of a tree of ``ShapeDtypeStruct``s with shardings."""
+    import jax
+    import numpy as np
+
+    return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def _out_of_memory(c, stage, topo: Topology, state, batch, message: str, seconds: float) -> Report:
+    """The report of a step the TPU compiler refused for want of HBM ("RESOURCE_EXHAUSTED: Ran out of memory
+    ... the total memory required for HLO temporaries (68.43G) exceeds available HBM (15.75G)")."""
+    m = re.search(r"temporaries \(([\d.]+)([KMGT])\)", message) or re.search(r"Used ([\d.]+)([KMGT]) of", message)
+    temp = int(float(m.group(1)) * _UNITS[m.group(2)]) if m else topo.chip.hbm_bytes
+    args = _shard_bytes(state) + _shard_bytes(batch)
+    state_bytes = _shard_bytes(state)
+    report = Report(stage=c.name, topology=topo.name, chip=topo.chip, chips=len(topo.devices),
+                    mesh=dict(stage.mesh.shape), rules=c.rules, attention={}, compile_seconds=seconds,
+                    argument_bytes=args, output_bytes=state_bytes, alias_bytes=state_bytes, temp_bytes=temp,
+                    model_flops=float("nan"), compiler_flops=float("nan"), loop_factor=float("nan"),
+                    compiler_seconds=float("nan"), compiler_message=message.splitlines()[0][:400])
+    report.advice = _advice(c, stage)
+    return report
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """``'data=1,fsdp=-1,tensor=2'`` -> sizes (ValueError naming the axes otherwise)."""
+    from omnijax.sharding import MESH_AXES
+
+    out = {}
+    for part in filter(None, text.split(",")):
+        axis, _, value = part.partition("=")
+        if axis.strip() not in MESH_AXES or not re.fullmatch(r"-?\d+", value.strip()):
+            raise ValueError(f"--mesh {text!r}: give axis=size pairs over {', '.join(MESH_AXES)}, e.g. "
+                             "data=1,fsdp=-1,tensor=2")
+        out[axis.strip()] = int(value)
+    return out
+
+
+def _value(text: str):
+    """A ``--set`` value: a Python literal where it is one (``2``, ``'x'``, ``None``, ``(1, 2)``), else the text."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _stage_configs(flags_config, recipe_spec: str | None, sets: list[str]):
+    """The stages to compile, each with the ``--set KEY=VALUE`` overrides applied."""
+    from omnijax import recipe as recipe_lib
+
+    overrides = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: give KEY=VALUE, e.g. --set model.llm.attention=xla")
+        overrides[key.strip()] = _value(value.strip())
+    if recipe_spec is None:
+        configs = [flags_config]
+    else:
+        recipe = recipe_lib.load_recipe(recipe_spec)
+        configs = [recipe_lib.stage_config(recipe, i, "/nonexistent-recipe-workdir") for i in range(len(recipe.stages))]
+    for c in configs:
+        recipe_lib.apply_overrides(c, c.name, {recipe_lib.ALL_STAGES: overrides})
+    return configs
+
+
+def main(argv: list[str] | None = None) -> int:
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = list(sys.argv if argv is None else [sys.argv[0], *argv])
+    saved, sys.argv = sys.argv, argv  # config_flags finds the --config.* overrides in sys.argv
+    fv = flags.FlagValues()
+    config = config_flags.DEFINE_config_file("config", None, "stage config FILE[:arg]", flag_values=fv)
+    recipe_flag = flags.DEFINE_string("recipe", None, "every stage of a recipe, FILE:preset", flag_values=fv)
+    topo_flag = flags.DEFINE_string("topology", None, "v5p-64, v5e-256, v6e-64, v4-128 or v5p:2x4x4", flag_values=fv)
+    mesh_flag = flags.DEFINE_string("mesh", None, "data=..,fsdp=..,tensor=.. (default: the config's)", flag_values=fv)
+    rules_flag = flags.DEFINE_string("rules", None, "logical-axis rules preset (default: the config's)", flag_values=fv)
+    save_flag = flags.DEFINE_string("save", None, "write the serialized executable here (--config only)",
+                                    flag_values=fv)
+    markdown_flag = flags.DEFINE_string("markdown", None, "write the table of the stages here", flag_values=fv)
+    set_flag = flags.DEFINE_multi_string("set", [], "KEY=VALUE for every stage (e.g. model.llm.attention=xla)",
+                                         flag_values=fv)
+    try:
+        fv(argv)
+        if (config.value is None) == (recipe_flag.value is None) or not topo_flag.value:
+            raise ValueError("give --topology and one of --config FILE:PRESET or --recipe FILE:PRESET")
+        if save_flag.value and recipe_flag.value:
+            raise ValueError("--save takes one stage (--config)")
+        mesh = parse_mesh(mesh_flag.value) if mesh_flag.value else None
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        print(f"error: {e}\n\n{__doc__}", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = saved
+
+    import jax
+
+    from omnijax.training.stages import StageConfigError
+
+    if not os.environ.get("JAX_PLATFORMS"):
+        jax.config.update("jax_platforms", "cpu")  # this host compiles; the TPU slice is described, not used
+    try:
+        topo = topology(topo_flag.value)
+        configs = [prepare(c, mesh, rules_flag.value)
+                   for c in _stage_configs(config.value, recipe_flag.value, set_flag.value)]
+    except (TopologyError, StageConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    reports = []
+    for c in configs:
+        try:
+            report = compile_stage(c, topo, save=save_flag.value)
+        except (StageConfigError, ValueError) as e:
+            print(f"error: stage {c.name!r} on {topo.name}: {e}", file=sys.stderr)
+            return 2
+        print(report.text(), flush=True)
+        reports.append(report)
+    table = "\n".join([TABLE_HEADER] + [r.row() for r in reports])
+    if len(reports) > 1 or markdown_flag.value:
+        print("\n" + table)
+    if markdown_flag.value:
+        with open(markdown_flag.value, "w") as f:
+            f.write(table + "\n")
+    return 0 if all(r.fits for r in reports) else DOES_NOT_FIT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
