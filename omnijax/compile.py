@@ -299,6 +299,20 @@ def _advice(c, stage) -> tuple[str, ...]:
     return tuple(out)
 
 
+def save_executable(compiled, path: str) -> None:
+    """``compiled`` as a pickle of ``jax.experimental.serialize_executable.serialize``'s (payload, in_tree,
+    out_tree): ``deserialize_and_load(*pickle.load(f))`` on a host of that slice loads it without compiling.
+    Written to a temporary name first: never a half-written file under ``path``."""
+    import pickle
+
+    from jax.experimental import serialize_executable
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        pickle.dump(serialize_executable.serialize(compiled), f)
+    os.replace(tmp, path)
+
+
 def prepare(c, mesh: dict | None = None, rules: str | None = None):
     """A copy of stage config ``c`` to compile: its init sources and data are not read, only shapes."""
     from omnijax.training.config import resolve_roots
@@ -336,13 +350,7 @@ def compile_stage(c, topo: Topology, save: str | None = None, log=print) -> Repo
         return _out_of_memory(c, stage, topo, state, batch, str(e), time.perf_counter() - start)
     seconds = time.perf_counter() - start
     if save:
-        from jax.experimental import serialize_executable
-
-        payload, _, _ = serialize_executable.serialize(compiled)
-        tmp = f"{save}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, save)  # never a half-written file under the name asked for
+        save_executable(compiled, save)
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

@@ -29,8 +29,13 @@ def slice_v5p():
 
 
 @pytest.fixture(scope="module")
-def stage_1b(slice_v5p):
-    return tpu_compile.compile_stage(stage_config(), slice_v5p, log=lambda _: None)
+def saved(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("executable") / "step.bin")
+
+
+@pytest.fixture(scope="module")
+def stage_1b(slice_v5p, saved):
+    return tpu_compile.compile_stage(stage_config(), slice_v5p, save=saved, log=lambda _: None)
 
 
 def test_topologies():
@@ -45,10 +50,17 @@ def test_topologies():
         tpu_compile.topology("h100")
 
 
-def test_tiny_stage_compiles_for_a_tpu_slice_with_splash_attention(stage_1b):
+def test_tiny_stage_compiles_for_a_tpu_slice_with_splash_attention(stage_1b, saved):
     """Attention 'auto' is splash for a TPU: the Mosaic kernels (forward, dq, dkv) are in the program, which
-    they can only be under shard_map; the report's bytes are the compiler's."""
+    they can only be under shard_map; the report's bytes are the compiler's; the executable is saved whole."""
+    import os
+    import pickle
+
     r = stage_1b
+    with open(saved, "rb") as f:
+        payload, in_tree, out_tree = pickle.load(f)
+    assert len(payload) > 2**20 and in_tree.num_leaves > 0 and out_tree.num_leaves > 0
+    assert not os.path.exists(saved + ".tmp")
     assert r.attention == {"llm": "splash", "vision": "xla", "audio": "xla"}
     assert r.kernels == ("splash_mha_dkv_segmented_no_residuals", "splash_mha_dq_segmented_no_residuals",
                          "splash_mha_fwd_segmented_residuals")
