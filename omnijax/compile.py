@@ -147,8 +147,16 @@ class Report:
 
     @property
     def step_seconds(self) -> float:
-        """The compiler's time estimate with loop bodies counted by their trip counts, plus ``kernel_seconds``."""
+        """The compiler's time estimate with loop bodies counted by their trip counts, plus ``kernel_seconds``;
+        NaN when XLA's estimate is not a time (it can come out negative: the Self-KD stage's did)."""
+        if not self.compiler_seconds > 0:
+            return float("nan")
         return self.compiler_seconds * self.loop_factor + self.kernel_seconds
+
+    @property
+    def roofline_seconds(self) -> float:
+        """The compiled program's FLOPs (loop bodies x trip counts, and the kernels') at the chip's peak."""
+        return self.compiler_flops * self.loop_factor / self.chip.peak_flops + self.kernel_seconds
 
     @property
     def mfu(self) -> float:
@@ -188,8 +196,14 @@ class Report:
             f"  FLOPs per chip   model {self.model_flops / self.chips:.3g} (analytic); compiler "
             f"{self.compiler_flops:.3g}"
             f" with loop bodies once, {self.compiler_flops * self.loop_factor:.3g} with them x trip counts",
-            f"  step time        compiler estimate {self.step_seconds:.3g} s ({self.compiler_seconds:.3g} s with loop "
-            f"bodies once{kernel}): MFU {100 * self.mfu:.1f}% at {self.chip.peak_flops / 1e12:.0f} TFLOP/s a chip",
+            (f"  step time        compiler estimate {self.step_seconds:.3g} s ({self.compiler_seconds:.3g} s with loop "
+             f"bodies once{kernel}): MFU {100 * self.mfu:.1f}% at {self.chip.peak_flops / 1e12:.0f} TFLOP/s a chip"
+             if self.step_seconds > 0 else
+             f"  step time        no compiler estimate (XLA's optimal_seconds is {self.compiler_seconds:.3g}, "
+             "not a time)"),
+            f"  at peak          the compiled FLOPs take at least {self.roofline_seconds:.3g} s a step at "
+            f"{self.chip.peak_flops / 1e12:.0f} TFLOP/s a chip (MFU at most "
+            f"{100 * self.model_flops / self.chips / (self.roofline_seconds * self.chip.peak_flops):.0f}%)",
             f"  Pallas kernels   {', '.join(self.kernels) or 'none'}",
             f"  verdict          {self.verdict()}",
         ]
@@ -199,12 +213,13 @@ class Report:
         return (f"| {self.stage} | {self.topology} | {'x'.join(str(v) for v in self.mesh.values())} | "
                 f"{self.attention.get('llm', '')} | {self.compile_seconds:.0f} | {self.peak_bytes / GIB:.1f} | "
                 f"{self.model_flops / self.chips:.3g} | {self.compiler_flops * self.loop_factor:.3g} | "
-                f"{self.step_seconds:.3g} | {100 * self.mfu:.0f}% | {'yes' if self.fits else 'no'} |")
+                f"{self.step_seconds:.3g} | {self.roofline_seconds:.3g} | {100 * self.mfu:.0f}% | "
+                f"{'yes' if self.fits else 'no'} |")
 
 
 TABLE_HEADER = ("| stage | slice | mesh (data x fsdp x tensor) | LLM attention | compile s | peak GiB / chip | "
-                "model FLOPs / chip | compiler FLOPs / chip | est. s / step | MFU | fits |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|")
+                "model FLOPs / chip | compiler FLOPs / chip | est. s / step | s / step at peak | MFU | fits |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 # Model FLOPs: which groups feed which (gradients flow back along these edges).

@@ -160,3 +160,19 @@ def test_cli_errors(capsys):
     assert "give --topology and one of --config" in capsys.readouterr().err
     assert tpu_compile.main(["--config", f"{STAGE_1B}:tiny", "--topology", "v5p-8", "--mesh", "pods=2"]) == 2
     assert "give axis=size pairs over data, fsdp, tensor" in capsys.readouterr().err
+
+
+def test_a_negative_compiler_estimate_is_not_reported_as_a_time():
+    """XLA's optimal_seconds came out negative for the 7b Self-KD stage (-3.56): no estimate, no MFU from it;
+    the compiled FLOPs at the chip's peak still bound the step from below."""
+    gib = 2**30
+    r = tpu_compile.Report(
+        stage="s", topology="v5p-64", chip=tpu_compile.CHIPS["v5p"], chips=32, mesh=dict(MESH), rules="fsdp",
+        attention={"llm": "splash"}, compile_seconds=1.0, argument_bytes=3 * gib, output_bytes=2 * gib,
+        alias_bytes=2 * gib, temp_bytes=45 * gib, model_flops=32 * 1.69e15, compiler_flops=1.32e14, loop_factor=19.3,
+        compiler_seconds=-3.56, kernels=("splash_mha_fwd",), kernel_flops=32 * 1e14)
+    text = r.text()
+    assert "no compiler estimate (XLA's optimal_seconds is -3.56, not a time)" in text and "MFU nan" not in text
+    bound = 1.32e14 * 19.3 / 459e12 + 1e14 / 459e12
+    assert r.roofline_seconds == pytest.approx(bound)
+    assert f"at least {bound:.3g} s a step" in text and r.fits
