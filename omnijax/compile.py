@@ -129,6 +129,7 @@ class Report:
     compiler_seconds: float  # XLA's estimate, loop bodies once
     kernels: tuple[str, ...] = ()  # Pallas kernels in the program (their work is opaque to the FLOP counts)
     kernel_flops: float = 0.0  # per step, whole slice: the LLM attention those kernels run (``kernel_flops``)
+    unknown_loops: int = 0  # while loops whose trip count could not be read (counted once)
     advice: tuple[str, ...] = ()
     compiler_message: str | None = None  # the compiler refused the program (out of HBM): its words
 
@@ -195,7 +196,9 @@ class Report:
             f"{gib(self.chip.hbm_bytes)} ({100 * self.peak_bytes / self.chip.hbm_bytes:.0f}%)",
             f"  FLOPs per chip   model {self.model_flops / self.chips:.3g} (analytic); compiler "
             f"{self.compiler_flops:.3g}"
-            f" with loop bodies once, {self.compiler_flops * self.loop_factor:.3g} with them x trip counts",
+            f" with loop bodies once, {self.compiler_flops * self.loop_factor:.3g} with them x trip counts"
+            + (f" ({self.unknown_loops} loops of unread trip count counted once: a lower bound)"
+               if self.unknown_loops else ""),
             (f"  step time        compiler estimate {self.step_seconds:.3g} s ({self.compiler_seconds:.3g} s with loop "
              f"bodies once{kernel}): MFU {100 * self.mfu:.1f}% at {self.chip.peak_flops / 1e12:.0f} TFLOP/s a chip"
              if self.step_seconds > 0 else
@@ -385,7 +388,8 @@ def compile_stage(c, topo: Topology, save: str | None = None, log=print) -> Repo
         output_bytes=mem.output_size_in_bytes, alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
         model_flops=flops, compiler_flops=float(cost.get("flops", 0.0)),
         loop_factor=matmuls.total / matmuls.once if matmuls.once else 1.0,
-        compiler_seconds=float(cost.get("optimal_seconds", 0.0)), kernels=matmuls.kernels, kernel_flops=hidden)
+        compiler_seconds=float(cost.get("optimal_seconds", 0.0)), kernels=matmuls.kernels, kernel_flops=hidden,
+        unknown_loops=matmuls.unknown_trip_counts)
     if not report.fits:
         report.advice = _advice(c, stage)
     return report
