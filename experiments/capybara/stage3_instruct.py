@@ -14,5 +14,10 @@ def get_config(arg="tiny"):
     common.set_data(c, preset, {"image_qa": 1.0, "image_choice": 0.5, "video_visual_qa": 1.0, "video_audio_qa": 1.0,
                                 "asr": 1.0, "text_instruct": 1.0})
     c.trainable = [(".*", common.schedule(2e-5 if preset == "7b" else 1e-3))]
+    if preset == "7b":
+        # Everything trains, SigLIP and Whisper too, on rows of 72 images or frames and 8 audio windows: compiled for
+        # a v5p-64, a step of 256 rows needs 131 GiB a chip of 95; two microbatches of 128, 74.6 GiB, with the same
+        # estimated step (python -m omnijax.compile; benchmarks/RESULTS.md section 8.2).
+        c.microbatches = 2
     c.num_steps = STEPS[preset]
     return c
