@@ -147,8 +147,6 @@ def sources(preset: str, weights: dict[str, float], *, spoken: tuple[str, ...] =
             paths = synth.task_shards(CORPUS, "train")[name] + "*"
         else:
             paths, media = f"@data/{name}/shards-*", PAPER_MEDIA.get(name, media)
-        if name in spoken and "audio" not in media:
-            media = (*media, "audio")
         out.append(dict(name=name, paths=paths, weight=float(weight), spoken=name in spoken, media=tuple(media)))
     return out
 

@@ -411,8 +411,8 @@ def _out_of_memory(c, stage, topo: Topology, state, batch, message: str, seconds
     ... the total memory required for HLO temporaries (68.43G) exceeds available HBM (15.75G)")."""
     m = re.search(r"temporaries \(([\d.]+)([KMGT])\)", message) or re.search(r"Used ([\d.]+)([KMGT]) of", message)
     temp = int(float(m.group(1)) * _UNITS[m.group(2)]) if m else topo.chip.hbm_bytes
-    args = _shard_bytes(state) + _shard_bytes(batch)
     state_bytes = _shard_bytes(state)
+    args = state_bytes + _shard_bytes(batch)
     report = Report(stage=c.name, topology=topo.name, chip=topo.chip, chips=len(topo.devices),
                     mesh=dict(stage.mesh.shape), rules=c.rules, attention={}, compile_seconds=seconds,
                     argument_bytes=args, output_bytes=state_bytes, alias_bytes=state_bytes, temp_bytes=temp,

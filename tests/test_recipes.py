@@ -208,7 +208,9 @@ def test_stages_carry_only_the_media_of_their_mixture():
     with pytest.raises(StageConfigError, match=r"c.data.sources\[0\].media names \['pictures'\]; give a tuple of "
                                                r"media kinds \(image, video, audio\)"):
         check_config(resolve_roots(c, {}), 8, 1)
-    assert common.sources("tiny", {"image_qa": 1.0}, spoken=("image_qa",))[0]["media"] == ("image", "audio")
+    c.data.sources = common.sources("7b", {"image_qa": 1.0}, spoken=("image_qa",))  # questions read as speech
+    c.data.sources[0]["media"] = ("image",)
+    assert media_slots(c) == dict(image_slots=8, video_slots=0, audio_slots=8)
 
 
 def test_7b_attention_follows_the_platform_or_the_command_line(monkeypatch):

@@ -243,14 +243,16 @@ def check_config(c, num_devices: int, process_count: int = 1) -> None:
 
 def media_slots(c) -> dict[str, int]:
     """The stage's media slots per row (``image_slots``, ``video_slots``, ``audio_slots``): ``c.media``'s, except
-    that when every source of a 'grain' mixture says which media its examples hold (``media``), a kind none of
-    them holds gets no slots -- the step then runs no tower on slots that are always empty -- unless
-    ``c.media.always`` names it."""
+    that when every source of a 'grain' mixture says which media its examples hold (``media``; a spoken or
+    Self-KD source also holds audio), a kind none of them holds gets no slots -- the step then runs no tower
+    on slots that are always empty -- unless ``c.media.always`` names it."""
     slots = {k: int(c.media[k]) for k in MEDIA_SLOTS}
     sources = list(c.data.get("sources") or ()) if c.data.get("source") == "grain" else []
     if not sources or any(src.get("media") is None for src in sources):
         return slots
-    held = {kind for src in sources for kind in src["media"]} | set(c.media.get("always") or ())
+    # a spoken source (and a Self-KD one, whose student is spoken) adds the question's audio to its examples
+    spoken = {"audio"} if any(src.get("spoken") or src.get("self_kd") for src in sources) else set()
+    held = {kind for src in sources for kind in src["media"]} | spoken | set(c.media.get("always") or ())
     return {f"{kind}_slots": slots[f"{kind}_slots"] if kind in held else 0 for kind in MEDIA_KINDS}
 
 
