@@ -260,7 +260,7 @@ def _splash_kernel(heads: int, length: int, block: int, interpret: bool):
     return sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes, interpret=interpret)
 
 
-def _splash_partition(heads: int, kv_heads: int):
+def _splash_partition(heads: int):
     """``(mesh, batch axes, head axis)`` of the activations under the ambient mesh and logical rules
     (``jax.set_mesh`` + ``nn.logical_axis_rules``), or None outside a mesh or on a single device."""
     import flax.linen as nn
@@ -294,7 +294,7 @@ def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, scale, block: int =
         q_segment_ids, kv_segment_ids = (jnp.pad(s, ((0, 0), (0, pad))) for s in (q_segment_ids, kv_segment_ids))
     length = t + pad
     q = q * jnp.asarray(scale, q.dtype)  # splash does not scale: folded into q
-    part = _splash_partition(n, k.shape[2])
+    part = _splash_partition(n)
     if part is not None and part[2] is not None and k.shape[2] % part[0].shape[part[2]]:
         k, v = (jnp.repeat(x, n // k.shape[2], axis=2) for x in (k, v))
 
