@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 # The demo's packages (torch for its export check), and the tests' (pytest, and libtpu to compile for TPU slices).
-# pip installs without byte-compiling (its 19,000 files took 74 s of a 107 s install); the two commands let Python
+# pip installs without byte-compiling (its 19,000 files took 74 s of a 107 s install); the commands below let Python
 # cache the bytecode of the modules they import as they go (PYTHONDONTWRITEBYTECODE, if the machine sets it, would
 # make every process compile its imports again).
 $(VENV)/.demo: setup.py
