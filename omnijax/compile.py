@@ -4,6 +4,7 @@
            [--mesh data=1,fsdp=-1,tensor=1] [--rules fsdp] [--save FILE]
     python -m omnijax.compile --recipe experiments/ola/recipe.py:7b --topology v5p-64 [--markdown FILE]
            [--set model.llm.attention=xla ...]   (--set KEY=VALUE: every stage, with --config or --recipe)
+    python -m omnijax.compile --recipe ... --topology v5p-32,v5p-64,v5p-128   (the smallest that fits)
 
 With ``libtpu`` installed (the ``tpu`` and ``test`` extras: ``pip install -e '.[tpu]'``) JAX describes the
 devices of any TPU slice without one (``jax.experimental.topologies``), and ``jax.jit(step).lower(...)
@@ -15,8 +16,10 @@ the model FLOPs of a step (analytic: ``model_flops``), the compiler's FLOPs and 
 XLA counts a loop body once and every tower runs its layers in a loop, so both are also given with
 loop bodies counted by their trip counts (``omnijax.hlo_cost``) -- and the MFU that estimate implies.
 
-Topologies: ``v5p-N`` and ``v4-N`` (N TensorCores, two per chip: v5p-64 is 32 chips), ``v5e-N`` /
-``v5litepod-N`` and ``v6e-N`` (N chips), or a JAX topology string such as ``v5p:2x4x4``.
+Topologies (``omnijax.tpu_slices``): ``v5p-N`` and ``v4-N`` (N TensorCores, two per chip: v5p-64 is 32 chips),
+``v5e-N`` / ``v5litepod-N`` and ``v6e-N`` (N chips), or a JAX topology string such as ``v5p:2x4x4``. Several,
+comma-separated and smallest first: each stage is compiled on them in turn until one fits (the rows that did
+not fit stay in the table, with what they missed) -- which slice to book.
 
 Exit status: 0 every stage fits, 3 a stage does not fit (the message says how much is missing and
 which knobs would help), 2 a usage or config error (an unknown topology, a mesh the slice cannot hold).
@@ -31,82 +34,9 @@ import re
 import sys
 import time
 
-GIB = 2**30
+from omnijax.tpu_slices import CHIPS, GIB, Chip, Topology, TopologyError, topology  # noqa: F401 (public here)
+
 DOES_NOT_FIT = 3
-
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-    name: str
-    hbm_bytes: int
-    peak_flops: float  # bf16 FLOP/s per chip
-    megacore: bool  # two TensorCores acting as one device (accelerator names count cores)
-
-
-CHIPS = {
-    "v4": Chip("TPU v4", 32 * GIB, 275e12, True),
-    "v5e": Chip("TPU v5e", 16 * GIB, 197e12, False),
-    "v5p": Chip("TPU v5p", 95 * GIB, 459e12, True),
-    "v6e": Chip("TPU v6e", 32 * GIB, 918e12, False),
-}
-_ALIASES = {"v5litepod": "v5e", "v5lite": "v5e"}
-# Chips -> the slice's shape (Cloud TPU's accelerator types): 3D tori for v4 / v5p, 2D for v5e / v6e.
-_SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
-              512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
-_SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
-
-
-class TopologyError(ValueError):
-    pass
-
-
-@dataclasses.dataclass(frozen=True)
-class Topology:
-    name: str  # as the user gave it
-    jax_name: str  # e.g. 'v5p:2x4x4'
-    chip: Chip
-    devices: tuple
-
-
-def topology(name: str) -> Topology:
-    """The devices of the TPU slice ``name`` (``TopologyError`` naming the accepted forms otherwise)."""
-    m = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v5lite|v6e)-(\d+)", name)
-    if m:
-        kind = _ALIASES.get(m.group(1), m.group(1))
-        chip, n = CHIPS[kind], int(m.group(2))
-        chips = n // 2 if chip.megacore else n
-        shapes = _SHAPES_3D if kind in ("v4", "v5p") else _SHAPES_2D
-        if (chip.megacore and n % 2) or chips not in shapes:
-            sizes = ", ".join(f"{kind}-{c * 2 if chip.megacore else c}" for c in shapes)
-            raise TopologyError(f"unknown slice {name!r}: {kind} slices are {sizes} (or give a JAX topology string "
-                                f"such as {kind}:{shapes[min(shapes, key=lambda c: abs(c - chips))]})")
-        jax_name = f"{kind}:{shapes[chips]}"
-    elif re.fullmatch(r"(v4|v5p|v5e|v6e):\d+(x\d+){1,2}", name):
-        jax_name, kind = name, name.split(":")[0]
-        chip = CHIPS[kind]
-    else:
-        raise TopologyError(f"unknown topology {name!r}: give a slice (v5p-64, v5e-256, v6e-64, v4-128) or a JAX "
-                            "topology string (v5p:2x4x4, v5e:16x16)")
-    try:
-        from jax.experimental import topologies
-    except ImportError as e:  # pragma: no cover - jax always has it
-        raise TopologyError(f"this JAX has no jax.experimental.topologies ({e})") from None
-    shape = [int(d) for d in jax_name.split(":")[1].split("x")]
-    kw = {"chips_per_host_bounds": tuple(min(d, 2) for d in shape) + (1,) * (3 - len(shape))}  # hosts of <= 4 chips
-    if chip.megacore:
-        kw["chip_config_name"] = "megacore"
-    # Only the compiler is used, no TPU: several processes may load libtpu at once (it takes a lock otherwise).
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    try:
-        desc = topologies.get_topology_desc(topology_name=jax_name, platform="tpu", **kw)
-    except Exception as e:  # noqa: BLE001 - libtpu missing or the shape unknown to it
-        import importlib.util
-
-        hint = "" if importlib.util.find_spec("libtpu") else (
-            "; compiling for a TPU on this machine needs libtpu: pip install -e '.[tpu]'")
-        raise TopologyError(f"cannot describe the TPU slice {jax_name!r}: {type(e).__name__}: {str(e)[:300]}{hint}") \
-            from None
-    return Topology(name, jax_name, chip, tuple(desc.devices))
 
 
 @dataclasses.dataclass
@@ -466,6 +396,22 @@ def _stage_configs(flags_config, recipe_spec: str | None, sets: list[str]):
     return configs
 
 
+def smallest_fit(c, topos: list[Topology], save: str | None = None, log=print) -> list[Report]:
+    """Compile stage ``c`` on ``topos`` in turn until it fits -> the reports of every slice tried (the last fits,
+    unless none did). Each report is printed as it comes."""
+    reports = []
+    for topo in topos:
+        try:
+            report = compile_stage(c, topo, save=save, log=log)
+        except ValueError as e:
+            raise ValueError(f"on {topo.name}: {e}") from None
+        log(report.text())
+        reports.append(report)
+        if report.fits:
+            break
+    return reports
+
+
 def main(argv: list[str] | None = None) -> int:
     from absl import flags
     from ml_collections import config_flags
@@ -475,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     fv = flags.FlagValues()
     config = config_flags.DEFINE_config_file("config", None, "stage config FILE[:arg]", flag_values=fv)
     recipe_flag = flags.DEFINE_string("recipe", None, "every stage of a recipe, FILE:preset", flag_values=fv)
-    topo_flag = flags.DEFINE_string("topology", None, "v5p-64, v5e-256, v6e-64, v4-128 or v5p:2x4x4", flag_values=fv)
+    topo_flag = flags.DEFINE_string("topology", None, "v5p-64, v5e-256, v6e-64, v4-128 or v5p:2x4x4; several, "
+                                    "comma-separated, smallest first: the first that fits", flag_values=fv)
     mesh_flag = flags.DEFINE_string("mesh", None, "data=..,fsdp=..,tensor=.. (default: the config's)", flag_values=fv)
     rules_flag = flags.DEFINE_string("rules", None, "logical-axis rules preset (default: the config's)", flag_values=fv)
     save_flag = flags.DEFINE_string("save", None, "write the serialized executable here (--config only)",
@@ -503,28 +450,28 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("JAX_PLATFORMS"):
         jax.config.update("jax_platforms", "cpu")  # this host compiles; the TPU slice is described, not used
     try:
-        topo = topology(topo_flag.value)
+        topos = [topology(name.strip()) for name in topo_flag.value.split(",")]
         configs = [prepare(c, mesh, rules_flag.value)
                    for c in _stage_configs(config.value, recipe_flag.value, set_flag.value)]
     except (TopologyError, StageConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    reports = []
+    reports, all_fit = [], True
     for c in configs:
         try:
-            report = compile_stage(c, topo, save=save_flag.value)
+            tried = smallest_fit(c, topos, save=save_flag.value, log=lambda *a: print(*a, flush=True))
         except (StageConfigError, ValueError) as e:
-            print(f"error: stage {c.name!r} on {topo.name}: {e}", file=sys.stderr)
+            print(f"error: stage {c.name!r}: {e}", file=sys.stderr)
             return 2
-        print(report.text(), flush=True)
-        reports.append(report)
+        reports += tried
+        all_fit &= tried[-1].fits
     table = "\n".join([TABLE_HEADER] + [r.row() for r in reports])
     if len(reports) > 1 or markdown_flag.value:
         print("\n" + table)
     if markdown_flag.value:
         with open(markdown_flag.value, "w") as f:
             f.write(table + "\n")
-    return 0 if all(r.fits for r in reports) else DOES_NOT_FIT
+    return 0 if all_fit else DOES_NOT_FIT
 
 
 if __name__ == "__main__":

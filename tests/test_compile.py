@@ -176,3 +176,30 @@ def test_a_negative_compiler_estimate_is_not_reported_as_a_time():
     bound = 1.32e14 * 19.3 / 459e12 + 1e14 / 459e12
     assert r.roofline_seconds == pytest.approx(bound)
     assert f"at least {bound:.3g} s a step" in text and r.fits
+
+
+def test_the_slices_are_tried_smallest_first_until_one_fits(monkeypatch, capsys):
+    """``--topology A,B,C``: each stage is compiled on A, then B, ... and the search stops at the first slice that
+    fits; a stage that fits none makes the exit status 3 (the compiler is stood in for by the chips' HBM)."""
+    gib = 2**30
+    tried = []
+
+    def fake_compile(c, topo, save=None, log=print):
+        tried.append((c.name, topo.name))
+        need = {"ola_1b": 40 * gib, "ola_3b": 200 * gib}[c.name]
+        return tpu_compile.Report(
+            stage=c.name, topology=topo.name, chip=topo.chip, chips=len(topo.devices), mesh=dict(MESH), rules="fsdp",
+            attention={"llm": "splash"}, compile_seconds=1.0, argument_bytes=0, output_bytes=0, alias_bytes=0,
+            temp_bytes=need * 8 // len(topo.devices), model_flops=1e15, compiler_flops=1e14, loop_factor=1.0,
+            compiler_seconds=1.0)
+
+    monkeypatch.setattr(tpu_compile, "compile_stage", fake_compile)
+    topos = [tpu_compile.topology(name) for name in ("v5e-1", "v5p-8", "v5p-16")]
+    reports = tpu_compile.smallest_fit(stage_config(), topos, log=lambda _: None)
+    assert [(r.topology, r.fits) for r in reports] == [("v5e-1", False), ("v5p-8", True)]
+    assert tried == [("ola_1b", "v5e-1"), ("ola_1b", "v5p-8")]
+    code = tpu_compile.main(["--config", "experiments/ola/stage3b.py:tiny", "--topology", "v5p-8,v5p-16",
+                             "--mesh", "data=1,fsdp=-1"])
+    assert code == tpu_compile.DOES_NOT_FIT
+    table = re.findall(r"^\| ola_3b \| (v5p-\d+) \| .* \| (yes|no) \|$", capsys.readouterr().out, re.M)
+    assert table == [("v5p-8", "no"), ("v5p-16", "no")]
