@@ -178,7 +178,7 @@ def test_other_corpus_version_is_refused(tmp_path, monkeypatch):
     with open(os.path.join(common.TINY_CHECKPOINTS, common.PIN_FILE)) as f:
         shipped = json.load(f)["omni_synth_version"]
     assert shipped == synth.VERSION
-    monkeypatch.setattr(synth, "VERSION", shipped + 1)  # an edited corpus generator
+    monkeypatch.setattr(synth.building, "VERSION", shipped + 1)  # an edited corpus generator
     corpus = str(tmp_path / "corpus")
     synth.prepare(corpus, size="tiny", progress=False)  # the recipe uses a prepared corpus of any size as it is
     message = (rf"omni-synth corpus in {re.escape(corpus)} is version {shipped + 1}, but the tiny pretrained "

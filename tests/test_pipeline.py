@@ -114,7 +114,7 @@ def test_synth_tokenizer_is_deterministic_chatml_with_documented_ids(corpus, tmp
     config = omni_config(corpus)
     prep, records, tokenizer = prepare(config, config.sources[5])  # video_visual_qa
     example = schema.Example.from_bytes(records[0][1])
-    text, spans, _ = prep.text(example)
+    text, spans, _ = prep.chat.text(example)
     pads = {"<video>": "<|video_pad|>", "<audio>": "<|audio_pad|>"}
     messages = [{"role": t.role, "content": re.sub("<video>|<audio>", lambda m: pads[m.group()], t.text)}
                 for t in example.turns]

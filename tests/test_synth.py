@@ -331,7 +331,7 @@ def test_narrations_speak_only_words_the_asr_sentences_teach(examples):
     """The speech tower learns from the ASR sentences alone: a narration in other words is heard as the
     nearest sentence it knows, and its questions cannot be answered from the audio."""
     rng = np.random.default_rng(0)
-    heard = {word for _ in range(3000) for word in synth._sentence(rng).split()}
+    heard = {word for _ in range(3000) for word in synth.sentences.sentence(rng).split()}
     narrations = [e["metadata"]["narration"]["text"] for e in examples["train"] + examples["eval"]
                   if e["task"] in ("video_visual_qa", "video_audio_qa")]
     assert narrations

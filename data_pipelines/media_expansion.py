@@ -1,0 +1,106 @@
+"""Media expansion: an example's media items -> their features (`features.MediaFeatures`), each placeholder
+token repeated to exactly the count the shared count function gives for its item (`MediaLayout.image_tokens`
+etc.), the over-long policy (`too_long`: drop the example, or cut it before the first item or token that does
+not fit), and the example's slot arrays for the packer.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from data_pipelines import features as features_lib
+from data_pipelines import schema
+from data_pipelines.records import Skip
+from omnijax.batch import ANYRES_PLAN, SLOT_FIELDS, MediaBudget
+from omnijax.media_tokens import MODALITIES
+
+if TYPE_CHECKING:
+    from data_pipelines.pipeline import PipelineConfig
+
+
+class MediaExpansion:
+    """Decodes and places one source's media under a stage's config (`PipelineConfig`)."""
+
+    def __init__(self, config: PipelineConfig):
+        self.seq_len, self.budget = config.seq_len, config.budget
+        self.truncate = config.too_long == "truncate"
+        self.features = features_lib.MediaFeatures(
+            config.budget, config.layout, video_frames=config.video_frames, image_tiling=config.image_tiling,
+            max_image_tiles=config.max_image_tiles, max_audio_chunks=config.max_audio_chunks)
+        self.modalities = tuple(m for m in MODALITIES if config.budget.slots(m))
+        self.pad_ids = {m: config.layout.token_id(m) for m in self.modalities}
+        self.plan = config.layout.layout == "llava_onevision" and "image" in self.modalities
+
+    def media(self, example: schema.Example, order: list[int]) -> tuple[list[features_lib.Feature], bool]:
+        """The features of the media items in placeholder order, and whether an audio clip was cut."""
+        multi_image = sum(example.media[i].kind == "image" for i in order) > 1
+        items = []
+        for i in order:
+            try:
+                items.append(self.features.item(example.media[i], multi_image=multi_image, trim_audio=self.truncate))
+            except features_lib.MediaError as e:
+                raise Skip(e.reason, f"media[{i}]: {e}") from e
+            except features_lib.TooLongError as e:
+                raise Skip("dropped_too_long", f"media[{i}]: {e}") from e
+        return items, any(f.trimmed for f in items)
+
+    def expand(self, ids, learn, items):
+        """Each placeholder token -> its item's run of placeholder tokens; then the over-long policy.
+        Returns (ids, learn, items, truncated)."""
+        ids, learn, run_starts, run_ends = self.runs(ids, learn, items)
+        cut, kept = self.fit(len(ids), run_starts, run_ends, items)
+        if cut == len(ids) and kept == len(items):
+            return ids, learn, items, False
+        if not self.truncate:
+            raise Skip("dropped_too_long", f"{len(ids)} tokens for seq_len {self.seq_len}, or more media than the "
+                                           "slots hold")
+        if not learn[1:cut].any():
+            raise Skip("dropped_too_long", f"nothing to learn is left in the first {cut} tokens")
+        return ids[:cut], learn[:cut], items[:kept], True
+
+    def runs(self, ids, learn, items):
+        """Each placeholder token -> its item's run of placeholder tokens (never learned). Returns (ids,
+        learn, and where each item's run starts and ends)."""
+        pads = np.asarray(list(self.pad_ids.values()), np.int64)
+        positions = np.flatnonzero(np.isin(ids, pads))  # one per item, in placeholder order
+        reps = np.ones(len(ids), np.int64)
+        reps[positions] = [f.tokens for f in items]
+        ends = np.cumsum(reps)[positions]
+        ids, learn = np.repeat(ids, reps), np.repeat(learn, reps)
+        learn &= ~np.isin(ids, pads)
+        return ids, learn, ends - reps[positions], ends
+
+    def fit(self, n: int, run_starts, run_ends, items) -> tuple[int, int]:
+        """(tokens, items) of the example that fit the row: cut before the first item whose tokens
+        pass `seq_len` or whose slots pass the budget."""
+        cut, used = min(n, self.seq_len), collections.Counter()
+        for k, item in enumerate(items):
+            used[item.kind] += item.slots
+            if run_ends[k] > cut or used[item.kind] > self.budget.slots(item.kind):
+                return min(cut, int(run_starts[k])), k
+        return cut, len(items)
+
+    def slots(self, items: list[features_lib.Feature]) -> dict[str, np.ndarray]:
+        """Per modality the example's slot arrays `[slots, ...]` and each slot's item number in the example."""
+        out = {}
+        for m in self.modalities:
+            mine = [f for f in items if f.kind == m]
+            shape = _slot_shape(self.budget, m)
+            out[SLOT_FIELDS[m]] = np.concatenate([f.data for f in mine]) if mine else np.zeros((0, *shape), np.float32)
+            out[f"{m}_item"] = np.repeat(np.arange(len(mine), dtype=np.int32), [f.slots for f in mine])
+            if m == "audio":
+                out["audio_valid_frames"] = np.concatenate([f.valid_frames for f in mine] or [np.zeros(0, np.int32)])
+            if m == "image" and self.plan:
+                plans = [np.tile(np.asarray(f.plan, np.int32), (f.slots, 1)) for f in mine]
+                out["image_plan"] = np.concatenate(plans) if plans else np.zeros((0, ANYRES_PLAN), np.int32)
+        return out
+
+
+def _slot_shape(budget: MediaBudget, m: str) -> tuple[int, ...]:
+    if m == "audio":
+        return budget.n_mels, budget.audio_frames
+    size = budget.image_size if m == "image" else budget.video_size
+    return size, size, 3
