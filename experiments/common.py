@@ -1,7 +1,10 @@
 """What the recipes share: model presets (`tiny` for a CPU, `7b` for a pod) and the omni-synth data sources.
 
-A stage file calls ``stage_config(preset, name=...)`` for the preset's model, mesh and numerics, then
-assigns what its stage is about (trainable groups, data mixture, steps). Paper sizes:
+A stage file reads its argument with ``parse_arg`` (``'7b'``, ``'tiny,steps=300,freeze=llm'``: the preset and the
+knobs an ablation sweeps), calls ``stage_config(preset, name=...)`` for the preset's model, mesh and numerics,
+assigns what its stage is about from its recipe's table of the paper's numbers (``paper.py``: a ``PaperStage``
+per stage -- learning rates per group, frozen groups, batch, samples, and the steps they make), and ends with
+``finish(c, a, tiny)``: the tiny preset's own settings (``tiny(c)``), then the knobs. Paper sizes:
 
 - LLM Qwen2.5-7B (28 layers, hidden 3584, GQA 28:4, vocab 152064), SigLIP-so400m-patch14-384 (27 layers,
   hidden 1152), Whisper-large-v3 encoder (32 layers, d_model 1280, 128 mels, 30 s windows).
@@ -22,7 +25,9 @@ as the `7b` ones start from Qwen2.5, SigLIP and Whisper.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 
 import ml_collections as mlc
@@ -55,6 +60,9 @@ AUDIO = {
     "7b": dict(num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
                max_source_positions=1500, dtype="bfloat16", remat="full", attention="auto"),
 }
+FRAME_STACK = {"tiny": dict(frame_stack_k=4, frame_stack_hidden=256),  # Ola's speech projector at each preset
+               "7b": dict(frame_stack_k=10, frame_stack_hidden=2048)}
+GROUPS = ("llm", "vision", "vision_connector", "audio", "audio_connector", "mm_embed")  # the params' top level
 TINY_VIDEO_FRAMES = 4  # of omni-synth's 8: enough to see which way a shape moves
 HF_DIRS = {"llm": "Qwen2.5-7B-Instruct", "vision": "siglip-so400m-patch14-384", "audio": "whisper-large-v3"}
 CORPUS = "@corpus"  # the omni-synth folder (``omnijax.training.config.ROOTS``)
@@ -95,15 +103,16 @@ def omni_model(preset: str, *, vision_connector: str | None = "ola", audio_conne
         model.update(audio=dict(AUDIO[preset], variant=audio_variant), audio_connector=audio_connector,
                      audio_token_id=ids["audio"])
         if audio_connector == "frame_stack":
-            model.update(frame_stack_k=4 if preset == "tiny" else 10,
-                         frame_stack_hidden=256 if preset == "tiny" else 2048)
+            model.update(FRAME_STACK[preset])
     model.update(extra)
     return mlc.ConfigDict(model)
 
 
-def stage_config(preset: str, name: str, model: mlc.ConfigDict, tokenizer: str | None = None) -> mlc.ConfigDict:
+def stage_config(preset: str, name: str, model: mlc.ConfigDict, tokenizer: str | None = None, *,
+                 batch: int = 256) -> mlc.ConfigDict:
     """A stage's preset-wide fields: model, mesh, batch, sequence, media slots, checkpointing, data defaults.
-    ``tokenizer``: default the pretrained LLM's (the shipped tiny one's; Qwen2.5's for `7b`)."""
+    ``tokenizer``: default the pretrained LLM's (the shipped tiny one's; Qwen2.5's for `7b`). ``batch``: the `7b`
+    global batch in rows (the paper's, ``PaperStage.batch``); the tiny preset's is 8 rows."""
     c = base_config()
     c.name = name
     c.model = model
@@ -119,7 +128,9 @@ def stage_config(preset: str, name: str, model: mlc.ConfigDict, tokenizer: str |
     else:
         c.mesh = mlc.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
         c.rules = "fsdp"
-        c.batch_size, c.seq_len = 256, 4096
+        # Rows of 4096 packed tokens: the papers cap an example's length instead (Ola: 16384, §4.1) and batch
+        # examples; a row here packs several short ones, and `python -m omnijax.compile` sized memory at 4096.
+        c.batch_size, c.seq_len = batch, 4096
         c.media.update(image_slots=8, video_slots=64, audio_slots=8)
         c.data.update(source="grain", tokenizer=tokenizer or hf_dir("llm"), workers=8,
                       pipeline=dict(too_long="truncate", video_frames=64))
@@ -160,6 +171,121 @@ def set_data(c: mlc.ConfigDict, preset: str, weights: dict[str, float], **kw) ->
 
 def schedule(lr: float, warmup_fraction: float = 0.03, decay: str = "cosine") -> dict:
     return dict(lr=lr, warmup_fraction=warmup_fraction, decay=decay)
+
+
+def rule(groups: str) -> str:
+    """A ``c.trainable`` regex from parameter groups: ``'vision'`` -> ``'vision/.*'``, ``'vision|audio'`` ->
+    ``'(vision|audio)/.*'``, ``'*'`` -> ``'.*'`` (every parameter no rule before it matched)."""
+    if groups == "*":
+        return ".*"
+    return f"({groups})/.*" if "|" in groups else f"{groups}/.*"
+
+
+def trainable(lr: dict[str, float | None]) -> list:
+    """``c.trainable`` from ``{groups: learning rate, or None: frozen}`` in order (a parameter follows the first
+    rule it matches; ``rule`` reads the keys), each rate with ``schedule``'s warmup and cosine decay."""
+    return [(rule(groups), None if rate is None else schedule(rate)) for groups, rate in lr.items()]
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperStage:
+    """One stage of a paper's training section: a row of its recipe's table (``experiments/<recipe>/paper.py``).
+
+    ``lr``: ``{groups: learning rate, or None: frozen}`` (``trainable``), ``'*'`` every other parameter;
+    ``batch``: the global batch, the `7b` preset's rows; ``samples``: the examples the stage trains on, read
+    ``epochs`` times, ``per_row`` of them to a row -- 1 counts a row as one of the paper's examples (its batches
+    count examples), which gives the paper's number of steps (a row packs several short examples, so a step
+    sees at least the paper's batch); ``steps``: instead of ``samples``, where the paper gives no sample count."""
+
+    lr: dict
+    batch: int
+    samples: int | None = None
+    epochs: int = 1
+    per_row: int = 1
+    steps: int | None = None
+
+    def __post_init__(self):
+        if (self.samples is None) == (self.steps is None):
+            raise ValueError(f"a PaperStage gives samples or steps, one of them: {self}")
+
+    @property
+    def num_steps(self) -> int:
+        """``steps`` if given, else ``ceil(epochs * samples / (batch * per_row))``."""
+        if self.steps is not None:
+            return self.steps
+        return math.ceil(self.epochs * self.samples / (self.batch * self.per_row))
+
+
+KNOBS = ("steps", "freeze", "weight.TASK", "vision_connector", "audio_connector")
+
+
+def parse_arg(arg: str | None, **extra: str) -> mlc.ConfigDict:
+    """``get_config``'s argument, read as big_vision's ``get_config(arg)`` reads it: ``'PRESET[,knob=value,...]'``,
+    e.g. ``'tiny,steps=300,freeze=llm+vision,weight.asr=3,audio_connector=mlp'`` -> ``a.preset``, ``a.steps``, ...
+
+    The knobs an ablation sweeps (``finish`` applies them): ``steps`` (``c.num_steps``), ``freeze`` (groups frozen
+    on top of the stage's rules, ``+`` between them), ``weight.TASK`` (a source's mixture weight; 0 drops it, a
+    task not in the mixture joins it), ``vision_connector`` / ``audio_connector`` (a connector by name); ``extra``:
+    the stage's own, ``name=default`` (Self-KD's ``vlm=PATH``). After ``get_config`` the same fields are set
+    through the recipe runner's overrides: ``num_steps``, ``trainable``, ``data.sources.N.weight``,
+    ``model.audio_connector``."""
+    preset, *items = (arg or "tiny").split(",")
+    a = dict(preset=check_preset(preset.strip()), steps=None, freeze=(), weights={}, vision_connector=None,
+             audio_connector=None, **extra)
+    for item in items:
+        key, _, value = (part.strip() for part in item.partition("="))
+        if not value:
+            raise ValueError(f"config argument {arg!r}: {item!r} is not knob=value")
+        if key.startswith("weight.") and key != "weight.":
+            a["weights"][key.removeprefix("weight.")] = float(value)
+        elif key == "steps":
+            a["steps"] = int(value)
+        elif key == "freeze":
+            a["freeze"] = tuple(value.split("+"))
+            unknown = sorted(set(a["freeze"]) - set(GROUPS))
+            if unknown:
+                raise ValueError(f"config argument {arg!r}: freeze names {unknown}; groups are: {', '.join(GROUPS)}")
+        elif key in a and key not in ("preset", "weights", "freeze", "steps"):
+            a[key] = value
+        else:
+            raise ValueError(f"config argument {arg!r}: unknown knob {key!r}; knobs: "
+                             f"{', '.join((*KNOBS, *extra))} (e.g. {preset},steps=300,freeze=llm)")
+    return mlc.ConfigDict(a)
+
+
+def finish(c: mlc.ConfigDict, a: mlc.ConfigDict, tiny=None) -> mlc.ConfigDict:
+    """The stage's config: ``tiny(c)`` for the tiny preset (its own settings, kept apart from the paper's), then
+    the knobs of ``a`` (``parse_arg``)."""
+    if a.preset == "tiny" and tiny is not None:
+        tiny(c)
+    if a.steps is not None:
+        c.num_steps = a.steps
+    if a.freeze:
+        c.trainable = [(rule("|".join(a.freeze)), None), *c.trainable]
+    if a.weights:
+        reweigh(c, a.preset, dict(a.weights))
+    for field in ("vision_connector", "audio_connector"):
+        if a[field] is not None:
+            c.model[field] = a[field]
+            if a[field] == "frame_stack":
+                c.model.update(FRAME_STACK[a.preset])
+    return c
+
+
+def reweigh(c: mlc.ConfigDict, preset: str, weights: dict[str, float]) -> None:
+    """The stage's mixture with ``weights`` (``{task: weight}``): 0 drops a source, a task not in the mixture
+    joins it; task ids follow the sources' order, as in ``set_data``."""
+    if any(w < 0 for w in weights.values()):
+        raise ValueError(f"stage {c.name!r}: mixture weights {weights} must be >= 0")
+    kept = [dict(s, weight=float(weights.get(s["name"], s["weight"]))) for s in c.data.sources]
+    names = {s["name"] for s in kept}
+    added = sources(preset, {n: w for n, w in weights.items() if n not in names})
+    chosen = [s for s in kept + added if s["weight"] > 0]
+    if not chosen:
+        raise ValueError(f"stage {c.name!r}: the weights {weights} leave no source in the mixture")
+    c.data.sources = chosen
+    c.task_names = tuple(s["name"] for s in chosen)
+    c.num_tasks = len(chosen)
 
 
 PREVIOUS = "@previous"  # the recipe's previous stage (``omnijax.recipe`` resolves it)

@@ -178,6 +178,49 @@ def test_recipe_errors(tmp_path):
         recipe_lib.run(recipe, "/tmp/unused", only=("9z",), evaluate=False)
 
 
+def test_7b_stages_take_the_papers_numbers_from_their_table():
+    """Every 7b stage of a paper's recipe takes its steps, batch and learning rates from the recipe's table
+    (``paper.py``): steps = ceil(epochs * samples / (batch * per_row)) where the paper gives a sample count."""
+    import importlib
+
+    from experiments import common
+
+    for path in PAPERS:
+        recipe = recipe_lib.load_recipe(f"{path}:7b")
+        table = importlib.import_module(f"experiments.{os.path.basename(os.path.dirname(path))}.paper").STAGES
+        assert recipe.names == list(table), path
+        for (name, stage_path), paper in zip(recipe.stages, table.values()):
+            c = recipe_lib._module(stage_path, name).get_config("7b")
+            assert (c.num_steps, c.batch_size, c.trainable) == (paper.num_steps, paper.batch,
+                                                                common.trainable(paper.lr)), (path, name)
+    ola = importlib.import_module("experiments.ola.paper").STAGES
+    assert {n: s.num_steps for n, s in ola.items()} == {"1a": 3157, "1b": 57032, "2": 10547, "3a": 1446, "3b": 15180}
+
+
+def test_stage_knobs_from_the_config_argument():
+    """big_vision's ``get_config(arg)``: after the preset, the knobs an ablation sweeps (``common.parse_arg``)."""
+    from experiments.ola import stage3b
+    from experiments.self_kd import stage1_audio_align
+
+    base = stage3b.get_config("tiny")
+    c = stage3b.get_config("tiny,steps=12,freeze=llm+mm_embed,weight.asr=0,weight.spoken_image_qa=1,"
+                           "audio_connector=mlp")
+    assert (c.num_steps, base.num_steps) == (12, 750)
+    assert c.trainable == [("(llm|mm_embed)/.*", None), *base.trainable]
+    names = [s["name"] for s in c.data.sources]
+    assert names == [s["name"] for s in base.data.sources if s["name"] != "asr"] + ["spoken_image_qa"]
+    assert c.task_names == tuple(names) and c.num_tasks == len(names)
+    assert c.model.audio_connector == "mlp" and omni_config(c).audio is not None
+    assert stage1_audio_align.get_config("7b,vlm=/pod/my_vlm").init_from == "/pod/my_vlm"
+    for arg, message in [("tiny,stepz=3", r"unknown knob 'stepz'; knobs: steps, freeze, weight.TASK"),
+                         ("tiny,freeze=lm", r"freeze names \['lm'\]; groups are: llm, vision"),
+                         ("huge", "unknown preset 'huge'"), ("tiny,steps", "'steps' is not knob=value"),
+                         ("tiny,weight.asr=0,weight.image_qa=0,weight.video_audio_qa=0,weight.video_visual_qa=0,"
+                          "weight.image_choice=0,weight.image_caption=0,weight.text_instruct=0", "leave no source")]:
+        with pytest.raises(ValueError, match=message):
+            stage3b.get_config(arg)
+
+
 def test_stages_carry_only_the_media_of_their_mixture():
     """A stage's slots are the media its sources hold (``media_slots``); ``c.media.always`` widens them."""
     from experiments import common

@@ -4,7 +4,7 @@ LLM. Every stage keeps 40% pure text in its data (``mixture``)."""
 
 from experiments import common
 
-TEXT_SHARE = 0.4
+TEXT_SHARE = 0.4  # the paper: "maintaining 40% pure text ratio" in every stage (the summary)
 
 
 def model(preset: str):
@@ -17,15 +17,14 @@ def mixture(weights: dict[str, float]) -> dict[str, float]:
     return {**{k: (1 - TEXT_SHARE) * v / total for k, v in weights.items()}, "text_instruct": TEXT_SHARE}
 
 
-def stage(preset: str, name: str, weights: dict[str, float], trainable, steps: dict[str, int], first: bool = False):
-    """A stage: the previous stage's params (the first: the pretrained LLM and towers, fresh connectors)."""
-    preset = common.check_preset(preset or "tiny")
-    c = common.stage_config(preset, f"baichuan_omni_{name}", model(preset))
-    if not first:
-        c.init_from = common.PREVIOUS
-    else:
-        c.init_from = common.pretrained(preset, ("llm", "vision", "audio"))
-    common.set_data(c, preset, mixture(weights))
-    c.trainable = trainable
-    c.num_steps = steps[preset]
-    return c
+def stage(arg: str | None, name: str, weights: dict[str, float], paper: common.PaperStage, tiny,
+          first: bool = False):
+    """A stage (``paper``: its row of ``paper.STAGES``; ``tiny(c)``: the tiny preset's own settings): the previous
+    stage's params (the first: the pretrained LLM and towers, fresh connectors)."""
+    a = common.parse_arg(arg)
+    c = common.stage_config(a.preset, f"baichuan_omni_{name}", model(a.preset), batch=paper.batch)
+    c.init_from = common.pretrained(a.preset, ("llm", "vision", "audio")) if first else common.PREVIOUS
+    common.set_data(c, a.preset, mixture(weights))
+    c.trainable = common.trainable(paper.lr)
+    c.num_steps = paper.num_steps
+    return common.finish(c, a, tiny)

@@ -1,6 +1,7 @@
 """Baichuan-Omni-1.5's understanding branch (arXiv 2501.15368): stages 1.1, 1.2 (image), 2.1, 2.2 (audio),
 3 (omni-modal pretraining), 4.1 (omni SFT), each with 40% pure text. The speech-generation branch
-(audio tokenizer and flow-matching decoder, stage 4.2) is not part of omnijax.
+(audio tokenizer and flow-matching decoder, stage 4.2) is not part of omnijax. The paper's numbers per
+stage, and our choices where it gives none: ``paper.py``.
 
     python -m omnijax.recipe --recipe experiments/baichuan_omni/recipe.py:tiny --workdir workdirs/baichuan_tiny
 """

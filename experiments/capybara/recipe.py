@@ -1,4 +1,5 @@
-"""Capybara-OMNI (arXiv 2504.12315): visual alignment, audio alignment, cross-modal instruction tuning.
+"""Capybara-OMNI (arXiv 2504.12315): visual alignment, audio alignment, cross-modal instruction tuning. The
+paper's numbers per stage, and our choices where it gives none: ``paper.py``.
 
     python -m omnijax.recipe --recipe experiments/capybara/recipe.py:tiny --workdir workdirs/capybara_tiny
 """

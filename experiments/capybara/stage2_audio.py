@@ -1,18 +1,24 @@
 """Capybara-OMNI stage 2, audio alignment: LLM and vision frozen; the audio encoder (initialised from a
-Qwen2-Audio checkpoint in the 7b preset) and its 1-layer projector learn on speech recognition."""
+Qwen2-Audio checkpoint in the 7b preset) and its 1-layer projector learn on speech recognition (the paper's
+numbers: ``paper.STAGES['2_audio']``)."""
 
 from experiments import common
 from experiments.capybara.model import model
+from experiments.capybara.paper import STAGES
 
-STEPS = {"tiny": 40, "7b": 5000}
+PAPER = STAGES["2_audio"]
 
 
 def get_config(arg="tiny"):
-    preset = common.check_preset(arg or "tiny")
-    c = common.stage_config(preset, "capybara_2_audio", model(preset))
+    a = common.parse_arg(arg)
+    c = common.stage_config(a.preset, "capybara_2_audio", model(a.preset), batch=PAPER.batch)
     c.init_from = common.PREVIOUS
-    common.set_data(c, preset, {"asr": 1.0})
-    lr = 1e-4 if preset == "7b" else 2e-3
-    c.trainable = [("(audio|audio_connector)/.*", common.schedule(lr)), (".*", None)]
-    c.num_steps = STEPS[preset]
-    return c
+    common.set_data(c, a.preset, {"asr": 1.0})
+    c.trainable = common.trainable(PAPER.lr)
+    c.num_steps = PAPER.num_steps
+    return common.finish(c, a, tiny)
+
+
+def tiny(c):
+    c.trainable = common.trainable({"audio|audio_connector": 2e-3, "*": None})
+    c.num_steps = 40

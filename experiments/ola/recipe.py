@@ -2,7 +2,8 @@
 and video-audio (3a, 3b), each stage starting from the previous one's params; the first from the pretrained
 LLM and towers (Qwen2.5-7B, SigLIP-so400m, Whisper-large-v3 for `7b`; the shipped tiny ones,
 ``checkpoints/tiny``, for `tiny`), with both connectors trained from scratch (1a the vision connector, 3a the
-speech projector), as the paper does.
+speech projector), as the paper does. The paper's numbers per stage (learning rates, frozen groups, batch,
+samples, and the `7b` steps they make): ``paper.py``.
 
     python -m omnijax.recipe --recipe experiments/ola/recipe.py:tiny --workdir workdirs/ola_tiny
 """

@@ -1,6 +1,7 @@
 """Self-KD for vision-audio (arXiv 2503.00059): a vision-language model gets an audio encoder, learns to
 hear (audio-text alignment on speech recognition), then learns to answer spoken questions about images
-by distilling its own answers to the same questions written as text (vision-audio SFT + Self-KD).
+by distilling its own answers to the same questions written as text (vision-audio SFT + Self-KD). The
+paper's numbers per stage, and our choices where it gives none: ``paper.py``.
 
     python -m omnijax.recipe --recipe experiments/self_kd/recipe.py:tiny --workdir workdirs/self_kd_tiny
 

@@ -9,15 +9,14 @@ starts the audio connector fresh, as the paper adds a new projector. The `7b` re
 
 from experiments import common
 
-STEPS = 300
-
 
 def get_config(arg="tiny"):
-    if common.check_preset(arg or "tiny") != "tiny":
+    a = common.parse_arg(arg)
+    if a.preset != "tiny":
         raise ValueError("stage0_base exists only in the tiny preset: the 7b recipe starts from a trained VLM")
     c = common.stage_config("tiny", "self_kd_0_base", common.omni_model("tiny"))
     c.init_from = common.pretrained("tiny", ("llm", "vision", "audio"))
     common.set_data(c, "tiny", {"image_qa": 2.0, "image_choice": 1.0, "image_caption": 1.0, "text_instruct": 1.0})
-    c.trainable = [("audio/.*", None), (".*", common.schedule(2e-3))]
-    c.num_steps = STEPS
-    return c
+    c.trainable = common.trainable({"audio": None, "*": 2e-3})
+    c.num_steps = 300
+    return common.finish(c, a)
