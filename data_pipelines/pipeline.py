@@ -68,7 +68,8 @@ from data_pipelines import features as features_lib
 from data_pipelines import schema
 from data_pipelines.tokenizer import DEFAULT_SYSTEM_PROMPT, IM_END, IM_START, load_tokenizer
 from omnijax.batch import ANYRES_PLAN, KD_ORDINARY, KD_STUDENT, KD_TEACHER, SLOT_FIELDS, MediaBudget, batch_spec
-from omnijax.media_tokens import MODALITIES, MediaLayout
+from omnijax.media_layouts import MediaLayout
+from omnijax.media_tokens import MODALITIES
 
 TOO_LONG_POLICIES = ("drop", "truncate")
 BAD_REASONS = ("bad_record", "placeholder_mismatch", "corrupt_image", "corrupt_video", "corrupt_audio")
@@ -153,7 +154,7 @@ class PipelineConfig:
                              f"{self.budget.video_slots}: no video would fit a row")
         for m in MODALITIES:
             if self.budget.slots(m) and getattr(self.layout, f"{m}_token_id") is None:
-                raise ValueError(f"the budget has {m}_slots={self.budget.slots(m)} but the {self.layout.layout} "
+                raise ValueError(f"the budget has {m}_slots={self.budget.slots(m)} but the {self.layout.name} "
                                  f"layout has no {m} placeholder token")
 
     @property
@@ -231,7 +232,7 @@ class Prepare:
                 raise ValueError(f"{m} placeholder id {tid} ({token!r}) is not a special token of the tokenizer "
                                  f"{config.tokenizer}; the layout's {m}_token_id must name one")
             self.pad_tokens[m] = token
-        self.plan = config.layout.layout == "llava_onevision" and "image" in self.modalities
+        self.plan = config.layout.image_plans and "image" in self.modalities
 
     def __call__(self, item: tuple[int, bytes]) -> dict:
         index, data = item
@@ -611,7 +612,7 @@ def build_dataset(config: PipelineConfig, tokenizer=None) -> grain.IterDataset:
         lengths[SLOT_FIELDS[m]] = lengths[f"{m}_item"] = slots
         if m == "audio":
             lengths["audio_valid_frames"] = slots
-        if m == "image" and config.layout.layout == "llava_onevision":
+        if m == "image" and config.layout.image_plans:
             lengths["image_plan"] = slots
     ds = grain.experimental.FirstFitPackIterDataset(
         ds, length_struct=lengths, num_packing_bins=config.packing_bins, shuffle_bins=False,
@@ -640,7 +641,7 @@ class Pipeline:
             features_lib.limit_blas_threads()  # the decode runs in this process, next to the train step
         self.tokenizer = load_tokenizer(config.tokenizer)
         self.dataset = build_dataset(config, self.tokenizer)
-        self.spec = batch_spec(config.batch_size, config.seq_len, config.budget, config.layout.layout,
+        self.spec = batch_spec(config.batch_size, config.seq_len, config.budget, config.layout,
                                config.self_kd)
         self.totals = dict.fromkeys(config.counters, 0)
         self._iterator = None
