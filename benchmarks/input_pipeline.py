@@ -32,17 +32,17 @@ from data_pipelines import schema, synth
 from data_pipelines import tokenizer as tok
 from data_pipelines.pipeline import Pipeline, PipelineConfig, Source
 from omnijax.batch import MediaBudget
-from omnijax.media_tokens import MediaLayout
+from omnijax.media_layouts import OlaLayout
 
 IDS = {m: tok.SYNTH_TOKEN_IDS[tok.PLACEHOLDER_TOKENS[m]] for m in ("image", "video", "audio")}
 STAGES = {
     "tiny": dict(
-        layout=MediaLayout("ola", IDS["image"], IDS["video"], IDS["audio"], grid=(2, 2), chunk_tokens=20),
+        layout=OlaLayout(IDS["image"], IDS["video"], IDS["audio"], grid=(2, 2), chunk_tokens=20),
         budget=MediaBudget(image_slots=8, image_size=64, video_slots=32, video_size=64, audio_slots=16, n_mels=80,
                            audio_frames=400),
         seq_len=1024, batch_size=8, video_frames=8),
     "ola": dict(
-        layout=MediaLayout("ola", IDS["image"], IDS["video"], IDS["audio"], grid=(14, 14), chunk_tokens=150),
+        layout=OlaLayout(IDS["image"], IDS["video"], IDS["audio"], grid=(14, 14), chunk_tokens=150),
         budget=MediaBudget(image_slots=4, image_size=384, video_slots=16, video_size=384, audio_slots=4, n_mels=128,
                            audio_frames=3000),
         seq_len=4096, batch_size=4, video_frames=8),

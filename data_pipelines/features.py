@@ -2,10 +2,10 @@
 
 `MediaFeatures.item(media, ...)` takes one `schema.Media` (encoded bytes) and returns a `Feature`: the
 slot arrays of the item (`omnijax.batch.MediaItem` form) and the number of placeholder tokens the
-model will produce for it, from the shared count functions (`omnijax.media_tokens.MediaLayout`).
+model will produce for it, from the shared count functions (the layout, `omnijax.media_layouts.MediaLayout`).
 
 - images: PIL, RGB; `ola` layout: one view resized to the budget's `image_size` (bicubic), or
-  `image_tiling='dynamic'`: thumbnail + MiniCPM-V tiles (`media_tokens.dynamic_pixel_tiles`), one view
+  `image_tiling='dynamic'`: thumbnail + MiniCPM-V tiles (`image_tiles.dynamic_pixel_tiles`), one view
   per tile; `llava_onevision`: AnyRes tiles and plan, or the base tile alone for an image of a
   multi-image example. Pixels are normalised as SigLIP's processor does (/255, mean = std = 0.5).
 - videos: PyAV (one decoder thread); `video_frames` frames taken uniformly
@@ -29,7 +29,7 @@ import numpy as np
 
 from data_pipelines import audio as audio_features
 from data_pipelines import schema
-from omnijax import media_tokens
+from omnijax import image_tiles, media_layouts, media_tokens
 from omnijax.batch import MediaBudget
 
 IMAGE_TILINGS = ("resize", "dynamic")
@@ -88,7 +88,7 @@ def _open_image(data: bytes):
 
 def _view(image, size: int) -> np.ndarray:
     """The whole image resized (bicubic) to `size` x `size`, normalised: `[1, size, size, 3]`."""
-    return media_tokens.dynamic_pixel_tiles(image, base_size=size, max_tiles=1)
+    return image_tiles.dynamic_pixel_tiles(image, base_size=size, max_tiles=1)
 
 
 def _uniform(n: int, k: int) -> np.ndarray:
@@ -147,7 +147,7 @@ class MediaFeatures:
     layout (token counts), plus the sampling options."""
 
     budget: MediaBudget
-    layout: media_tokens.MediaLayout
+    layout: media_layouts.MediaLayout
     video_frames: int = 8
     image_tiling: str = "resize"  # ola layout: 'resize' (one view) or 'dynamic' (thumbnail + tiles)
     max_image_tiles: int = 9
@@ -158,10 +158,10 @@ class MediaFeatures:
             raise ValueError(f"image_tiling {self.image_tiling!r} is not one of {IMAGE_TILINGS}")
         if self.video_frames < 1 or self.max_image_tiles < 1 or self.max_audio_chunks < 1:
             raise ValueError("video_frames, max_image_tiles and max_audio_chunks must be at least 1")
-        if self.layout.layout == "llava_onevision" and self.budget.image_slots and \
+        if self.layout.image_plans and self.budget.image_slots and \
                 self.budget.image_size != self.layout.base_image_size:
             raise ValueError(f"budget image_size {self.budget.image_size} differs from the AnyRes tile size "
-                             f"{self.layout.base_image_size} of the llava_onevision layout")
+                             f"{self.layout.base_image_size} of the {self.layout.name} layout")
 
     @property
     def chunk_seconds(self) -> float:
@@ -181,16 +181,16 @@ class MediaFeatures:
     def image(self, image, *, multi_image: bool = False) -> Feature:
         size = self.budget.image_size
         hw = (image.height, image.width)
-        if self.layout.layout == "llava_onevision":
+        if self.layout.image_plans:
             kw = self.layout.anyres_kw
             plan = media_tokens.anyres_plan(hw, multi_image=multi_image, **kw)
             tokens = self.layout.image_tokens(image_size=hw, multi_image=multi_image)
             if multi_image:
                 return Feature("image", _view(image, size), tokens, plan=plan)
-            tiles = media_tokens.anyres_pixel_tiles(image, base_image_size=size, pinpoints=kw["pinpoints"])
+            tiles = image_tiles.anyres_pixel_tiles(image, base_image_size=size, pinpoints=kw["pinpoints"])
             return Feature("image", tiles, tokens, plan=plan)
         if self.image_tiling == "dynamic":
-            views = media_tokens.dynamic_pixel_tiles(image, base_size=size, max_tiles=self.max_image_tiles)
+            views = image_tiles.dynamic_pixel_tiles(image, base_size=size, max_tiles=self.max_image_tiles)
         else:
             views = _view(image, size)
         return Feature("image", views, self.layout.image_tokens(len(views)))

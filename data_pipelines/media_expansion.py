@@ -32,7 +32,7 @@ class MediaExpansion:
             max_image_tiles=config.max_image_tiles, max_audio_chunks=config.max_audio_chunks)
         self.modalities = tuple(m for m in MODALITIES if config.budget.slots(m))
         self.pad_ids = {m: config.layout.token_id(m) for m in self.modalities}
-        self.plan = config.layout.layout == "llava_onevision" and "image" in self.modalities
+        self.plan = config.layout.image_plans and "image" in self.modalities
 
     def media(self, example: schema.Example, order: list[int]) -> tuple[list[features_lib.Feature], bool]:
         """The features of the media items in placeholder order, and whether an audio clip was cut."""

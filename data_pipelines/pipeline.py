@@ -49,7 +49,8 @@ from data_pipelines.records import Records
 from data_pipelines.self_kd import split_pairs
 from data_pipelines.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
 from omnijax.batch import SLOT_FIELDS, MediaBudget, batch_spec
-from omnijax.media_tokens import MODALITIES, MediaLayout
+from omnijax.media_layouts import MediaLayout
+from omnijax.media_tokens import MODALITIES
 
 TOO_LONG_POLICIES = ("drop", "truncate")
 BAD_REASONS = ("bad_record", "placeholder_mismatch", "corrupt_image", "corrupt_video", "corrupt_audio")
@@ -134,7 +135,7 @@ class PipelineConfig:
                              f"{self.budget.video_slots}: no video would fit a row")
         for m in MODALITIES:
             if self.budget.slots(m) and getattr(self.layout, f"{m}_token_id") is None:
-                raise ValueError(f"the budget has {m}_slots={self.budget.slots(m)} but the {self.layout.layout} "
+                raise ValueError(f"the budget has {m}_slots={self.budget.slots(m)} but the {self.layout.name} "
                                  f"layout has no {m} placeholder token")
 
     @property
@@ -293,7 +294,7 @@ def build_dataset(config: PipelineConfig, tokenizer=None) -> grain.IterDataset:
         lengths[SLOT_FIELDS[m]] = lengths[f"{m}_item"] = slots
         if m == "audio":
             lengths["audio_valid_frames"] = slots
-        if m == "image" and config.layout.layout == "llava_onevision":
+        if m == "image" and config.layout.image_plans:
             lengths["image_plan"] = slots
     ds = grain.experimental.FirstFitPackIterDataset(
         ds, length_struct=lengths, num_packing_bins=config.packing_bins, shuffle_bins=False,
@@ -322,7 +323,7 @@ class Pipeline:
             features_lib.limit_blas_threads()  # the decode runs in this process, next to the train step
         self.tokenizer = load_tokenizer(config.tokenizer)
         self.dataset = build_dataset(config, self.tokenizer)
-        self.spec = batch_spec(config.batch_size, config.seq_len, config.budget, config.layout.layout,
+        self.spec = batch_spec(config.batch_size, config.seq_len, config.budget, config.layout,
                                config.self_kd)
         self.totals = dict.fromkeys(config.counters, 0)
         self._iterator = None

@@ -38,8 +38,8 @@ the rest are ``-1`` (empty, their pixels/features are ignored):
 ======================  ============================  =======  =========================================
 ``images``              [B, I, S, S, 3]               float32  image views/tiles (NHWC, processor-normalised)
 ``image_item``          [B, I]                        int32    item of each image slot (-1 empty)
-``image_plan``          [B, I, 8]                     int32    llava_onevision layout only: the AnyRes plan
-                                                               of the slot's image
+``image_plan``          [B, I, 8]                     int32    layouts with ``image_plans`` only (AnyRes):
+                                                               the AnyRes plan of the slot's image
                                                                (``media_tokens.anyres_plan``)
 ``videos``              [B, V, Sv, Sv, 3]             float32  video frames
 ``video_item``          [B, V]                        int32    item (video) of each frame slot (-1 empty)
@@ -50,7 +50,7 @@ the rest are ``-1`` (empty, their pixels/features are ignored):
 
 The k-th item of a modality in a row takes the row's placeholder tokens of that modality number
 ``sum(tokens of items < k) ...`` onward, as one contiguous run inside one segment. Its token count is
-the sum of its slots' spans, ``omnijax.media_tokens.MediaLayout.*_slot_tokens``: the same functions
+the sum of its slots' spans, ``omnijax.media_layouts.MediaLayout.slot_tokens``: the same functions
 give the pipeline's placeholder counts (``MediaLayout.image_tokens`` etc.) and the model's layout.
 
 ``media_slots`` fills the slot arrays from per-example item lists; ``check_batch`` verifies a host
@@ -65,6 +65,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
+from omnijax.media_layouts import MediaLayout
 from omnijax.media_tokens import MODALITIES
 
 TEXT_FIELDS = {
@@ -95,8 +96,9 @@ class MediaBudget:
 
 
 def batch_spec(batch_size: int, seq_len: int, budget: MediaBudget = MediaBudget(),
-               layout: str = "ola", self_kd: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shapes and dtypes of every field of a batch (the global batch); ``self_kd``: a stage trained
+               layout: MediaLayout | None = None, self_kd: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of every field of a batch (the global batch); ``layout``: the model's media
+    layout (``OmniConfig.media_layout``; its images may carry plans); ``self_kd``: a stage trained
     with the Self-KD loss, whose batches also hold ``kd_part``."""
     b, t = batch_size, seq_len
     spec = {name: jax.ShapeDtypeStruct((b, t), dtype) for name, dtype in TEXT_FIELDS.items()}
@@ -106,7 +108,7 @@ def batch_spec(batch_size: int, seq_len: int, budget: MediaBudget = MediaBudget(
         s, n = budget.image_size, budget.image_slots
         spec["images"] = jax.ShapeDtypeStruct((b, n, s, s, 3), np.float32)
         spec["image_item"] = jax.ShapeDtypeStruct((b, n), np.int32)
-        if layout == "llava_onevision":
+        if layout is not None and layout.image_plans:
             spec["image_plan"] = jax.ShapeDtypeStruct((b, n, ANYRES_PLAN), np.int32)
     if budget.video_slots:
         s, n = budget.video_size, budget.video_slots
@@ -126,7 +128,8 @@ class MediaItem:
 
     ``data``: image views/tiles ``[n, S, S, 3]``, video frames ``[f, S, S, 3]`` or audio windows
     ``[c, n_mels, frames]``; ``valid_frames``: audio only, valid mel frames per window ``[c]``
-    (default: whole windows); ``plan``: llava_onevision images only, ``media_tokens.anyres_plan``.
+    (default: whole windows); ``plan``: images of a layout with ``image_plans`` only,
+    ``media_tokens.anyres_plan``.
     """
 
     kind: str
@@ -140,7 +143,7 @@ class MediaItem:
 
 
 def media_slots(rows: Sequence[Sequence[Sequence[MediaItem]]], budget: MediaBudget,
-                layout: str = "ola") -> dict[str, np.ndarray]:
+                layout: MediaLayout | None = None) -> dict[str, np.ndarray]:
     """The media fields of a batch: ``rows[b][e]`` lists the items of the e-th example packed into row
     b (segment e + 1), in placeholder order. Raises ``ValueError`` naming the row and example when a
     row's items need more slots than the budget has."""
@@ -171,9 +174,9 @@ def media_slots(rows: Sequence[Sequence[Sequence[MediaItem]]], budget: MediaBudg
                 if m == "audio":
                     valid = budget.audio_frames if item.valid_frames is None else item.valid_frames
                     out["audio_valid_frames"][b, sl] = valid
-                if m == "image" and layout == "llava_onevision":
+                if m == "image" and "image_plan" in out:
                     if item.plan is None:
-                        raise ValueError(f"row {b}, example {e}: layout 'llava_onevision' needs each image's "
+                        raise ValueError(f"row {b}, example {e}: layout {layout.name!r} needs each image's "
                                          "AnyRes plan (media_tokens.anyres_plan)")
                     out["image_plan"][b, sl] = item.plan
                 used[m] += n
@@ -185,10 +188,9 @@ def _segment_of(seg_row: np.ndarray, pos: int) -> str:
     return f"segment {int(seg_row[pos])}" if seg_row[pos] else "padding"
 
 
-def _check_items(b: int, m: str, batch: Mapping[str, np.ndarray], layout, budget: MediaBudget) -> None:
-    """Row b's items of modality m against its placeholder tokens (module docstring)."""
-    ids, seg = np.asarray(batch["input_ids"][b]), np.asarray(batch["segment_ids"][b])
-    tid = layout.token_id(m)
+def _item_tokens(b: int, m: str, batch: Mapping[str, np.ndarray], layout, budget: MediaBudget) -> np.ndarray:
+    """Tokens of each of row b's items of modality m: the sum of its slots' spans (``layout.slot_tokens``),
+    after checking the slots' item numbering, the AnyRes plans' tile counts and the audio valid frames."""
     item = np.asarray(batch[f"{m}_item"][b])
     n_used = int((item >= 0).sum())
     runs = item[:n_used]
@@ -196,32 +198,35 @@ def _check_items(b: int, m: str, batch: Mapping[str, np.ndarray], layout, budget
     if (item[n_used:] != -1).any() or (n_used and (runs[0] != 0 or (steps < 0).any() or (steps > 1).any())):
         raise ValueError(f"row {b}: {m}_item {item.tolist()} must number the items 0, 1, 2, ... over consecutive "
                          "slots, used slots first and -1 after them")
+    n_items = int(runs.max()) + 1 if n_used else 0
     valid = item >= 0
     first = valid & (np.concatenate([[-1], item[:-1]]) != item)
     last = valid & (np.concatenate([item[1:], [-1]]) != item)
-    if m == "image":
-        plan = np.asarray(batch["image_plan"][b]) if "image_plan" in batch else None
-        spans = layout.image_slot_tokens(first, last, plan)
-        if plan is not None:
-            for k in range(int(runs.max()) + 1 if n_used else 0):
-                s = np.flatnonzero(item == k)
-                rows, cols = plan[s[0], 0], plan[s[0], 1]
-                if len(s) != 1 + rows * cols:
-                    raise ValueError(f"row {b}: image item {k} fills {len(s)} tile slots, its AnyRes plan "
-                                     f"{plan[s[0]].tolist()} needs 1 + {rows} x {cols} = {1 + rows * cols}")
-    elif m == "video":
-        spans = layout.video_slot_tokens(first, last)
-    else:
-        frames = np.asarray(batch["audio_valid_frames"][b])
+    plan = np.asarray(batch["image_plan"][b]) if m == "image" and "image_plan" in batch else None
+    frames = np.asarray(batch["audio_valid_frames"][b]) if m == "audio" else None
+    if plan is not None:
+        for k in range(n_items):
+            s = np.flatnonzero(item == k)
+            rows, cols = plan[s[0], 0], plan[s[0], 1]
+            if len(s) != 1 + rows * cols:
+                raise ValueError(f"row {b}: image item {k} fills {len(s)} tile slots, its AnyRes plan "
+                                 f"{plan[s[0]].tolist()} needs 1 + {rows} x {cols} = {1 + rows * cols}")
+    if frames is not None:
         bad = valid & ((frames < 1) | (frames > budget.audio_frames))
         if bad.any():
             s = int(np.flatnonzero(bad)[0])
             raise ValueError(f"row {b}: audio slot {s} has {int(frames[s])} valid mel frames, outside "
                              f"[1, {budget.audio_frames}]")
-        spans = layout.audio_slot_tokens(first, last, frames)
-    spans = np.where(valid, spans, 0).astype(np.int64)
-    n_items = int(runs.max()) + 1 if n_used else 0
-    tokens = np.bincount(item[valid], weights=spans[valid], minlength=n_items).astype(np.int64)
+    spans = np.where(valid, layout.slot_tokens(m, first, last, plan, frames), 0).astype(np.int64)
+    return np.bincount(item[valid], weights=spans[valid], minlength=n_items).astype(np.int64)
+
+
+def _check_items(b: int, m: str, batch: Mapping[str, np.ndarray], layout, budget: MediaBudget) -> None:
+    """Row b's items of modality m against its placeholder tokens (module docstring)."""
+    ids, seg = np.asarray(batch["input_ids"][b]), np.asarray(batch["segment_ids"][b])
+    tid = layout.token_id(m)
+    tokens = _item_tokens(b, m, batch, layout, budget)
+    n_items = len(tokens)
     where = np.flatnonzero(ids == tid)
     fix = (f"expand each {m} placeholder to MediaLayout.{m}_tokens(...) ids {tid} and list the row's {m}s in "
            "placeholder order in the slots")
@@ -296,7 +301,7 @@ def check_batch(batch: Mapping[str, np.ndarray], cfg, self_kd: bool = False) -> 
     if ids is None or ids.ndim != 2 or 0 in ids.shape:
         shape = None if ids is None else list(ids.shape)
         raise ValueError(f"batch input_ids has shape {shape}; expected [batch, seq] with batch, seq > 0")
-    spec = batch_spec(*ids.shape, budget, layout.layout, self_kd)
+    spec = batch_spec(*ids.shape, budget, layout, self_kd)
     missing = sorted(set(spec) - set(batch))
     unknown = sorted(set(batch) - set(spec))
     if missing or unknown:

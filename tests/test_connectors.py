@@ -19,8 +19,10 @@ from omnijax.models.connectors import (
     MLPProjector,
     MMEmbed,
     OlaVisionProjector,
+    StridePoolProjector,
     stacked_length,
 )
+from omnijax.models import connector_configs as cc
 
 _erf = np.vectorize(math.erf)
 
@@ -184,6 +186,46 @@ def test_avg_pool_stride_drops_remainder():
     np.testing.assert_array_equal(y, [[[1.0, 2.0], [5.0, 6.0]]])
 
 
+def test_stride_pool_projector_pools_then_projects():
+    x = np.arange(10, dtype=np.float32).reshape(1, 5, 2)
+    params = {"linear": {"kernel": np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]], np.float32),
+                         "bias": np.array([0.5, 0.0, 0.0], np.float32)}}
+    y = apply_with(StridePoolProjector(out_dim=3, stride=2), params, x)
+    pooled = np.array([[[1.0, 2.0], [5.0, 6.0]]])  # the trailing odd frame is dropped
+    np.testing.assert_allclose(y, pooled @ params["linear"]["kernel"] + params["linear"]["bias"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("config, module, length", [
+    (cc.MLP(gelu_approximate=True), MLPProjector(4, gelu_approximate=True, in_axis="audio_embed"), 7),
+    (cc.Linear(), LinearProjector(4), 7),
+    (cc.FrameStack(k=5, hidden=6), FrameStackProjector(4, k=5, hidden_dim=6), 15),
+    (cc.ConvGMLP(stride=3), ConvGMLP(3, out_dim=4), 10),
+    (cc.StridePool(stride=3), StridePoolProjector(4, stride=3), 10),
+])
+def test_connector_configs_build_their_modules_and_count_their_tokens(config, module, length):
+    assert config.build(4, in_axis="audio_embed", dtype=jnp.float32, param_dtype=jnp.float32) == module
+    assert config.tokens(length) == module.output_length(length)
+    assert cc.from_fields("audio", config.to_fields("audio")) == config
+    assert cc.AUDIO_CONNECTORS[config.name] is type(config)
+
+
+def test_vision_connector_configs():
+    assert cc.LocalGlobalPool().grid(27, 27) == (14, 14) and cc.MLP().grid(27, 27) == (27, 27)
+    assert cc.LocalGlobalPool().spatial and not cc.LocalGlobalPool().keeps_length and cc.MLP().keeps_length
+    assert cc.MLP(gelu_approximate=True).to_fields("vision") == {"vision_connector": "mlp",
+                                                                 "vision_gelu_approximate": True}
+    assert cc.from_fields("vision", {"vision_connector": "ola", "frame_stack_k": 3}) == cc.LocalGlobalPool()
+    assert cc.from_fields("vision", {"vision_connector": None}) is None
+    with pytest.raises(ValueError, match=r"vision_connector 'frame_stack' is not one of \('mlp', 'ola'\)"):
+        cc.from_fields("vision", {"vision_connector": "frame_stack"})
+    with pytest.raises(ValueError, match="is not a vision connector"):
+        cc.check_connector("vision", cc.FrameStack())
+    with pytest.raises(ValueError, match=r"frame_stack_k=7 must divide the encoder's 50 outputs"):
+        cc.FrameStack(k=7).check(50)
+    with pytest.raises(ValueError, match=r"stride_pool_stride=0 must be in \[1, 50\]"):
+        cc.StridePool(stride=0).check(50)
+
+
 def test_mm_embed_vectors():
     vectors, variables = MMEmbed(embed_dim=16).init_with_output(jax.random.key(0))
     assert sorted(vectors) == sorted(MM_EMBED_NAMES)
@@ -201,6 +243,7 @@ def test_mm_embed_vectors():
         (ConvGMLP(), [1, 4, 5, 9]),
         (AvgPoolStride(k=2), [1, 2, 7]),
         (AvgPoolStride(k=3), [3, 8]),
+        (StridePoolProjector(out_dim=4, stride=3), [3, 8]),
     ],
 )
 def test_output_length_matches_output_shape(module, lengths):

@@ -18,6 +18,7 @@ from transformers import LlavaOnevisionForConditionalGeneration
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
 
+from omnijax import image_tiles
 from omnijax import media_tokens as mt
 from omnijax.checkpoint import load_model
 from omnijax.hf.exporter import save_hf
@@ -129,7 +130,8 @@ def test_anyres_images_of_different_aspect_ratios_in_one_batch(lov):
     assert lo.image_num_tokens(cfg, ANYRES_SIZES) == tuple(hf_token_count(s) for s in ANYRES_SIZES)
     mean, std = image_processor().image_mean, image_processor().image_std
     for k, size in enumerate(ANYRES_SIZES):  # omnijax's tiles are the processor's
-        got = mt.anyres_pixel_tiles(rgb(*size, seed=2 + k), base_image_size=16, pinpoints=PINPOINTS, mean=mean, std=std)
+        got = image_tiles.anyres_pixel_tiles(rgb(*size, seed=2 + k), base_image_size=16, pinpoints=PINPOINTS,
+                                             mean=mean, std=std)
         np.testing.assert_allclose(got, inputs["pixel_values"][k, :tiles[k]].transpose(0, 2, 3, 1), atol=1e-5)
     want = hf_logits(hf, inputs)
     err = rel_err(ours(loaded, inputs), want, inputs["attention_mask"])

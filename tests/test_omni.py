@@ -16,6 +16,7 @@ from omnijax import media_tokens as mt
 from omnijax.batch import MediaItem, check_batch, media_slots
 from omnijax.models import layouts
 from omnijax.models.audio import AudioConfig
+from omnijax.models.connector_configs import MLP, ConvGMLP, FrameStack, Linear, LocalGlobalPool
 from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel, logical_specs
 from omnijax.models.vision import VisionConfig
@@ -31,9 +32,9 @@ VISION = VisionConfig(image_size=16, patch_size=4, hidden_size=32, intermediate_
                       use_head=False)
 AUDIO_CFG = AudioConfig(num_mel_bins=80, d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
                         max_source_positions=50)  # 100 mel frames (a 1 s window stands for Ola's 30 s)
-OLA = OmniConfig(llm=LLM, vision=VISION, vision_connector="ola", audio=AUDIO_CFG, audio_connector="frame_stack",
-                 frame_stack_hidden=64, image_token_id=IMAGE, video_token_id=VIDEO, audio_token_id=AUDIO,
-                 image_slots=3, video_slots=6, audio_slots=3)
+OLA = OmniConfig(llm=LLM, vision=VISION, vision_connector=LocalGlobalPool(), audio=AUDIO_CFG,
+                 audio_connector=FrameStack(hidden=64), image_token_id=IMAGE, video_token_id=VIDEO,
+                 audio_token_id=AUDIO, image_slots=3, video_slots=6, audio_slots=3)
 
 
 def random_params(model, seed=0):
@@ -85,7 +86,7 @@ def pack(rows, cfg, length=T):
     targets, weights = (np.asarray(a) for a in shift_targets(ids, mask, seg))
     batch = {"input_ids": ids, "segment_ids": seg, "positions": pos, "targets": targets, "loss_weights": weights,
              "task_ids": task}
-    batch.update(media_slots([[e[2] for e, _ in row] for row in rows], cfg.budget, cfg.layout))
+    batch.update(media_slots([[e[2] for e, _ in row] for row in rows], cfg.budget, cfg.media_layout))
     check_batch(batch, cfg)
     return batch
 
@@ -338,12 +339,12 @@ def test_check_batch_rejects_bad_input_before_tracing():
 @pytest.mark.parametrize("name, cfg, groups, mm", [
     ("ola, both towers", OLA, {"llm", "vision", "vision_connector", "audio", "audio_connector", "mm_embed"},
      set(layouts.VISION_EMBEDS + layouts.SPEECH_EMBEDS)),
-    ("ola, vision mlp", OmniConfig(llm=LLM, vision=VISION, vision_connector="mlp", image_token_id=IMAGE),
+    ("ola, vision mlp", OmniConfig(llm=LLM, vision=VISION, vision_connector=MLP(), image_token_id=IMAGE),
      {"llm", "vision", "vision_connector", "mm_embed"}, set(layouts.VISION_EMBEDS)),
-    ("ola, audio conv_gmlp", OmniConfig(llm=LLM, audio=AUDIO_CFG, audio_connector="conv_gmlp", audio_token_id=AUDIO),
+    ("ola, audio conv_gmlp", OmniConfig(llm=LLM, audio=AUDIO_CFG, audio_connector=ConvGMLP(), audio_token_id=AUDIO),
      {"llm", "audio", "audio_connector", "mm_embed"}, set(layouts.SPEECH_EMBEDS)),
     ("qwen2_audio, capybara mlp", OmniConfig(llm=LLM, audio=AUDIO_CFG.replace(variant="qwen2_audio"),
-                                             audio_connector="mlp", layout="qwen2_audio", audio_token_id=AUDIO),
+                                             audio_connector=MLP(), layout="qwen2_audio", audio_token_id=AUDIO),
      {"llm", "audio", "audio_connector"}, None),
     ("text only", OmniConfig(llm=LLM), {"llm"}, None),
 ])
@@ -353,7 +354,7 @@ def test_parameter_groups(name, cfg, groups, mm):
     if mm is not None:
         assert set(shapes["mm_embed"]) == mm
     if cfg.audio is not None:
-        want = {"conv_gmlp": 13, "frame_stack": 5, "mlp": 25}[cfg.audio_connector]  # 50 encoder steps (25 pooled)
+        want = {"conv_gmlp": 13, "frame_stack": 5, "mlp": 25}[cfg.audio_connector.name]  # 50 encoder steps (25 pooled)
         assert cfg.audio_chunk_tokens == want
 
 
@@ -361,15 +362,15 @@ def test_bad_configs_are_named():
     with pytest.raises(ValueError, match="vision and vision_connector come together"):
         OmniConfig(llm=LLM, vision=VISION, image_token_id=IMAGE)
     with pytest.raises(ValueError, match="layout 'qwen2_audio' lays out audio only, not images"):
-        OmniConfig(llm=LLM, vision=VISION, vision_connector="mlp", layout="qwen2_audio", image_token_id=IMAGE)
+        OmniConfig(llm=LLM, vision=VISION, vision_connector=MLP(), layout="qwen2_audio", image_token_id=IMAGE)
     with pytest.raises(ValueError, match="needs the variant='qwen2_audio' encoder"):
-        OmniConfig(llm=LLM, audio=AUDIO_CFG, audio_connector="linear", layout="qwen2_audio", audio_token_id=AUDIO)
+        OmniConfig(llm=LLM, audio=AUDIO_CFG, audio_connector=Linear(), layout="qwen2_audio", audio_token_id=AUDIO)
     with pytest.raises(ValueError, match="frame_stack_k=7 must divide the encoder's 50 outputs"):
-        OmniConfig(llm=LLM, audio=AUDIO_CFG, audio_connector="frame_stack", frame_stack_k=7, audio_token_id=AUDIO)
+        OmniConfig(llm=LLM, audio=AUDIO_CFG, audio_connector=FrameStack(k=7), audio_token_id=AUDIO)
     with pytest.raises(ValueError, match="placeholder token ids .* must differ"):
         OLA.replace(video_token_id=IMAGE)
     with pytest.raises(ValueError, match="video_slots=2: slots need a video_token_id"):
-        OmniConfig(llm=LLM, vision=VISION, vision_connector="ola", image_token_id=IMAGE, video_slots=2)
+        OmniConfig(llm=LLM, vision=VISION, vision_connector=LocalGlobalPool(), image_token_id=IMAGE, video_slots=2)
 
 
 def test_hf_architectures_build_omni_models():

@@ -26,7 +26,7 @@ from transformers.models.siglip.image_processing_pil_siglip import SiglipImagePr
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from data_pipelines.audio import whisper_log_mel
-from omnijax import media_tokens
+from omnijax import image_tiles
 from omnijax.checkpoint import load_model, save_model_dir
 from omnijax.hf import convert
 from omnijax.hf import omni as hf_omni
@@ -34,6 +34,7 @@ from omnijax.hf.importer import Loaded, abstract_model, check_table
 from omnijax.hf.omni import OMNI
 from omnijax.hf.safetensors_io import CheckpointError
 from omnijax.models.audio import AudioConfig
+from omnijax.models.connector_configs import MLP, ConvGMLP, FrameStack, Linear, LocalGlobalPool, StridePool
 from omnijax.models.llava_onevision import LlavaOnevisionConfig
 from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel
@@ -161,7 +162,7 @@ def test_stage_workdir_is_a_model_directory(ola, tokenizer):
     assert desc["architecture"] == "OmnijaxOmniModel" and desc["stage"] == "tiny_ola"
     assert desc["assets_dir"] == os.path.abspath(tokenizer)
     assert loaded.arch.name == "OmnijaxOmniModel" and isinstance(loaded.cfg, OmniConfig)
-    assert loaded.cfg.vision_connector == "ola" and loaded.cfg.audio_connector == "frame_stack"
+    assert loaded.cfg.vision_connector == LocalGlobalPool() and loaded.cfg.audio_connector == FrameStack(hidden=32)
     assert sorted(loaded.params) == ["audio", "audio_connector", "llm", "mm_embed", "vision", "vision_connector"]
     # the finished stage's params; its frozen groups, stored in bfloat16, come back as float32 (exactly)
     assert trained["vision"]["post_layernorm"]["scale"].dtype == jnp.bfloat16
@@ -234,7 +235,7 @@ def test_processor_settings_reproduce_the_pipeline_features(ola_full):
     image = Image.fromarray(np.random.RandomState(1).randint(0, 256, (23, 37, 3), dtype=np.uint8))
     kw = {k: v for k, v in settings["image"].items() if k != "image_processor_type"}
     hf = SiglipImageProcessorPil(**kw)(image, return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
-    np.testing.assert_allclose(hf, media_tokens.dynamic_pixel_tiles(image, base_size=16, max_tiles=1), atol=1e-5)
+    np.testing.assert_allclose(hf, image_tiles.dynamic_pixel_tiles(image, base_size=16, max_tiles=1), atol=1e-5)
     wave = np.random.RandomState(2).randn(11200).astype(np.float32) * 0.1  # 0.7 s
     kw = {k: v for k, v in settings["audio"].items() if k != "feature_extractor_type"}
     hf = WhisperFeatureExtractor(**kw)(wave, sampling_rate=16000, return_tensors="np")["input_features"][0]
@@ -316,14 +317,14 @@ TINY_VISION = VisionConfig(image_size=16, patch_size=4, hidden_size=16, intermed
 
 
 @pytest.mark.parametrize("vision_connector,audio_connector,d_audio", [
-    ("ola", "frame_stack", 16), ("mlp", "conv_gmlp", 16), ("ola", "conv_gmlp", 8), ("mlp", "mlp", 16),
-    ("ola", "linear", 16)])
+    (LocalGlobalPool(), FrameStack(k=5, hidden=24), 16), (MLP(), ConvGMLP(), 16), (LocalGlobalPool(), ConvGMLP(), 8),
+    (MLP(gelu_approximate=True), MLP(), 16), (LocalGlobalPool(), Linear(), 16), (MLP(), StridePool(stride=5), 16)])
 def test_every_connector_round_trips_through_config_and_table(vision_connector, audio_connector, d_audio):
     """``OmniConfig.from_dict(to_dict())`` is the config; the table covers every parameter (conv_gmlp with
     and without ``out_proj``: 4 * 8 equals the LLM width 32)."""
     audio = AudioConfig(**dict(AUDIO_TOWER, d_model=d_audio))
     cfg = OmniConfig(llm=TINY_LLM, vision=TINY_VISION.replace(feature_layer=-2), vision_connector=vision_connector,
-                     audio=audio, audio_connector=audio_connector, frame_stack_k=5, frame_stack_hidden=24,
+                     audio=audio, audio_connector=audio_connector,
                      image_token_id=IMAGE, video_token_id=IMAGE + 1, audio_token_id=AUDIO, image_slots=2,
                      video_slots=3, audio_slots=1)
     config = json.loads(json.dumps(hf_omni.omni_hf_config(cfg)))
@@ -331,7 +332,7 @@ def test_every_connector_round_trips_through_config_and_table(vision_connector, 
     module, built = hf_omni.OMNI.build(config)
     check_table(hf_omni.OMNI, hf_omni.omni_table(built), abstract_model(hf_omni.OMNI, module, built)[1])
     keys = {e.hf for e in hf_omni.omni_table(built)}
-    assert ("audio_connector.out_proj.weight" in keys) == (audio_connector == "conv_gmlp" and d_audio != 8)
+    assert ("audio_connector.out_proj.weight" in keys) == (isinstance(audio_connector, ConvGMLP) and d_audio != 8)
     fast = OmniConfig.from_dict(config, dtype="bfloat16", attention="splash")
     assert (fast.llm.attention, fast.vision.attention, fast.audio.attention, fast.audio.dtype) == \
         ("splash", "xla", "xla", "bfloat16")
@@ -351,7 +352,7 @@ def test_stock_configs():
     assert arch.name == "Qwen2AudioForConditionalGeneration" and stock == qa
     with pytest.raises(ValueError, match="no stock Qwen2AudioForConditionalGeneration: its projector is one Linear "
                                          "layer, this model has the MLP audio connector; use --part full"):
-        hf_omni.stock_config(qa.omni().replace(audio_connector="mlp"))
+        hf_omni.stock_config(qa.omni().replace(audio_connector=MLP()))
     with pytest.raises(ValueError, match="never ties"):
         hf_omni.stock_config(qa.omni().replace(llm=TINY_LLM.replace(tie_word_embeddings=True)))
     with pytest.raises(ValueError, match="layout 'qwen2_audio': no stock Qwen2AudioForConditionalGeneration: the "

@@ -33,6 +33,7 @@ from omnijax.inference import omni as omni_gen
 from omnijax.inference.omni import GENERATION_SLOTS, OmniGenerator, generation_config
 from omnijax.inference.sentences import espeak_callback, sentences
 from omnijax.models.audio import AudioConfig
+from omnijax.models.connector_configs import FrameStack, LocalGlobalPool
 from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel, logical_specs
 from omnijax.models.vision import VisionConfig
@@ -46,10 +47,10 @@ CFG = OmniConfig(
                   num_kv_heads=2, rope_theta=1e4),
     vision=VisionConfig(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
                         use_head=False),
-    vision_connector="ola",
+    vision_connector=LocalGlobalPool(),
     audio=AudioConfig(num_mel_bins=80, d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
                       max_source_positions=50),
-    audio_connector="frame_stack", frame_stack_hidden=32,
+    audio_connector=FrameStack(hidden=32),
     image_token_id=IDS["image"], video_token_id=IDS["video"], audio_token_id=IDS["audio"],
     image_slots=1, video_slots=4, audio_slots=4)
 FRAMES = 4
@@ -113,7 +114,8 @@ def oracle(gen, forward, example, new):
     right-padded row with every modality's slots; and the smallest top-2 logit margin met."""
     ids, items = gen.prepare(example)
     width = MAX_PROMPT + new
-    media = media_slots([[[MediaItem(f.kind, f.data, f.valid_frames, f.plan) for f in items]]], CFG.budget, CFG.layout)
+    media = media_slots([[[MediaItem(f.kind, f.data, f.valid_frames, f.plan) for f in items]]], CFG.budget,
+                        CFG.media_layout)
     seq, margin = list(ids), np.inf
     for _ in range(new):
         n = len(seq)

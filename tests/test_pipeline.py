@@ -27,12 +27,12 @@ from data_pipelines.pipeline import (BAD_REASONS, BadRecordsError, Pipeline, Pip
                                      Source)
 from omnijax import media_tokens
 from omnijax.batch import MediaBudget, check_batch
-from omnijax.media_tokens import MediaLayout
+from omnijax.media_layouts import AnyResLayout, MediaLayout, OlaLayout, Qwen2AudioLayout
 from training_fixtures import corpus
 
 IMAGE_ID, VIDEO_ID, AUDIO_ID = (tok.SYNTH_TOKEN_IDS[tok.PLACEHOLDER_TOKENS[m]] for m in ("image", "video", "audio"))
 # Tiny stage: 32-pixel views, 4 frames per video, 1 s audio windows (100 mel frames, 5 tokens each).
-OLA = MediaLayout("ola", IMAGE_ID, VIDEO_ID, AUDIO_ID, grid=(2, 2), chunk_tokens=5)
+OLA = OlaLayout(IMAGE_ID, VIDEO_ID, AUDIO_ID, grid=(2, 2), chunk_tokens=5)
 BUDGET = MediaBudget(image_slots=4, image_size=32, video_slots=8, video_size=32, audio_slots=8, n_mels=80,
                      audio_frames=100)
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -168,9 +168,9 @@ def test_example_features_match_transformers_processors_and_counts(corpus):
         assert [n for _, n in item_runs(out["input_ids"], AUDIO_ID)] == [OLA.audio_tokens(len(chunks))]
 
 
-LLAVA = MediaLayout("llava_onevision", image_token_id=IMAGE_ID, base_image_size=32, patch_size=8,
-                    pinpoints=media_tokens.grid_pinpoints(32, 3), max_num_patches=9)
-QWEN2_AUDIO = MediaLayout("qwen2_audio", audio_token_id=AUDIO_ID)
+LLAVA = AnyResLayout(image_token_id=IMAGE_ID, base_image_size=32, patch_size=8,
+                     pinpoints=media_tokens.grid_pinpoints(32, 3), max_num_patches=9)
+QWEN2_AUDIO = Qwen2AudioLayout(audio_token_id=AUDIO_ID)
 IMAGE_TASKS = ("image_caption", "image_qa", "text_instruct")
 LAYOUTS = {  # layout, budget, tasks, other config fields
     "ola": (OLA, BUDGET, synth.TASKS, {}),
@@ -184,7 +184,7 @@ LAYOUTS = {  # layout, budget, tasks, other config fields
 def item_tokens(layout: MediaLayout, m: str, slots: int, valid=None, plan=None) -> int:
     """The shared count function for one item of `slots` slots."""
     if m == "image":
-        if layout.layout == "llava_onevision":
+        if layout.image_plans:
             return int(media_tokens.anyres_plan_tokens(plan, layout.tile_side))
         return layout.image_tokens(slots)
     if m == "video":

@@ -18,6 +18,7 @@ from data_pipelines.pipeline import Pipeline, PipelineConfig, Source
 from omnijax import recipe as recipe_lib
 from omnijax.batch import KD_ORDINARY, KD_STUDENT, KD_TEACHER, batch_spec, check_batch
 from omnijax.models.audio import AudioConfig
+from omnijax.models.connector_configs import FrameStack, LocalGlobalPool
 from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel, init_params
 from omnijax.models.vision import VisionConfig
@@ -38,10 +39,10 @@ MODEL = OmniConfig(
                   num_kv_heads=2),
     vision=VisionConfig(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
                         use_head=False),
-    vision_connector="ola",
+    vision_connector=LocalGlobalPool(),
     audio=AudioConfig(num_mel_bins=80, d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
                       max_source_positions=50),
-    audio_connector="frame_stack", frame_stack_hidden=32, layout="ola",
+    audio_connector=FrameStack(hidden=32), layout="ola",
     image_token_id=IMAGE_ID, audio_token_id=AUDIO_ID, image_slots=4, audio_slots=4)
 
 

@@ -18,6 +18,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOnevisionModel
 from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
 
+from omnijax import image_tiles
 from omnijax import media_tokens as mt
 from omnijax import sharding
 from omnijax.checkpoint import load_model
@@ -298,7 +299,7 @@ def rgb(h, w, seed=0) -> Image.Image:
 def test_anyres_pixel_tiles_match_hf_image_processor(size):
     image = rgb(*size)
     want = LlavaOnevisionImageProcessorPil()(image, return_tensors="np")
-    got = mt.anyres_pixel_tiles(image, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
+    got = image_tiles.anyres_pixel_tiles(image, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
     assert got.shape == (mt.anyres_layout(size).num_tiles, 384, 384, 3)
     np.testing.assert_allclose(got, want["pixel_values"][0].transpose(0, 2, 3, 1), rtol=0, atol=1e-5)
     assert tuple(want["image_sizes"][0]) == size
@@ -316,8 +317,8 @@ def test_anyres_end_to_end_tiny_tower_matches_hf(tower):
     newline = rng.randn(loaded.cfg.hidden_size).astype(np.float32)
     sizes = [(5 * base, 3 * base + 3), (base // 2, 4 * base)]
     images = [rgb(*size, seed=size[0]) for size in sizes]
-    tiles = [mt.anyres_pixel_tiles(im, base_image_size=base, pinpoints=pins, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
-             for im in images]
+    tiles = [image_tiles.anyres_pixel_tiles(im, base_image_size=base, pinpoints=pins, mean=OPENAI_CLIP_MEAN,
+                                            std=OPENAI_CLIP_STD) for im in images]
     # Tiles are encoded independently: both images' tiles go through the tower in one batch.
     feats = run_tower(loaded.cfg, loaded.params, jnp.asarray(np.concatenate(tiles)))["features"]
     for size, image, part in zip(sizes, images, np.split(np.asarray(feats), [len(tiles[0])])):
@@ -346,17 +347,13 @@ def test_pack_anyres_rejects_wrong_tile_count():
     ((900, 1000), 9, (2, 2)),     # ratio 4.48 -> multiple 5, candidates 4/5/6 -> 2x2 (closest aspect)
 ])
 def test_dynamic_tiling_grid(size, max_tiles, grid):
-    assert mt.dynamic_tiling_grid(size, base_size=448, max_tiles=max_tiles) == grid
-    n = grid[0] * grid[1]
-    tiles = 1 if n == 1 else n + 1
-    assert mt.dynamic_tiling_num_tokens(size, tokens_per_tile=256, max_tiles=max_tiles) == 256 * tiles
-    assert mt.dynamic_tiling_num_tokens(size, tokens_per_tile=256, max_tiles=max_tiles, thumbnail=False) == 256 * n
+    assert image_tiles.dynamic_tiling_grid(size, base_size=448, max_tiles=max_tiles) == grid
 
 
 def test_dynamic_tiling_properties():
     rng = np.random.RandomState(11)
     for h, w in rng.randint(1, 5000, size=(300, 2)):
-        rows, cols = mt.dynamic_tiling_grid((h, w), base_size=448, max_tiles=9)
+        rows, cols = image_tiles.dynamic_tiling_grid((h, w), base_size=448, max_tiles=9)
         multiple = min(math.ceil(h * w / 448 ** 2), 9)
         assert rows * cols <= 9
         assert (rows * cols == 1) == (multiple <= 1), (h, w)
@@ -366,12 +363,13 @@ def test_dynamic_tiling_properties():
 
 def test_dynamic_pixel_tiles():
     image = rgb(100, 300)
-    tiles = mt.dynamic_pixel_tiles(image, base_size=32, max_tiles=9)
-    rows, cols = mt.dynamic_tiling_grid((100, 300), base_size=32, max_tiles=9)
+    tiles = image_tiles.dynamic_pixel_tiles(image, base_size=32, max_tiles=9)
+    rows, cols = image_tiles.dynamic_tiling_grid((100, 300), base_size=32, max_tiles=9)
     assert tiles.shape == (1 + rows * cols, 32, 32, 3) and tiles.dtype == np.float32
+    assert image_tiles.dynamic_pixel_tiles(image, base_size=32, max_tiles=9, thumbnail=False).shape[0] == rows * cols
     thumb = (np.asarray(image.resize((32, 32), Image.BICUBIC), np.float32) / 255 - 0.5) / 0.5
     np.testing.assert_allclose(tiles[0], thumb, atol=1e-6)
-    assert mt.dynamic_pixel_tiles(rgb(20, 20), base_size=32).shape == (1, 32, 32, 3)
+    assert image_tiles.dynamic_pixel_tiles(rgb(20, 20), base_size=32).shape == (1, 32, 32, 3)
 
 
 def test_bad_images_are_rejected():
@@ -379,9 +377,9 @@ def test_bad_images_are_rejected():
         with pytest.raises(ValueError, match="zero or negative side"):
             mt.anyres_num_tokens(bad)
         with pytest.raises(ValueError, match="zero or negative side"):
-            mt.dynamic_tiling_num_tokens(bad, tokens_per_tile=4)
+            image_tiles.dynamic_tiling_grid(bad)
     for mode in ("L", "RGBA", "P"):
         with pytest.raises(ValueError, match=f"mode 'RGB', got mode '{mode}'.*convert\\('RGB'\\)"):
-            mt.anyres_pixel_tiles(rgb(8, 8).convert(mode))
+            image_tiles.anyres_pixel_tiles(rgb(8, 8).convert(mode))
         with pytest.raises(ValueError, match="mode 'RGB'"):
-            mt.dynamic_pixel_tiles(rgb(8, 8).convert(mode))
+            image_tiles.dynamic_pixel_tiles(rgb(8, 8).convert(mode))

@@ -23,7 +23,6 @@ from omnijax.batch import MediaBudget, batch_spec
 from omnijax.models.connectors import LinearProjector, MLPProjector, MMEmbed
 from omnijax.models.layers import DenseGeneral
 from omnijax.models.llm import LLM, LLMConfig
-from omnijax.models.splice import merge_embeddings
 from omnijax.training import losses
 from omnijax.training.config import base_config
 from omnijax.training.task import Task, from_module
@@ -33,6 +32,16 @@ PATCH, STACK = 4, 4
 # One schedule for every toy stage (its length fixed, not the stage's), so stages that train the
 # same groups compile to the same step and share the persistent compilation cache.
 SCHED = dict(lr=1e-2, warmup_steps=2, decay="cosine", steps=20)
+
+
+def merge_embeddings(text_embeds, media_embeds, is_placeholder):
+    """Row i's placeholders ``is_placeholder [b, t]`` take ``media_embeds [b, m, d]`` in order -> ``[b, t, d]``."""
+
+    def one(text, media, mask):
+        idx = jnp.clip(jnp.cumsum(mask) - 1, 0, media.shape[0] - 1)
+        return jnp.where(mask[:, None], media[idx].astype(text.dtype), text)
+
+    return jax.vmap(one)(text_embeds, media_embeds, is_placeholder)
 
 
 class ToyVision(nn.Module):

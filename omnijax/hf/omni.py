@@ -6,7 +6,8 @@ that stock transformers classes load (``part``).
 ``vision_config`` (``SiglipVisionConfig``) or null, ``audio_config`` (Whisper's encoder fields,
 ``model_type`` ``whisper``, or a ``Qwen2AudioEncoderConfig``, ``model_type`` ``qwen2_audio_encoder``,
 for the Qwen2-Audio encoder variant) or null, and the omni fields (connectors, layout, placeholder
-token ids, media slots, frame-stack / Conv-GMLP / AnyRes settings, ``vision_feature_layer``) -- plus,
+token ids, media slots, the connectors' flat settings (``frame_stack_k``, ``conv_gmlp_stride``, ...), AnyRes
+settings, ``vision_feature_layer``) -- plus,
 for readers, ``mm_embed_names`` (the learned layout vectors) and ``processor``: keyword arguments of
 the stock processors that make the towers' inputs (``image``: ``SiglipImageProcessor``, ``audio``:
 ``WhisperFeatureExtractor``).
@@ -39,6 +40,7 @@ Connector keys are the omnijax parameter paths, ``/`` written ``.``, in torch la
     audio 'conv_gmlp'    audio_connector.{gate,up,down}_proj.weight (no bias; gate/up as Linear over the
                          stride's frames stacked time-major), .layer_norm, .out_proj (when the LLM width
                          differs from stride * d_model)
+    audio 'stride_pool'  audio_connector.linear
 
 ``load_model`` / ``convert import`` read the directory back bit for bit; its forward for
 ``omnijax.tools.dump_logits`` takes a batch of the batch contract (``omnijax.batch``).
@@ -59,6 +61,8 @@ from omnijax.hf.maps import LINEAR, Entry, prefixed
 from omnijax.hf.qwen2 import llm_table
 from omnijax.hf.siglip import siglip_table
 from omnijax.hf.whisper import audio_tower_table
+from omnijax.media_layouts import AnyResLayout, Qwen2AudioLayout
+from omnijax.models.connector_configs import MLP, ConvGMLP, FrameStack, Linear, LocalGlobalPool, StridePool
 from omnijax.models.llava_onevision import LlavaOnevisionConfig
 from omnijax.models.llm import CausalLM
 from omnijax.models.omni import OmniConfig, OmniModel, example_batch
@@ -70,18 +74,19 @@ PARTS = ("full", "llm", "stock")
 _HINT = "use --part full or --part llm"
 _LOSS_FIELDS = ("targets", "loss_weights", "task_ids")  # batch fields the loss reads and the forward does not
 
-# Each connector's Dense layers: (path under its group, has a bias).
-_VISION_CONNECTORS = {"mlp": (("linear_1", True), ("linear_2", True)),
-                      "ola": (("proj1", True), ("pooler/predictor_0", True), ("pooler/predictor_2", True),
-                              ("proj2", True))}
-_AUDIO_CONNECTORS = {"linear": (("linear", True),), "mlp": (("linear_1", True), ("linear_2", True)),
-                     "frame_stack": (("linear1", True), ("linear2", True)),
-                     "conv_gmlp": (("gate_proj", False), ("up_proj", False), ("down_proj", False))}
-_CONNECTOR_WORDS = {("vision", "mlp"): "the MLP vision connector",
-                    ("vision", "ola"): "the Local-Global attention pooling vision connector",
-                    ("audio", "linear"): "the linear audio connector", ("audio", "mlp"): "the MLP audio connector",
-                    ("audio", "frame_stack"): "the frame-stacking audio connector",
-                    ("audio", "conv_gmlp"): "the Conv-GMLP audio connector"}
+# Each connector class's Dense layers: (path under its group, has a bias).
+_CONNECTOR_LAYERS = {MLP: (("linear_1", True), ("linear_2", True)),
+                     LocalGlobalPool: (("proj1", True), ("pooler/predictor_0", True), ("pooler/predictor_2", True),
+                                       ("proj2", True)),
+                     Linear: (("linear", True),), FrameStack: (("linear1", True), ("linear2", True)),
+                     ConvGMLP: (("gate_proj", False), ("up_proj", False), ("down_proj", False)),
+                     StridePool: (("linear", True),)}
+_CONNECTOR_WORDS = {MLP: "MLP", LocalGlobalPool: "Local-Global attention pooling", Linear: "linear",
+                    FrameStack: "frame-stacking", ConvGMLP: "Conv-GMLP", StridePool: "stride-pooling"}
+
+
+def _connector_words(cfg: OmniConfig, tower: str) -> str:
+    return f"the {_CONNECTOR_WORDS[type(getattr(cfg, f'{tower}_connector'))]} {tower} connector"
 
 
 def _linears(group: str, layers) -> list[Entry]:
@@ -99,13 +104,13 @@ def connector_table(cfg: OmniConfig) -> list[Entry]:
     """The connectors' and ``mm_embed``'s omnijax-native keys (module docstring)."""
     entries = []
     if cfg.vision is not None:
-        entries += _linears("vision_connector", _VISION_CONNECTORS[cfg.vision_connector])
+        entries += _linears("vision_connector", _CONNECTOR_LAYERS[type(cfg.vision_connector)])
     if cfg.audio is not None:
-        entries += _linears("audio_connector", _AUDIO_CONNECTORS[cfg.audio_connector])
-        if cfg.audio_connector == "conv_gmlp":
+        entries += _linears("audio_connector", _CONNECTOR_LAYERS[type(cfg.audio_connector)])
+        if isinstance(cfg.audio_connector, ConvGMLP):
             entries += [Entry("audio_connector.layer_norm.weight", "audio_connector/layer_norm/scale"),
                         Entry("audio_connector.layer_norm.bias", "audio_connector/layer_norm/bias")]
-            if cfg.llm.hidden_size != cfg.conv_gmlp_stride * cfg.audio.d_model:
+            if cfg.llm.hidden_size != cfg.audio_connector.stride * cfg.audio.d_model:
                 entries += _linears("audio_connector", (("out_proj", True),))
     return entries + [Entry(f"mm_embed.{name}", f"mm_embed/{name}") for name in cfg.mm_embed_names]
 
@@ -188,40 +193,48 @@ def omni_config_of(loaded: Loaded) -> OmniConfig:
                      "whole (--part full)")
 
 
-def _ola_reason(cfg: OmniConfig) -> str:
-    parts = [_CONNECTOR_WORDS[(t, getattr(cfg, f"{t}_connector"))] for t in ("vision", "audio")
-             if getattr(cfg, t) is not None]
+def _no_stock_reason(cfg: OmniConfig) -> str:
+    parts = [_connector_words(cfg, t) for t in ("vision", "audio") if getattr(cfg, t) is not None]
     words = f" with {' and '.join(parts)}" if parts else ""
-    return f"layout 'ola'{words} has no stock transformers class"
+    return f"layout {cfg.layout!r}{words} has no stock transformers class"
+
+
+def _llava_onevision_stock(cfg: OmniConfig) -> LlavaOnevisionConfig:
+    return LlavaOnevisionConfig(
+        vision=cfg.vision, text=cfg.llm, image_token_index=cfg.image_token_id,
+        image_grid_pinpoints=cfg.anyres_pinpoints, vision_feature_layer=cfg.vision.feature_layer,
+        vision_aspect_ratio=f"anyres_max_{cfg.anyres_max_num_patches}",
+        projector_hidden_act="gelu_pytorch_tanh" if cfg.vision_connector.gelu_approximate else "gelu")
+
+
+def _qwen2_audio_stock(cfg: OmniConfig) -> Qwen2AudioConfig:
+    if cfg.audio is None:
+        raise ValueError("the model has no audio tower")
+    if not isinstance(cfg.audio_connector, Linear):
+        raise ValueError(f"its projector is one Linear layer, this model has {_connector_words(cfg, 'audio')}")
+    return Qwen2AudioConfig(audio=cfg.audio, llm=cfg.llm, audio_token_index=cfg.audio_token_id)
+
+
+# The stock transformers class of each layout that has one: layout class -> (architecture, its config of an
+# OmniConfig; ValueError naming why the model is not of that form).
+STOCK = {AnyResLayout: (llava_onevision.LLAVA_ONEVISION, _llava_onevision_stock),
+         Qwen2AudioLayout: (qwen2_audio.QWEN2_AUDIO, _qwen2_audio_stock)}
 
 
 def stock_config(cfg: OmniConfig) -> tuple[Architecture, LlavaOnevisionConfig | Qwen2AudioConfig]:
-    """The stock transformers architecture and config that are exactly this omni model:
+    """The stock transformers architecture and config that are exactly this omni model (``STOCK``):
     ``LlavaOnevisionForConditionalGeneration`` (layout ``llava_onevision``, SigLIP + MLP connector) or
     ``Qwen2AudioForConditionalGeneration`` (layout ``qwen2_audio``, linear connector, untied LM head).
     ``OmniConfig`` already holds these layouts to the rest of their stock form (a vision tower, images
     only, an MLP connector; the Qwen2-Audio encoder, no images). ``ValueError`` naming why when there is none."""
-    if cfg.layout == "ola":
-        raise ValueError(f"{_ola_reason(cfg)}; {_HINT}")
+    layout = type(cfg.media_layout)
+    if layout not in STOCK:
+        raise ValueError(f"{_no_stock_reason(cfg)}; {_HINT}")
+    arch, stock = STOCK[layout]
     try:
-        if cfg.layout == "llava_onevision":
-            arch = llava_onevision.LLAVA_ONEVISION
-            stock = LlavaOnevisionConfig(
-                vision=cfg.vision, text=cfg.llm, image_token_index=cfg.image_token_id,
-                image_grid_pinpoints=cfg.anyres_pinpoints, vision_feature_layer=cfg.vision.feature_layer,
-                vision_aspect_ratio=f"anyres_max_{cfg.anyres_max_num_patches}",
-                projector_hidden_act="gelu_pytorch_tanh" if cfg.vision_gelu_approximate else "gelu")
-        else:
-            arch = qwen2_audio.QWEN2_AUDIO
-            if cfg.audio is None:
-                raise ValueError("the model has no audio tower")
-            if cfg.audio_connector != "linear":
-                raise ValueError(f"its projector is one Linear layer, this model has "
-                                 f"{_CONNECTOR_WORDS[('audio', cfg.audio_connector)]}")
-            stock = Qwen2AudioConfig(audio=cfg.audio, llm=cfg.llm, audio_token_index=cfg.audio_token_id)
+        return arch, stock(cfg)
     except ValueError as e:
         raise ValueError(f"layout {cfg.layout!r}: no stock {arch.name}: {e}; {_HINT}") from None
-    return arch, stock
 
 
 def part(loaded: Loaded, which: str) -> Loaded:

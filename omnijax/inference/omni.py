@@ -194,7 +194,7 @@ class OmniGenerator:
         present = {f.kind for _, items in prompts for f in items}
         budget = dataclasses.replace(self.cfg.budget, **{f"{m}_slots": 0 for m in MODALITIES if m not in present})
         media = media_slots([[[MediaItem(f.kind, f.data, f.valid_frames, f.plan) for f in items]]
-                             for _, items in prompts], budget, self.cfg.layout)
+                             for _, items in prompts], budget, self.cfg.media_layout)
         return {"input_ids": ids, "segment_ids": segment_ids, "positions": positions, **media}
 
     def _check_length(self, max_new_tokens: int) -> None:

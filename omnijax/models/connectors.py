@@ -16,6 +16,7 @@ Parameter names follow the checkpoint each module is converted from:
 - ``FrameStackProjector``: Ola's speech ``EncoderProjectorConcat`` (``linear1``, ``linear2``).
 - ``ConvGMLP``: Baichuan-Omni-1.5's ``OmniAudioVQBridgeTokenizer`` (``gate_proj``, ``up_proj``,
   ``down_proj``, ``layer_norm``).
+- ``StridePoolProjector``: ``AvgPoolStride`` (torch ``AvgPool1d(k, k)``, no parameters) then ``linear``.
 - ``MMEmbed``: the learned ``begin`` / ``sep`` / ``newline`` / ``end`` vectors (param group
   ``mm_embed``).
 """
@@ -282,6 +283,29 @@ class AvgPoolStride(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nn.avg_pool(x.astype(self.dtype), (self.k,), strides=(self.k,), padding="VALID")
+        return _constrain(x)
+
+
+class StridePoolProjector(nn.Module):
+    """Stride pooling as an audio connector: ``AvgPoolStride(stride)`` then one Linear with bias (``linear``).
+
+    ``[batch, T, C] -> [batch, T // stride, out_dim]``: Qwen2-Audio's ``AvgPool1d(2, 2)`` + projector
+    shape on an encoder without its own pooling (e.g. Whisper), Capybara-OMNI's "stride-2 pooling".
+    """
+
+    out_dim: int
+    stride: int = 2
+    in_axis: str = "audio_embed"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def output_length(self, length: int) -> int:
+        return length // self.stride
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = AvgPoolStride(k=self.stride, dtype=self.dtype)(x)
+        x = _dense(self.out_dim, (self.in_axis, "embed"), "linear", self.dtype, self.param_dtype)(x)
         return _constrain(x)
 
 

@@ -7,7 +7,7 @@ axis (``align_corners=False``, no antialiasing) for ``mode='bilinear'`` and ``mo
 static shapes and no gather: ``out = Wh @ x @ Ww^T`` (the vision tower's position interpolation).
 
 ``pack_anyres`` is ``LlavaOnevisionModel.pack_image_features`` for one image: the model's AnyRes
-layout (``omnijax.models.layouts``) run on one image, following the plan of
+layout (``omnijax.models.layouts.anyres_decoder``) run on one image, following the plan of
 ``omnijax.media_tokens.anyres_layout`` (the same plan that counts the image's placeholder tokens), so
 its output length equals ``anyres_num_tokens`` by construction.
 """
@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, MediaLayout, anyres_plan
+from omnijax.media_layouts import AnyResLayout
+from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, anyres_plan
 from omnijax.models import layouts
 
 _CUBIC_A = -0.75  # torch's bicubic coefficient (PIL and jax.image use -0.5)
@@ -78,7 +79,7 @@ def pack_anyres(
 
     Args:
       features: ``[1 + rows*cols, side*side, C]`` per-tile features (base tile first, then the grid
-        tiles row-major: the order of ``media_tokens.anyres_pixel_tiles`` and of HF's processor),
+        tiles row-major: the order of ``image_tiles.anyres_pixel_tiles`` and of HF's processor),
         usually already projected to the LLM width.
       image_size: the original ``(height, width)``, a static Python pair.
       newline: ``[C]``, LLaVA-OneVision's ``image_newline``.
@@ -87,8 +88,8 @@ def pack_anyres(
     Returns ``[anyres_num_tokens(image_size), C]``: base tile, then the unpadded (and, when large,
     bilinearly shrunk) grid map row by row, each row followed by ``newline``.
     """
-    layout = MediaLayout("llava_onevision", image_token_id=0, base_image_size=base_image_size, patch_size=patch_size,
-                         pinpoints=tuple(map(tuple, pinpoints)), max_num_patches=max_num_patches)
+    layout = AnyResLayout(image_token_id=0, base_image_size=base_image_size, patch_size=patch_size,
+                          pinpoints=tuple(map(tuple, pinpoints)), max_num_patches=max_num_patches)
     plan = anyres_plan(image_size, multi_image=multi_image, **layout.anyres_kw)
     side, rows, cols = layout.tile_side, plan[0], plan[1]
     if features.ndim != 3 or features.shape[:2] != (1 + rows * cols, side * side):
@@ -101,7 +102,8 @@ def pack_anyres(
     plans = jnp.broadcast_to(jnp.asarray(plan, jnp.int32), (1, 1 + rows * cols, len(plan)))
     spans = layouts.slot_spans(layout, "image", item, plans)
     n = layout.image_tokens(image_size=image_size, multi_image=multi_image)
+    decode = layouts.anyres_decoder(layout, "image", side * side)
     out = layouts.splice(jnp.zeros((1, n, features.shape[-1]), features.dtype), jnp.ones((1, n), bool), spans,
-                         features.reshape(1, -1, features.shape[-1]), layouts.anyres_decoder(layout, side * side),
-                         newline[None], first=first, last=last, plan=plans)
+                         features.reshape(1, -1, features.shape[-1]), decode, newline[None], first=first, last=last,
+                         plan=plans)
     return out[0]

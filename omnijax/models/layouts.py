@@ -1,9 +1,9 @@
 """Media layouts on the model side: which embedding each placeholder token of a row takes.
 
 For one modality of one row: the slots' item ids (``batch.py``) give each slot its place in its item
-(first / last slot); each slot owns the next ``MediaLayout.<m>_slot_tokens(first, last, ...)``
+(first / last slot); each slot owns the next ``MediaLayout.slot_tokens(m, first, last, ...)``
 placeholder tokens of that modality in the row, the same functions whose sums are the data
-pipeline's placeholder counts (``omnijax.media_tokens``), so the two agree by construction.
+pipeline's placeholder counts (``omnijax.media_layouts``), so the two agree by construction.
 
 A placeholder's rank among the row's placeholders of its modality (a cumulative sum) finds its slot
 (``searchsorted`` over the spans' ends) and its offset in the slot's span. A layout decodes the
@@ -12,19 +12,19 @@ offset into a learned layout vector (an index into the modality's ``mm_embed`` t
 weights (K = 1; K = 4 for AnyRes's bilinear shrink). ``splice`` writes them with ``jnp.where``:
 static shapes, no per-item buffers, vmapped over rows.
 
-Layouts (``MediaLayout.layout``):
+Each layout class of ``omnijax.media_layouts`` has its decoder here (``DECODERS``, keyed by the class):
 
-- ``ola`` (Ola-Omni/Ola): a view / frame is its connector's ``rows x cols`` map, each row followed by
+- ``OlaLayout`` (Ola-Omni/Ola): a view / frame is its connector's ``rows x cols`` map, each row followed by
   ``newline``. Image = ``[begin, view, (sep, view, ...), end]``; video = ``[begin, per frame: rows +
   newline, sep, end]``; audio clip = ``[speech_begin, per window: tokens, speech_newline, speech_end]``
   (Ola keeps ``speech_begin/newline/end`` in its speech projector ``EncoderProjectorConcat``; here
   they are ``mm_embed/speech_*``).
-- ``llava_onevision``: an image's tiles fill consecutive slots (base tile first, grid tiles
+- ``AnyResLayout`` (LLaVA-OneVision): an image's tiles fill consecutive slots (base tile first, grid tiles
   row-major); its tokens, all on its first slot's span, are transformers'
   ``LlavaOnevisionModel.pack_image_features``: the base tile, then the grid map cropped and shrunk as
   the image's AnyRes plan says, each row followed by ``newline``. The shrink is torch's bilinear
   ``interpolate`` (``align_corners=False``) written as 4 weighted feature rows per token.
-- ``qwen2_audio``: each window's first ``qwen2_audio_tokens(valid frames)`` features, nothing else.
+- ``Qwen2AudioLayout``: each window's first ``qwen2_audio_tokens(valid frames)`` features, nothing else.
 """
 
 from __future__ import annotations
@@ -34,32 +34,14 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from omnijax.media_tokens import MediaLayout, ola_tile_tokens
+from omnijax.media_layouts import (ANYRES_EMBEDS, SPEECH_EMBEDS, VISION_EMBEDS, AnyResLayout, MediaLayout, OlaLayout,
+                                   Qwen2AudioLayout)
+from omnijax.media_tokens import ola_tile_tokens
 
 FEATURE = -1  # decoded code of a token that takes features (codes >= 0 index the mm_embed table)
-VISION_EMBEDS = ("begin", "newline", "sep", "end")
-SPEECH_EMBEDS = ("speech_begin", "speech_newline", "speech_end")
-ANYRES_EMBEDS = ("newline",)
 
 # (slot [T], local [T], per-row slot info) -> (code [T], feature rows [T, K], weights [T, K] or None)
 Decode = Callable[..., tuple[jax.Array, jax.Array, jax.Array | None]]
-
-
-def mm_embed_names(layout: MediaLayout) -> tuple[str, ...]:
-    """The ``mm_embed`` vectors a layout uses, given the modalities the model takes."""
-    if layout.layout == "ola":
-        vision = VISION_EMBEDS if {"image", "video"} & set(layout.modalities) else ()
-        return vision + (SPEECH_EMBEDS if "audio" in layout.modalities else ())
-    if layout.layout == "llava_onevision":
-        return ANYRES_EMBEDS
-    return ()
-
-
-def table_names(layout: MediaLayout, modality: str) -> tuple[str, ...]:
-    """The ``mm_embed`` vectors of one modality's layout, in the order its codes index them."""
-    if layout.layout == "ola":
-        return SPEECH_EMBEDS if modality == "audio" else VISION_EMBEDS
-    return ANYRES_EMBEDS if layout.layout == "llava_onevision" else ()
 
 
 def slot_flags(item: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -74,12 +56,7 @@ def slot_flags(item: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 def slot_spans(layout: MediaLayout, modality: str, item: jax.Array, plan=None, valid_frames=None) -> jax.Array:
     """Placeholder tokens each slot owns ``[..., S]`` (0 for empty slots)."""
     valid, first, last = slot_flags(item)
-    if modality == "image":
-        spans = layout.image_slot_tokens(first, last, plan)
-    elif modality == "video":
-        spans = layout.video_slot_tokens(first, last)
-    else:
-        spans = layout.audio_slot_tokens(first, last, valid_frames)
+    spans = layout.slot_tokens(modality, first, last, plan, valid_frames)
     return jnp.where(valid, spans, 0).astype(jnp.int32)
 
 
@@ -100,7 +77,7 @@ def _ola_slot(local, first, last, *, body_len, body, begin, trailer, end, end_af
     return code, feat
 
 
-def ola_decoder(layout: MediaLayout, modality: str, tokens_per_slot: int) -> Decode:
+def ola_decoder(layout: OlaLayout, modality: str, tokens_per_slot: int) -> Decode:
     """Ola's layout of one modality (module docstring)."""
     if modality == "audio":
         i = SPEECH_EMBEDS.index
@@ -129,7 +106,7 @@ def _bilinear_source(d, n_in, n_out):
     return i0, i1, jnp.clip(src - i0, 0.0, 1.0)
 
 
-def anyres_decoder(layout: MediaLayout, tokens_per_slot: int) -> Decode:
+def anyres_decoder(layout: AnyResLayout, modality: str, tokens_per_slot: int) -> Decode:
     """LLaVA-OneVision's AnyRes packing of one image, driven by its plan (module docstring)."""
     side = layout.tile_side
     newline = ANYRES_EMBEDS.index("newline")
@@ -156,7 +133,7 @@ def anyres_decoder(layout: MediaLayout, tokens_per_slot: int) -> Decode:
     return decode
 
 
-def features_decoder(tokens_per_slot: int) -> Decode:
+def features_decoder(layout: MediaLayout, modality: str, tokens_per_slot: int) -> Decode:
     """The slot's features in order (Qwen2-Audio)."""
 
     def decode(slot, local, first, last, plan=None):
@@ -165,12 +142,17 @@ def features_decoder(tokens_per_slot: int) -> Decode:
     return decode
 
 
+# Each layout class's decoder: (layout, modality, tokens_per_slot) -> Decode.
+DECODERS: dict[type[MediaLayout], Callable[[MediaLayout, str, int], Decode]] = {
+    OlaLayout: ola_decoder, AnyResLayout: anyres_decoder, Qwen2AudioLayout: features_decoder}
+
+
 def decoder(layout: MediaLayout, modality: str, tokens_per_slot: int) -> Decode:
-    if layout.layout == "ola":
-        return ola_decoder(layout, modality, tokens_per_slot)
-    if layout.layout == "llava_onevision":
-        return anyres_decoder(layout, tokens_per_slot)
-    return features_decoder(tokens_per_slot)
+    """The decoder of ``layout``'s class for one modality whose slots hold ``tokens_per_slot`` features."""
+    if type(layout) not in DECODERS:
+        raise ValueError(f"layout {layout.name!r} ({type(layout).__name__}) has no decoder: add it to "
+                         "omnijax.models.layouts.DECODERS")
+    return DECODERS[type(layout)](layout, modality, tokens_per_slot)
 
 
 def splice(embeds, is_placeholder, spans, features, decode: Decode, table=None, *, first, last, plan=None):

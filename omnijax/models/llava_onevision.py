@@ -23,7 +23,7 @@ are NHWC tiles in either layout:
 
 - ``[num_images, max_tiles, H, W, 3]``: HF's padded layout (transposed from NCHW); image i uses its
   first ``image_num_tiles`` tiles, the padding tiles are never encoded;
-- ``[total_tiles, H, W, 3]``: each image's tiles back to back (``media_tokens.anyres_pixel_tiles``).
+- ``[total_tiles, H, W, 3]``: each image's tiles back to back (``image_tiles.anyres_pixel_tiles``).
 
 Placeholders. Image i's features replace the next ``image_num_tokens`` placeholder tokens in batch
 order (HF's ``masked_scatter`` over the flattened batch); ``check_image_tokens`` checks each
@@ -41,7 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, MediaLayout, anyres_plan
+from omnijax.media_layouts import AnyResLayout
+from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, anyres_plan
+from omnijax.models.connector_configs import MLP
 from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel, logical_specs  # noqa: F401  (logical_specs: re-exported)
 from omnijax.models.vision import ATTENTION_IMPLEMENTATIONS, VisionConfig
@@ -105,13 +107,13 @@ class LlavaOnevisionConfig:
 
     def omni(self) -> OmniConfig:
         """The ``OmniConfig`` of this model."""
-        return OmniConfig(llm=self.text, vision=self.vision, vision_connector="mlp", layout="llava_onevision",
-                          image_token_id=self.image_token_index,
-                          vision_gelu_approximate=PROJECTOR_ACTIVATIONS[self.projector_hidden_act],
+        return OmniConfig(llm=self.text, vision=self.vision,
+                          vision_connector=MLP(gelu_approximate=PROJECTOR_ACTIVATIONS[self.projector_hidden_act]),
+                          layout=AnyResLayout.name, image_token_id=self.image_token_index,
                           anyres_pinpoints=self.image_grid_pinpoints, anyres_max_num_patches=self.max_num_patches)
 
     @property
-    def media_layout(self) -> MediaLayout:
+    def media_layout(self) -> AnyResLayout:
         return self.omni().media_layout
 
     def replace(self, **kw) -> "LlavaOnevisionConfig":

@@ -2,26 +2,28 @@
 configured by ``OmniConfig``; it reads the batch contract of ``omnijax.batch``.
 
     images / videos [B, slots, S, S, 3] -> vision (SigLIP, slots folded into the batch)
-        -> vision_connector ('mlp': LLaVA 2-layer GELU MLP; 'ola': OlaVisionProjector, 2x2 local-global pooling)
+        -> vision_connector (``omnijax.models.connector_configs``: MLP, LLaVA's 2-layer GELU MLP;
+                            LocalGlobalPool, Ola's 2x2 local-global pooling)
     audio [B, slots, n_mels, frames] -> audio (Whisper / Qwen2-Audio encoder, slots folded into the batch)
-        -> audio_connector ('linear': Qwen2-Audio; 'mlp': Capybara-OMNI; 'frame_stack': Ola, k stacked frames;
-                            'conv_gmlp': Baichuan-Omni-1.5)
+        -> audio_connector (Linear: Qwen2-Audio; MLP: Capybara-OMNI; FrameStack: Ola, k stacked frames;
+                            ConvGMLP: Baichuan-Omni-1.5; StridePool: average pooling + Linear)
     -> per row and modality, placeholder tokens take layout vectors (mm_embed) or encoder outputs
-       (``omnijax.models.layouts``: 'ola', 'llava_onevision' or 'qwen2_audio')
+       (``omnijax.media_layouts.LAYOUTS``: 'ola', 'llava_onevision' or 'qwen2_audio'; their decoders
+       ``omnijax.models.layouts.DECODERS``)
     -> llm (Qwen2; packed rows: segment ids and per-segment positions) -> hidden -> logits
 
 Top-level parameter groups: ``llm``, ``vision``, ``vision_connector``, ``audio``, ``audio_connector``,
 ``mm_embed``; a group the configuration does not use is absent.
 
-Connectors. ``'mlp'`` audio is Capybara-OMNI's adapter read from its paper (arXiv 2504.12315): "a
+Connectors. The audio ``MLP`` is Capybara-OMNI's adapter read from its paper (arXiv 2504.12315): "a
 1-layer MLP adapter" (one hidden layer: ``linear_1``, GELU, ``linear_2``, as ``MLPProjector``) on the
 Qwen2-Audio encoder, whose ``AvgPool1d(2, 2)`` is the paper's stride-2 pooling; its tokens are
-Qwen2-Audio's. ``'frame_stack'`` and ``'conv_gmlp'`` see whole windows (Ola pads every chunk to 30 s
-and masks nothing).
+Qwen2-Audio's. ``FrameStack``, ``ConvGMLP`` and ``StridePool`` see whole windows (Ola pads every chunk
+to 30 s and masks nothing).
 
 Images in the Ola layout are one view each unless the pipeline gives several views (tiles) of an
 image, e.g. Ola's lowres + highres pair: views are separated by ``sep`` (``media_tokens.ola_image_tokens``).
-Videos are not built for the llava_onevision layout, images and videos not for qwen2_audio.
+Each layout lays out the modalities it ``takes``: the llava_onevision layout images only, qwen2_audio audio only.
 
 Methods (pure; ``apply(..., method=...)``): ``embed(batch) -> [B, T, embed]``, ``hidden(batch) ->
 [B, T, embed]`` (the LLM's final-norm output, what the losses take), ``logits(hidden) -> f32 [B, T,
@@ -39,19 +41,19 @@ import jax
 import jax.numpy as jnp
 
 from omnijax.batch import SLOT_FIELDS, MediaBudget, batch_spec
-from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, MODALITIES, MediaLayout
-from omnijax.models import layouts
+from omnijax.media_layouts import MediaLayout, layout_class
+from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, MODALITIES
+from omnijax.models import connector_configs, layouts
 from omnijax.models.audio import AudioConfig, WhisperEncoder
-from omnijax.models.connectors import (ConvGMLP, FrameStackProjector, LinearProjector, MLPProjector, MMEmbed,
-                                       OlaVisionProjector, pooled_grid, stacked_length, strided_length)
+from omnijax.models.connector_configs import Connector
+from omnijax.models.connectors import MMEmbed
 from omnijax.models.llm import LLM, LLMConfig
 from omnijax.models.vision import VisionConfig, VisionTower
 
-VISION_CONNECTORS = ("mlp", "ola")
-AUDIO_CONNECTORS = ("linear", "mlp", "frame_stack", "conv_gmlp")
 # Fields of the LLM / tower configs that are load-time choices, not part of a model's description.
 NUMERICS = ("dtype", "param_dtype", "attention", "remat", "scan_unroll")
 _TOWERS = ("llm", "vision", "audio")  # the sub-config fields of OmniConfig
+_NOT_FLAT = _TOWERS + ("vision_connector", "audio_connector")  # fields to_dict writes in another form
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +64,9 @@ class OmniConfig:
 
     llm: LLMConfig
     vision: VisionConfig | None = None
-    vision_connector: str | None = None  # mlp | ola
+    vision_connector: Connector | None = None  # MLP | LocalGlobalPool (connector_configs)
     audio: AudioConfig | None = None
-    audio_connector: str | None = None  # linear | mlp | frame_stack | conv_gmlp
+    audio_connector: Connector | None = None  # Linear | MLP | FrameStack | ConvGMLP | StridePool
     layout: str = "ola"  # ola | llava_onevision | qwen2_audio
     image_token_id: int | None = None
     video_token_id: int | None = None
@@ -72,23 +74,18 @@ class OmniConfig:
     image_slots: int = 0
     video_slots: int = 0
     audio_slots: int = 0
-    vision_gelu_approximate: bool = False  # 'mlp' vision connector: tanh GELU (LLaVA's projector_hidden_act)
-    frame_stack_k: int = 10  # Ola: 1500 Whisper frames per 30 s -> 150 tokens
-    frame_stack_hidden: int = 2048
-    conv_gmlp_stride: int = 4  # Baichuan: 50 Hz -> 12.5 Hz
     anyres_pinpoints: tuple[tuple[int, int], ...] = LLAVA_ONEVISION_GRID_PINPOINTS
     anyres_max_num_patches: int = 9  # N of 'anyres_max_N'
 
     def __post_init__(self):
         object.__setattr__(self, "anyres_pinpoints", tuple((int(h), int(w)) for h, w in self.anyres_pinpoints))
-        for tower, conn, allowed in (("vision", "vision_connector", VISION_CONNECTORS),
-                                     ("audio", "audio_connector", AUDIO_CONNECTORS)):
-            has, name = getattr(self, tower) is not None, getattr(self, conn)
-            if has != (name is not None):
+        for tower in connector_configs.TOWERS:
+            conn = f"{tower}_connector"
+            has, connector = getattr(self, tower) is not None, getattr(self, conn)
+            connector_configs.check_connector(tower, connector)
+            if has != (connector is not None):
                 raise ValueError(f"{tower} and {conn} come together: got {tower} "
-                                 f"{'set' if has else 'None'} and {conn}={name!r}")
-            if name is not None and name not in allowed:
-                raise ValueError(f"{conn} {name!r} is not one of {allowed}")
+                                 f"{'set' if has else 'None'} and {conn}={connector!r}")
         for m in MODALITIES:
             tid = getattr(self, f"{m}_token_id")
             tower = "audio" if m == "audio" else "vision"
@@ -105,23 +102,11 @@ class OmniConfig:
             raise ValueError("a vision tower needs image_token_id and/or video_token_id")
         if self.audio is not None and self.audio_token_id is None:
             raise ValueError("an audio tower needs audio_token_id")
-        if self.vision_connector == "ola":
-            pooled_grid(self.vision.grid_side, self.vision.grid_side)
-        if self.audio_connector == "frame_stack" and self.audio.output_length % self.frame_stack_k:
-            raise ValueError(f"frame_stack_k={self.frame_stack_k} must divide the encoder's {self.audio.output_length} "
-                             "outputs per window")
-        if self.layout == "qwen2_audio" and self.audio is not None and (
-                self.audio.variant != "qwen2_audio" or self.audio_connector not in ("linear", "mlp")):
-            raise ValueError("layout 'qwen2_audio' takes each window's valid-length tokens: it needs the "
-                             "variant='qwen2_audio' encoder and a length-preserving connector ('linear' or 'mlp')")
-        if self.layout == "llava_onevision" and self.vision is not None:
-            if self.vision_connector != "mlp":
-                raise ValueError("layout 'llava_onevision' lays out per-patch features: vision_connector must be 'mlp'")
-            base = self.vision.image_size
-            if not self.anyres_pinpoints or any(h % base or w % base or min(h, w) <= 0
-                                                for h, w in self.anyres_pinpoints):
-                raise ValueError(f"anyres_pinpoints {list(self.anyres_pinpoints)}: every pinpoint must be a positive "
-                                 f"multiple of the vision image_size {base} (whole tiles)")
+        if self.vision is not None:
+            self.vision_connector.grid(self.vision.grid_side, self.vision.grid_side)
+        if self.audio is not None:
+            self.audio_connector.check(self.audio.output_length)
+        layout_class(self.layout).check_model(self)
         self.media_layout  # noqa: B018  (validates the layout against the modalities)
 
     @property
@@ -133,32 +118,19 @@ class OmniConfig:
         """LLM tokens ``(rows, cols)`` per image view / video frame after the vision connector."""
         if self.vision is None:
             return None
-        g = self.vision.grid_side
-        return pooled_grid(g, g) if self.vision_connector == "ola" else (g, g)
+        return self.vision_connector.grid(self.vision.grid_side, self.vision.grid_side)
 
     @property
     def audio_chunk_tokens(self) -> int | None:
         """LLM tokens per audio window (whole window) after the audio connector."""
         if self.audio is None:
             return None
-        n = self.audio.output_length
-        if self.audio_connector == "frame_stack":
-            return stacked_length(n, self.frame_stack_k)
-        if self.audio_connector == "conv_gmlp":
-            return strided_length(n, self.conv_gmlp_stride)
-        return n
+        return self.audio_connector.tokens(self.audio.output_length)
 
     @property
     def media_layout(self) -> MediaLayout:
-        anyres = self.layout == "llava_onevision" and self.vision is not None
-        return MediaLayout(
-            self.layout, self.image_token_id, self.video_token_id, self.audio_token_id,
-            grid=self.image_grid if self.layout == "ola" else None,
-            chunk_tokens=self.audio_chunk_tokens if self.layout == "ola" else None,
-            base_image_size=self.vision.image_size if anyres else None,
-            patch_size=self.vision.patch_size if anyres else None,
-            pinpoints=self.anyres_pinpoints if anyres else None,
-            max_num_patches=self.anyres_max_num_patches if anyres else None)
+        """The layout object of ``layout`` (``omnijax.media_layouts``) for this model."""
+        return layout_class(self.layout).of_model(self)
 
     @property
     def budget(self) -> MediaBudget:
@@ -170,7 +142,7 @@ class OmniConfig:
 
     @property
     def mm_embed_names(self) -> tuple[str, ...]:
-        return layouts.mm_embed_names(self.media_layout)
+        return self.media_layout.mm_embed_names
 
     def replace(self, **kw) -> "OmniConfig":
         return dataclasses.replace(self, **kw)
@@ -181,12 +153,17 @@ class OmniConfig:
         absent: ``text_config`` (``Qwen2Config``), ``vision_config`` (``SiglipVisionConfig``),
         ``audio_config`` (Whisper's encoder fields, or a ``Qwen2AudioEncoderConfig`` for the
         ``qwen2_audio`` variant); the vision fields transformers keeps outside its vision config
-        (``vision_feature_layer``, ``vision_interpolate_pos_encoding``); every other field by name."""
+        (``vision_feature_layer``, ``vision_interpolate_pos_encoding``); the connectors by name with their
+        flat settings (``connector_configs``: ``audio_connector='frame_stack'``, ``frame_stack_k``, ...);
+        every other field by name."""
         def hf(sub):
             return None if sub is None else {k: v for k, v in sub.to_hf().items() if k != "architectures"}
 
-        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _TOWERS}
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_FLAT}
         own["anyres_pinpoints"] = [list(p) for p in self.anyres_pinpoints]
+        for t in connector_configs.TOWERS:
+            conn = getattr(self, f"{t}_connector")
+            own.update(conn.to_fields(t) if conn is not None else {f"{t}_connector": None})
         return {"text_config": hf(self.llm), "vision_config": hf(self.vision), "audio_config": hf(self.audio),
                 "vision_feature_layer": self.vision.feature_layer if self.vision else -1,
                 "vision_interpolate_pos_encoding": bool(self.vision and self.vision.interpolate_pos_encoding),
@@ -211,7 +188,8 @@ class OmniConfig:
                 kw["attention"] = "xla"
             return config_cls.from_hf(d[key], **extra, **kw)
 
-        kw = {k: d[k] for k in own if k in d}
+        kw = {k: d[k] for k in own - set(_NOT_FLAT) if k in d}
+        kw.update({f"{t}_connector": connector_configs.from_fields(t, d) for t in connector_configs.TOWERS})
         kw.update({k: v for k, v in overrides.items() if k in own})
         vision = tower("vision_config", VisionConfig, feature_layer=d.get("vision_feature_layer", -1),
                        interpolate_pos_encoding=bool(d.get("vision_interpolate_pos_encoding", False)))
@@ -230,17 +208,10 @@ class OmniModel(nn.Module):
         self.llm = LLM(text)
         if cfg.vision is not None:
             self.vision = VisionTower(cfg.vision)
-            self.vision_connector = (OlaVisionProjector(d, **kw) if cfg.vision_connector == "ola" else
-                                     MLPProjector(d, gelu_approximate=cfg.vision_gelu_approximate, **kw))
+            self.vision_connector = cfg.vision_connector.build(d, in_axis="vision_embed", **kw)
         if cfg.audio is not None:
             self.audio = WhisperEncoder(cfg.audio)
-            self.audio_connector = {
-                "linear": lambda: LinearProjector(d, **kw),
-                "mlp": lambda: MLPProjector(d, in_axis="audio_embed", **kw),
-                "frame_stack": lambda: FrameStackProjector(d, k=cfg.frame_stack_k, hidden_dim=cfg.frame_stack_hidden,
-                                                           **kw),
-                "conv_gmlp": lambda: ConvGMLP(cfg.conv_gmlp_stride, out_dim=d, **kw),
-            }[cfg.audio_connector]()
+            self.audio_connector = cfg.audio_connector.build(d, in_axis="audio_embed", **kw)
         if cfg.mm_embed_names:
             self.mm_embed = MMEmbed(d, names=cfg.mm_embed_names, **kw)
 
@@ -249,7 +220,7 @@ class OmniModel(nn.Module):
         b, s = pixels.shape[:2]
         feats = self.vision(pixels)["features"]  # [B, S, n, D]
         feats = feats.reshape(b * s, *feats.shape[2:])
-        if self.cfg.vision_connector == "ola":
+        if self.cfg.vision_connector.spatial:  # the connector takes each view's [g, g] patch map
             g = self.cfg.vision.grid_side
             feats = feats.reshape(b * s, g, g, feats.shape[-1])
         out = self.vision_connector(feats)
@@ -283,15 +254,15 @@ class OmniModel(nn.Module):
             else:
                 feats = self.encode_vision(batch[field])
             self.sow("aux", f"{m}_features", feats)  # for a loss on the connector output (training.connector_ctc)
-            if m == "image" and layout.layout == "llava_onevision":
+            if m == "image" and layout.image_plans:
                 if "image_plan" not in batch:
-                    raise ValueError("layout 'llava_onevision' needs the images' AnyRes plans: batch field "
+                    raise ValueError(f"layout {layout.name!r} needs the images' AnyRes plans: batch field "
                                      "'image_plan' [B, slots, 8] (media_tokens.anyres_plan)")
                 plan = batch["image_plan"]
             _, first, last = layouts.slot_flags(item)
             spans = layouts.slot_spans(layout, m, item, plan, valid_frames)
             decode = layouts.decoder(layout, m, feats.shape[1] // item.shape[1])
-            names = layouts.table_names(layout, m)
+            names = layout.table_names(m)
             table = jnp.stack([mm[n] for n in names]) if names else None
             x = layouts.splice(x, ids == tid, spans, feats, decode, table, first=first, last=last, plan=plan)
         return nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
@@ -331,7 +302,7 @@ def example_batch(cfg: OmniConfig, batch: int = 1, length: int = 8) -> dict[str,
     takes, so that every parameter group is created."""
     budget = dataclasses.replace(cfg.budget, **{f"{m}_slots": max(1, getattr(cfg, f"{m}_slots"))
                                                 for m in cfg.media_layout.modalities})
-    return batch_spec(batch, length, budget, cfg.layout)
+    return batch_spec(batch, length, budget, cfg.media_layout)
 
 
 def init_params(model: OmniModel, rng: jax.Array):

@@ -32,8 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omnijax.media_tokens import MediaLayout, qwen2_audio_tokens
+from omnijax.media_layouts import Qwen2AudioLayout
+from omnijax.media_tokens import qwen2_audio_tokens
 from omnijax.models.audio import AudioConfig
+from omnijax.models.connector_configs import Linear
 from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel
 
@@ -75,11 +77,11 @@ class Qwen2AudioConfig:
 
     def omni(self) -> OmniConfig:
         """The ``OmniConfig`` of this model."""
-        return OmniConfig(llm=self.llm, audio=self.audio, audio_connector="linear", layout="qwen2_audio",
+        return OmniConfig(llm=self.llm, audio=self.audio, audio_connector=Linear(), layout=Qwen2AudioLayout.name,
                           audio_token_id=self.audio_token_index)
 
     @property
-    def media_layout(self) -> MediaLayout:
+    def media_layout(self) -> Qwen2AudioLayout:
         return self.omni().media_layout
 
     @classmethod

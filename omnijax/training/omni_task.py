@@ -7,7 +7,10 @@ trainer ``Task``: ``c.model.name = 'omni'``.
     c.model.vision = dict(image_size=..., patch_size=..., ...)      # VisionConfig fields, or None
     c.model.vision_connector = 'mlp'                                 # or 'ola', or None
     c.model.audio = dict(num_mel_bins=..., d_model=..., ...)         # AudioConfig fields, or None
-    c.model.audio_connector = 'linear'                               # 'mlp', 'frame_stack', 'conv_gmlp', None
+    c.model.audio_connector = 'linear'                               # 'mlp', 'frame_stack', 'conv_gmlp',
+                                                                     # 'stride_pool', None
+    c.model.frame_stack_k = 10                                       # the connector's settings, flat
+                                                                     # (models.connector_configs)
     c.model.layout = 'ola'                                           # 'llava_onevision', 'qwen2_audio'
     c.model.image_token_id = ...                                     # and video_/audio_token_id
     c.model.vocab_parallel = False   # CE on vocabulary shards under shard_map: no full-vocabulary logits
@@ -30,6 +33,7 @@ from __future__ import annotations
 from data_pipelines import tokenizer
 from omnijax.batch import batch_spec, check_batch
 from omnijax.models.attention import resolve_implementation
+from omnijax.models import connector_configs
 from omnijax.models.audio import AudioConfig
 from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel, example_batch
@@ -49,7 +53,10 @@ def omni_config(c, platform: str | None = None) -> OmniConfig:
     """The ``OmniConfig`` of a stage config (``StageConfigError`` naming the field if it is wrong); attention
     ``'auto'`` resolved for ``platform`` (default: JAX's default backend)."""
     fields = {k: v for k, v in c.model.to_dict().items() if k not in _OWN}
+    flat = {k: fields.pop(k) for k in connector_configs.field_names() if k in fields}
     try:
+        for tower in connector_configs.TOWERS:
+            fields[f"{tower}_connector"] = connector_configs.from_fields(tower, flat)
         for name, cls in _SUB.items():
             if fields.get(name) is not None:
                 sub = dict(fields[name])
@@ -139,9 +146,8 @@ def build(c, mesh) -> Task:
     if cfg.video_slots:
         media["video"] = ("videos", lay.video_token_id, lay.video_tokens(1))
     if cfg.audio_slots:
-        kw = {"valid_frames": [cfg.audio.frames]} if lay.layout == "qwen2_audio" else {}
-        media["audio"] = ("audio", lay.audio_token_id, lay.audio_tokens(1, **kw))
+        media["audio"] = ("audio", lay.audio_token_id, lay.audio_tokens(1, valid_frames=[cfg.audio.frames]))
     return from_module(model, [example_batch(cfg)], loss,
-                       batch_spec=batch_spec(c.batch_size, c.seq_len, cfg.budget, cfg.layout, self_kd is not None),
+                       batch_spec=batch_spec(c.batch_size, c.seq_len, cfg.budget, lay, self_kd is not None),
                        vocab_size=cfg.vocab_size, num_tasks=c.num_tasks, media_tokens=media,
                        check_batch=lambda batch: check_batch(batch, cfg, self_kd is not None))

@@ -1,0 +1,109 @@
+"""Image pixels to tiles (PIL in, NHWC float32 out): the two image tilings the data pipeline cuts.
+
+**LLaVA-OneVision AnyRes** (``anyres_pixel_tiles``): what ``LlavaOnevisionImageProcessorPil`` gives
+for a single image, a base tile (the whole image squashed to ``base x base``) then the best-fit grid
+of ``grid_pinpoints`` row-major; its token count is ``omnijax.media_tokens.anyres_layout``.
+
+**Capybara-OMNI dynamic resolution** (``dynamic_pixel_tiles``). The paper (Capybara-OMNI, arXiv
+2504.12315, summary in ``shared/seeds/000_*.txt``) says it uses "dynamic resolution splitting for
+high-resolution images" and "MiniCPM scoring to split images allows 1344x1344 resolution handling
+... mitigated by 2x2 compression". We take MiniCPM-V's slicing rule (``get_sliced_grid`` of the
+MiniCPM-V image processor, ``dynamic_tiling_grid``): with ``ratio = h*w / base^2`` and ``multiple =
+min(ceil(ratio), max_tiles)``, an image with ``multiple <= 1`` is not split; otherwise every ``cols x
+rows`` factorisation of ``multiple - 1``, ``multiple``, ``multiple + 1`` (excluding 1 and counts above
+``max_tiles``) is a candidate and the one minimising ``|log(w/h) - log(cols/rows)|`` wins (first one
+on ties, in that enumeration order). Unlike MiniCPM-V, whose slices have variable sizes, every tile
+here is resized to ``base x base`` so shapes are static; a thumbnail (the whole image at ``base x
+base``) comes first, then the tiles row-major: ``1 + rows*cols`` tiles (one unsplit, ``rows*cols``
+alone with ``thumbnail=False``). With ``base=448``, ``max_tiles=9`` this handles 1344x1344 as the
+paper states; the 2x2 compression is the connector's business. Each tile is one view of the Ola
+layout, so the image's tokens are ``OlaLayout.image_tokens(len(tiles))``.
+
+Sizes are ``(height, width)`` throughout, tiles NHWC float32 (HF processors give NCHW).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, check_size, select_best_resolution
+
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
+
+
+def dynamic_tiling_grid(image_size: Sequence[int], *, base_size: int = 448, max_tiles: int = 9) -> tuple[int, int]:
+    """(rows, cols) of the Capybara/MiniCPM-V split (module docstring); (1, 1) = not split."""
+    h, w = check_size(image_size)
+    if max_tiles < 1:
+        raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
+    multiple = min(math.ceil(h * w / (base_size * base_size)), max_tiles)
+    if multiple <= 1:
+        return 1, 1
+    log_ratio = math.log(w / h)
+    best, best_err = (1, 1), float("inf")
+    for n in (multiple - 1, multiple, multiple + 1):
+        if n == 1 or n > max_tiles:
+            continue
+        for cols in range(1, n + 1):
+            if n % cols == 0:
+                err = abs(log_ratio - math.log(cols / (n // cols)))
+                if err < best_err:
+                    best, best_err = (n // cols, cols), err
+    return best
+
+
+def _rgb_array(image) -> np.ndarray:
+    if getattr(image, "mode", None) != "RGB":
+        mode = getattr(image, "mode", type(image).__name__)
+        raise ValueError(f"expected a PIL image in mode 'RGB', got mode {mode!r}: "
+                         "decode with Image.open(...).convert('RGB')")
+    check_size((image.height, image.width))
+    return np.asarray(image)
+
+
+def _normalize(tiles: list[np.ndarray], mean, std) -> np.ndarray:
+    x = (np.stack(tiles).astype(np.float64) * (1 / 255)).astype(np.float32)
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def anyres_pixel_tiles(image, *, base_image_size: int = 384,
+                       pinpoints: Sequence[Sequence[int]] = LLAVA_ONEVISION_GRID_PINPOINTS,
+                       mean: Sequence[float] = SIGLIP_MEAN, std: Sequence[float] = SIGLIP_STD) -> np.ndarray:
+    """AnyRes tiles ``[1 + rows*cols, base, base, 3]`` float32, base image first: what
+    ``LlavaOnevisionImageProcessorPil`` gives for a single image (bicubic resize keeping the aspect
+    ratio into the best pinpoint, centred zero padding, row-major tiles), NHWC instead of NCHW."""
+    arr = _rgb_array(image)
+    h, w = arr.shape[:2]
+    best_h, best_w = select_best_resolution((h, w), pinpoints)
+    if best_w / w < best_h / h:
+        new_h, new_w = min(math.ceil(h * best_w / w), best_h), best_w
+    else:
+        new_h, new_w = best_h, min(math.ceil(w * best_h / h), best_w)
+    resized = np.asarray(image.resize((new_w, new_h), Image.BICUBIC))
+    py, px = (best_h - new_h) // 2, (best_w - new_w) // 2
+    canvas = np.zeros((best_h, best_w, 3), np.uint8)
+    canvas[py:py + new_h, px:px + new_w] = resized
+    tiles = [np.asarray(image.resize((base_image_size, base_image_size), Image.BICUBIC))]
+    tiles += [canvas[i:i + base_image_size, j:j + base_image_size]
+              for i in range(0, best_h, base_image_size) for j in range(0, best_w, base_image_size)]
+    return _normalize(tiles, mean, std)
+
+
+def dynamic_pixel_tiles(image, *, base_size: int = 448, max_tiles: int = 9, thumbnail: bool = True,
+                        mean: Sequence[float] = SIGLIP_MEAN, std: Sequence[float] = SIGLIP_STD) -> np.ndarray:
+    """Dynamic-resolution tiles ``[n, base, base, 3]`` float32 (module docstring): thumbnail first,
+    then the image resized (bicubic) to ``(rows*base, cols*base)`` cut row-major."""
+    arr = _rgb_array(image)
+    rows, cols = dynamic_tiling_grid(arr.shape[:2], base_size=base_size, max_tiles=max_tiles)
+    thumb = np.asarray(image.resize((base_size, base_size), Image.BICUBIC))
+    if rows * cols == 1:
+        return _normalize([thumb], mean, std)
+    big = np.asarray(image.resize((cols * base_size, rows * base_size), Image.BICUBIC))
+    tiles = [thumb] if thumbnail else []
+    tiles += [big[i * base_size:(i + 1) * base_size, j * base_size:(j + 1) * base_size]
+              for i in range(rows) for j in range(cols)]
+    return _normalize(tiles, mean, std)
