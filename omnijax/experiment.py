@@ -29,10 +29,8 @@ from omnijax import recipe as recipe_lib
 from omnijax.eval.plots import plot_curves, plot_stages
 from omnijax.inference.chat import Model
 from omnijax.training.metrics import METRICS_FILE
-from omnijax.training.stages import StageConfigError
 
-# What a user's mistake raises (the CLIs print these in one line and exit 2).
-USER_ERRORS = (FileNotFoundError, ValueError, StageConfigError)
+USER_ERRORS = recipe_lib.USER_ERRORS  # what a user's mistake raises (the CLIs print these in one line and exit 2)
 
 __all__ = ["RecipeResult", "compare", "evaluate", "load_model", "plot_curves", "plot_stages", "run_recipe"]
 
@@ -53,7 +51,7 @@ class RecipeResult:
     @property
     def complete(self) -> bool:
         """Every stage asked for finished."""
-        return all(r["status"] in ("trained", "done before") for r in self.rows)
+        return recipe_lib.complete(self.rows)
 
     def stage_dir(self, name: str) -> str:
         if name not in self.stages:

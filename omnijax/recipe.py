@@ -3,8 +3,8 @@
     python -m omnijax.recipe --recipe experiments/ola/recipe.py:tiny --workdir W [--only 1b,2]
            [--steps N] [--seed S] [--no-eval] [--eval-limit 50] [--corpus DIR] [--hf-root DIR] [--data-root DIR]
 
-The same run from Python (a notebook): ``omnijax.experiment.run_recipe``; this module is its engine and
-the CLI a thin wrapper over it.
+The same run from Python (a notebook): ``omnijax.experiment.run_recipe``, which wraps this module's ``run``
+as the CLI does.
 
 A recipe file has ``STAGES = {preset: ((name, stage file), ...)}`` (stage files are read like
 ``omnijax.train --config FILE:preset``), and optionally ``EVAL = {preset: (eval task, ...)}`` (after every
@@ -39,6 +39,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections as mlc
+
+from omnijax.training.stages import StageConfigError
+
+# What a user's mistake raises (the CLIs print these in one line and exit 2).
+USER_ERRORS = (FileNotFoundError, ValueError, StageConfigError)
 
 SETTINGS_FILE = "recipe.json"  # in the recipe's workdir: what shaped the run (seed, steps, overrides)
 EVAL_BY_TEMPLATE = "eval_by_template.json"  # in the stage workdir: accuracy per question template
@@ -198,7 +203,6 @@ def stage_config(recipe: Recipe, index: int, workdir: str, steps: int | None = N
 
 def is_finished(stage_dir: str) -> bool:
     from omnijax.training.checkpointing import final_step
-    from omnijax.training.stages import StageConfigError
 
     if not os.path.isdir(os.path.join(stage_dir, "checkpoints")):
         return False
@@ -239,7 +243,7 @@ def run(recipe: Recipe, workdir: str, *, only: tuple[str, ...] = (), steps: int 
         overrides: Mapping[str, Mapping] | None = None, seed: int | None = None,
         progress: bool | None = None) -> list[dict]:
     """Train (and evaluate) the recipe's stages in ``workdir``; returns one status row per stage."""
-    from omnijax.training import trainer
+    from omnijax import launch
     from omnijax.training.config import ROOTS
 
     names = recipe.names
@@ -266,7 +270,7 @@ def run(recipe: Recipe, workdir: str, *, only: tuple[str, ...] = (), steps: int 
         else:
             what = os.path.basename(source) if isinstance(source, str) else "in memory"
             log(f"[{i + 1}/{len(names)}] stage {name} ({what}): {c.num_steps} steps -> {stage_dir}")
-            result = trainer.run(c, stage_dir, progress=progress)
+            result = launch.run(c, stage_dir, progress=progress)
             if result.status != "finished":
                 log(f"stage {name}: {result.status} at step {result.step}; run the recipe again to resume")
                 rows.append(dict(stage=name, status=result.status, seconds=time.perf_counter() - start))
@@ -281,6 +285,11 @@ def run(recipe: Recipe, workdir: str, *, only: tuple[str, ...] = (), steps: int 
         log(f"stage {name}: {status} in {row['seconds']:.0f} s" + (f", final loss {loss:.3f}" if loss else "") +
             (f"; {_brief(row['metrics'])}" if row.get("metrics") else ""))
     return rows
+
+
+def complete(rows: Sequence[dict]) -> bool:
+    """Every stage of ``run``'s rows finished (trained now or before)."""
+    return all(r["status"] in ("trained", "done before") for r in rows)
 
 
 def _resolved(path: str, roots: Mapping[str, str]) -> str:
@@ -359,21 +368,18 @@ def main(argv=None) -> int:
     p.add_argument("--compilation-cache", help="JAX persistent compilation cache (default WORKDIR/.jax_cache)")
     add_root_flags(p)
     args = p.parse_args(argv)
-    from omnijax import experiment
-
     try:
-        result = experiment.run_recipe(
-            args.recipe, args.workdir, corpus=args.corpus, hf_root=args.hf_root, data_root=args.data_root,
-            only=tuple(s for s in args.only.split(",") if s), steps=args.steps, seed=args.seed,
-            evaluate=not args.no_eval, eval_limit=args.eval_limit, progress=None,
-            compilation_cache=args.compilation_cache or os.path.join(args.workdir, ".jax_cache"))
-    except experiment.USER_ERRORS as e:
+        use_compilation_cache(args.compilation_cache or os.path.join(args.workdir, ".jax_cache"))
+        rows = run(load_recipe(args.recipe), args.workdir, only=tuple(s for s in args.only.split(",") if s),
+                   steps=args.steps, evaluate=not args.no_eval, eval_limit=args.eval_limit, seed=args.seed,
+                   roots={"corpus": args.corpus, "hf": args.hf_root, "data": args.data_root}, progress=None)
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.no_eval and os.path.exists(os.path.join(args.workdir, "eval.md")):
         with open(os.path.join(args.workdir, "eval.md")) as f:
             print(f.read())
-    return 0 if result.complete else 1
+    return 0 if complete(rows) else 1
 
 
 if __name__ == "__main__":
