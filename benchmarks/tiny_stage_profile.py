@@ -159,10 +159,9 @@ def evaluate_profile(c, stage, args) -> None:
     gen = OmniGenerator(cfg, params, c.data.tokenizer, max_prompt_len=c.seq_len, batch_size=evaluate.BATCH_SIZE,
                         bucket=c.seq_len, **{k: v for k, v in c.data.pipeline.items() if k == "video_frames"})
     print(f"  evaluation, {args.eval_limit} held-out examples per task, batch {evaluate.BATCH_SIZE}:")
-    for task, kind in evaluate.TASK_KINDS.items():
-        if task in ("image_caption", "text_instruct"):
-            continue
+    for task in evaluate.default_tasks(args.corpus):
         examples = evaluate.read_task(args.corpus, task, args.eval_limit)
+        kind = evaluate.task_kind(examples)
         seconds = []
         for _ in range(2):
             t0 = time.perf_counter()

@@ -184,15 +184,14 @@ def load_model(path: str, **kwargs) -> Model:
 
 def evaluate(path: str, data: str, tasks: Sequence[str] | None = None, limit: int | None = None, log=print):
     """The model at ``path`` on the held-out ``tasks`` of ``data`` (``omnijax.evaluate``; default: every task
-    the folder holds that the evaluator knows) -> ``pandas.DataFrame``: a row named after the model, and the
-    ``'chance'`` row."""
+    the folder holds that the evaluator scores unasked) -> ``pandas.DataFrame``: a row named after the model,
+    and the ``'chance'`` row."""
     import pandas as pd
 
     from omnijax import evaluate as evaluator
 
     if tasks is None:
-        tasks = [t for t in evaluator.TASK_KINDS if t not in ("image_caption", "text_instruct")
-                 and evaluator.has_task(data, t)]
+        tasks = evaluator.default_tasks(data)
     metrics = evaluator.evaluate(path, data, tuple(tasks), limit=limit, log=log)
     chance = evaluator.chance_levels(tuple(tasks), data, limit)
     name = os.path.basename(os.path.normpath(path))

@@ -55,7 +55,9 @@ class Recipe:
     name: str  # the spec (FILE:preset) or a name given to an in-memory recipe
     preset: str
     stages: tuple[tuple[str, str | mlc.ConfigDict], ...]  # (name, stage file path or the stage's config)
-    eval_tasks: tuple[str, ...] | Mapping[str, tuple[str, ...]]  # after every stage, or {stage: tasks}
+    # after every stage, or {stage: tasks}; None: after every stage, those the stages train on that the evaluator
+    # scores unasked (``omnijax.evaluate.default_tasks``)
+    eval_tasks: tuple[str, ...] | Mapping[str, tuple[str, ...]] | None
     eval_data: str | None  # folder with tasks/eval/<task> shards; may start at a root ('@corpus')
     prepare: Callable | None = None  # ``prepare(preset, roots)``: data it needs first (e.g. building omni-synth)
 
@@ -63,8 +65,16 @@ class Recipe:
     def names(self) -> list[str]:
         return [n for n, _ in self.stages]
 
-    def tasks_after(self, stage: str) -> tuple[str, ...]:
-        """The tasks ``stage`` is evaluated on (none: not evaluated)."""
+    def tasks_after(self, stage: str, data: str | None = None) -> tuple[str, ...]:
+        """The tasks ``stage`` is evaluated on (none: not evaluated); the default (``eval_tasks`` None) is read
+        from the held-out ``data``."""
+        if self.eval_tasks is None:
+            if data is None:
+                return ()
+            from omnijax.evaluate import default_tasks
+
+            trained = dict.fromkeys(t for _, c in self.stages for t in (c.get("task_names") or ()))
+            return default_tasks(data, list(trained))
         if isinstance(self.eval_tasks, Mapping):
             return tuple(self.eval_tasks.get(stage, ()))
         return tuple(self.eval_tasks)
@@ -112,20 +122,16 @@ def load_recipe(spec: str) -> Recipe:
 def from_stages(stages: Sequence[tuple[str, mlc.ConfigDict]], *, name: str = "in-memory recipe",
                 eval_tasks: Sequence[str] | None = None, eval_data: str | None = "@corpus",
                 prepare: Callable | None = None) -> Recipe:
-    """A recipe of stage configs built in Python. ``eval_tasks`` default: the tasks the stages train on
-    that the evaluator knows (``omnijax.evaluate.TASK_KINDS``), in order of first appearance."""
-    from omnijax.evaluate import TASK_KINDS
-
+    """A recipe of stage configs built in Python. ``eval_tasks`` default: the tasks the stages train on that
+    the evaluator scores unasked (``omnijax.evaluate.default_tasks``), in order of first appearance."""
     stages = tuple(stages)
     for i, entry in enumerate(stages):
         if not (isinstance(entry, tuple | list) and len(entry) == 2 and isinstance(entry[0], str)
                 and isinstance(entry[1], mlc.ConfigDict)):
             raise ValueError(f"recipe stage {i} is {entry!r}; a stage is (name, ml_collections.ConfigDict)")
     _check_names([n for n, _ in stages], name)
-    if eval_tasks is None:
-        trained = dict.fromkeys(t for _, c in stages for t in (c.get("task_names") or ()))
-        eval_tasks = tuple(t for t in trained if t in TASK_KINDS and t not in ("image_caption", "text_instruct"))
-    return Recipe(name, "tiny", tuple((n, c) for n, c in stages), tuple(eval_tasks), eval_data, prepare)
+    return Recipe(name, "tiny", tuple((n, c) for n, c in stages), None if eval_tasks is None else tuple(eval_tasks),
+                  eval_data, prepare)
 
 
 def set_field(c: mlc.ConfigDict, key: str, value, where: str) -> None:
@@ -277,9 +283,10 @@ def run(recipe: Recipe, workdir: str, *, only: tuple[str, ...] = (), steps: int 
                 return rows
             status = "trained"
         row = dict(stage=name, status=status, seconds=round(time.perf_counter() - start, 1))
-        if evaluate and recipe.tasks_after(name) and recipe.eval_data:
-            data = _resolved(recipe.eval_data, roots)
-            row["metrics"] = evaluate_stage(recipe, name, stage_dir, workdir, data, eval_limit, log)
+        data = _resolved(recipe.eval_data, roots) if evaluate and recipe.eval_data else None
+        tasks = recipe.tasks_after(name, data) if data else ()
+        if tasks:
+            row["metrics"] = evaluate_stage(name, tasks, stage_dir, workdir, data, eval_limit, log)
         rows.append(row)
         loss = _last_loss(stage_dir)
         log(f"stage {name}: {status} in {row['seconds']:.0f} s" + (f", final loss {loss:.3f}" if loss else "") +
@@ -298,9 +305,9 @@ def _resolved(path: str, roots: Mapping[str, str]) -> str:
     return resolve_roots(mlc.ConfigDict({"path": path}), dict(roots)).path
 
 
-def evaluate_stage(recipe: Recipe, name: str, stage_dir: str, workdir: str, data: str, limit: int | None,
+def evaluate_stage(name: str, tasks: Sequence[str], stage_dir: str, workdir: str, data: str, limit: int | None,
                    log) -> dict:
-    """The stage's row of ``W/eval.json`` (computed once; an existing row is reused)."""
+    """Stage ``name``'s row of ``W/eval.json``, on ``tasks`` (computed once; an existing row is reused)."""
     from omnijax import evaluate
     from omnijax.eval import report
 
@@ -308,7 +315,7 @@ def evaluate_stage(recipe: Recipe, name: str, stage_dir: str, workdir: str, data
     for stage, metrics in rows:
         if stage == name:
             return metrics
-    templates, tasks = {}, recipe.tasks_after(name)
+    templates = {}
     metrics = evaluate.evaluate(stage_dir, data, tasks, limit=limit, log=log, by_template=templates)
     tmp = os.path.join(stage_dir, f".{EVAL_BY_TEMPLATE}.partial")
     with open(tmp, "w") as f:
