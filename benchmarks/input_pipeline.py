@@ -154,7 +154,7 @@ def main(argv=None) -> None:
 
 def compare(args) -> None:
     """The stage's pipeline (its mixture, batch and sequence) against its train step's consumption."""
-    from omnijax.training.data_source import grain_pipeline_config
+    from omnijax.launch import grain_pipeline_config
 
     synth.prepare(args.corpus)
     c = load_stage(args.train_stage, args.corpus)

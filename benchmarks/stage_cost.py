@@ -1,6 +1,6 @@
 """Cost of a stage by what it trains: full fine-tune vs connectors only, same model, same batches.
 
-Each stage runs `omnijax.training.trainer.run` in its own child process (so its peak memory is its
+Each stage runs `omnijax.launch.run` in its own child process (so its peak memory is its
 own: the child's max RSS from ``os.wait4``), alternating full / connectors / full / connectors. Step
 time is the median of each run's logged ``step_seconds`` after the first steps (compilation);
 optimizer-state bytes come from the run's ``param_groups.json``.
@@ -43,7 +43,7 @@ def stage_config(kind: str, args):
 
 
 def child(kind: str, workdir: str, args) -> None:
-    from omnijax.training.trainer import run
+    from omnijax.launch import run
 
     run(stage_config(kind, args), workdir)
 

@@ -1,7 +1,7 @@
 """Where a tiny recipe stage spends its time on a CPU: the trainer's loop, the train step's operations, and
 the per-stage evaluation.
 
-Builds the stage exactly as the trainer does (``trainer.setup``, the Grain pipeline, ``Stage.train_step``),
+Builds the stage exactly as the trainer does (``launch.setup``, the Grain pipeline, ``Stage.train_step``),
 from the shipped tiny checkpoints, and measures side by side in one run:
 
 - the loop's parts per step: the pipeline's ``next(data)``, ``global_batch``, the step itself (dispatched
@@ -96,7 +96,7 @@ def main(argv=None) -> None:
     p.add_argument("--eval-limit", type=int, default=100)
     p.add_argument("--top", type=int, default=15)
     args = p.parse_args(argv)
-    from omnijax.training import trainer
+    from omnijax import launch
 
     c = load_stage(args.stage, args.corpus)
     unrolled = load_stage(args.stage, args.corpus)
@@ -105,8 +105,8 @@ def main(argv=None) -> None:
             unrolled.model[tower].scan_unroll = unrolled.model[tower][layers]
     runs = {}
     for name, config in (("as configured", c), ("layers unrolled", unrolled)):
-        stage = trainer.setup(config)
-        data = stage.data()
+        stage = launch.setup(config)
+        data = launch.build_data(stage)
         runs[name] = (stage, *loop_parts(stage, data, args.steps))
         data.close()
     print(f"stage {c.name} ({args.stage}): batch {c.batch_size} x {c.seq_len}, {jax.device_count()} device(s), "
@@ -159,10 +159,9 @@ def evaluate_profile(c, stage, args) -> None:
     gen = OmniGenerator(cfg, params, c.data.tokenizer, max_prompt_len=c.seq_len, batch_size=evaluate.BATCH_SIZE,
                         bucket=c.seq_len, **{k: v for k, v in c.data.pipeline.items() if k == "video_frames"})
     print(f"  evaluation, {args.eval_limit} held-out examples per task, batch {evaluate.BATCH_SIZE}:")
-    for task, kind in evaluate.TASK_KINDS.items():
-        if task in ("image_caption", "text_instruct"):
-            continue
+    for task in evaluate.default_tasks(args.corpus):
         examples = evaluate.read_task(args.corpus, task, args.eval_limit)
+        kind = evaluate.task_kind(examples)
         seconds = []
         for _ in range(2):
             t0 = time.perf_counter()

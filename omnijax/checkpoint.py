@@ -6,7 +6,7 @@ Layout::
     DIR/params/        Orbax (StandardCheckpointer) pytree of the params
     DIR/assets/        tokenizer / generation-config files carried from the HF source
 
-A trainer stage workdir of an omni model is a model directory too: the trainer writes
+A trainer stage workdir of an omni model is a model directory too: ``omnijax.launch`` writes
 ``WORKDIR/omnijax.json`` (``describe_stage``: architecture ``OmnijaxOmniModel``, its config, the stage's
 name and its tokenizer directory ``c.data.tokenizer`` as ``assets_dir``), and the params are those of
 the finished stage (``WORKDIR/checkpoints/<last step>/params``).
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -26,11 +25,15 @@ from jax.sharding import Mesh
 
 from omnijax import sharding
 from omnijax.hf import architectures
-from omnijax.hf.exporter import ASSET_FILES
+from omnijax.hf.exporter import copy_assets
 from omnijax.hf.importer import Loaded, abstract_model, load_hf
 from omnijax.hf.omni import OMNI
 from omnijax.hf.safetensors_io import CheckpointError
+from omnijax.models.omni import OmniConfig
 from omnijax.outdir import atomic_dir
+from omnijax.training.checkpointing import final_params
+from omnijax.training.stages import StageConfigError
+from omnijax.training.task import Task
 
 MODEL_FILE = "omnijax.json"
 FORMAT_VERSION = 1
@@ -48,20 +51,16 @@ def save_model_dir(out: str, loaded: Loaded, assets_dir: str | None = None, over
             json.dump(desc, f, indent=2)
         if assets_dir:
             os.makedirs(os.path.join(tmp, "assets"))
-            for name in ASSET_FILES:
-                if os.path.exists(os.path.join(assets_dir, name)):
-                    shutil.copy2(os.path.join(assets_dir, name), os.path.join(tmp, "assets"))
+            copy_assets(assets_dir, os.path.join(tmp, "assets"))
 
 
-def describe_stage(c, workdir: str) -> None:
-    """Make an omni stage's workdir (``c.model.name == 'omni'``) a model directory: write
-    ``WORKDIR/omnijax.json`` (module docstring). Stages of other task builders get none."""
-    if c.model.name != "omni":
+def describe_stage(c, task: Task, workdir: str) -> None:
+    """Make the workdir of a stage that trains an omni model (``task.model_config`` an ``OmniConfig``) a model
+    directory: write ``WORKDIR/omnijax.json`` (module docstring). Stages of other models get none."""
+    if not isinstance(task.model_config, OmniConfig):
         return
-    from omnijax.training.omni_task import omni_config  # training imports this module
-
     tokenizer = c.data.get("tokenizer") or None
-    desc = {"format_version": FORMAT_VERSION, "architecture": OMNI.name, "hf_config": OMNI.hf_config(omni_config(c)),
+    desc = {"format_version": FORMAT_VERSION, "architecture": OMNI.name, "hf_config": OMNI.hf_config(task.model_config),
             "stage": c.name, "assets_dir": os.path.abspath(tokenizer) if tokenizer else None}
     tmp = os.path.join(workdir, f".{MODEL_FILE}.partial")
     with open(tmp, "w") as f:
@@ -104,9 +103,6 @@ def load_model_dir(path: str, *, mesh: Mesh | None = None, rules=None, **overrid
     module, cfg = arch.build(desc["hf_config"], **overrides)
     target = _restore_target(arch, module, cfg, mesh, rules)
     if "stage" in desc:
-        from omnijax.training.checkpointing import final_params  # training imports this module
-        from omnijax.training.stages import StageConfigError
-
         try:
             params = final_params(path, target)
         except StageConfigError as e:

@@ -29,10 +29,8 @@ from omnijax import recipe as recipe_lib
 from omnijax.eval.plots import plot_curves, plot_stages
 from omnijax.inference.chat import Model
 from omnijax.training.metrics import METRICS_FILE
-from omnijax.training.stages import StageConfigError
 
-# What a user's mistake raises (the CLIs print these in one line and exit 2).
-USER_ERRORS = (FileNotFoundError, ValueError, StageConfigError)
+USER_ERRORS = recipe_lib.USER_ERRORS  # what a user's mistake raises (the CLIs print these in one line and exit 2)
 
 __all__ = ["RecipeResult", "compare", "evaluate", "load_model", "plot_curves", "plot_stages", "run_recipe"]
 
@@ -53,7 +51,7 @@ class RecipeResult:
     @property
     def complete(self) -> bool:
         """Every stage asked for finished."""
-        return all(r["status"] in ("trained", "done before") for r in self.rows)
+        return recipe_lib.complete(self.rows)
 
     def stage_dir(self, name: str) -> str:
         if name not in self.stages:
@@ -186,15 +184,14 @@ def load_model(path: str, **kwargs) -> Model:
 
 def evaluate(path: str, data: str, tasks: Sequence[str] | None = None, limit: int | None = None, log=print):
     """The model at ``path`` on the held-out ``tasks`` of ``data`` (``omnijax.evaluate``; default: every task
-    the folder holds that the evaluator knows) -> ``pandas.DataFrame``: a row named after the model, and the
-    ``'chance'`` row."""
+    the folder holds that the evaluator scores unasked) -> ``pandas.DataFrame``: a row named after the model,
+    and the ``'chance'`` row."""
     import pandas as pd
 
     from omnijax import evaluate as evaluator
 
     if tasks is None:
-        tasks = [t for t in evaluator.TASK_KINDS if t not in ("image_caption", "text_instruct")
-                 and evaluator.has_task(data, t)]
+        tasks = evaluator.default_tasks(data)
     metrics = evaluator.evaluate(path, data, tuple(tasks), limit=limit, log=log)
     chance = evaluator.chance_levels(tuple(tasks), data, limit)
     name = os.path.basename(os.path.normpath(path))

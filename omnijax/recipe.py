@@ -3,8 +3,8 @@
     python -m omnijax.recipe --recipe experiments/ola/recipe.py:tiny --workdir W [--only 1b,2]
            [--steps N] [--seed S] [--no-eval] [--eval-limit 50] [--corpus DIR] [--hf-root DIR] [--data-root DIR]
 
-The same run from Python (a notebook): ``omnijax.experiment.run_recipe``; this module is its engine and
-the CLI a thin wrapper over it.
+The same run from Python (a notebook): ``omnijax.experiment.run_recipe``, which wraps this module's ``run``
+as the CLI does.
 
 A recipe file has ``STAGES = {preset: ((name, stage file), ...)}`` (stage files are read like
 ``omnijax.train --config FILE:preset``), and optionally ``EVAL = {preset: (eval task, ...)}`` (after every
@@ -40,6 +40,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections as mlc
 
+from omnijax.training.stages import StageConfigError
+
+# What a user's mistake raises (the CLIs print these in one line and exit 2).
+USER_ERRORS = (FileNotFoundError, ValueError, StageConfigError)
+
 SETTINGS_FILE = "recipe.json"  # in the recipe's workdir: what shaped the run (seed, steps, overrides)
 EVAL_BY_TEMPLATE = "eval_by_template.json"  # in the stage workdir: accuracy per question template
 ALL_STAGES = "*"  # an overrides key for every stage
@@ -50,7 +55,9 @@ class Recipe:
     name: str  # the spec (FILE:preset) or a name given to an in-memory recipe
     preset: str
     stages: tuple[tuple[str, str | mlc.ConfigDict], ...]  # (name, stage file path or the stage's config)
-    eval_tasks: tuple[str, ...] | Mapping[str, tuple[str, ...]]  # after every stage, or {stage: tasks}
+    # after every stage, or {stage: tasks}; None: after every stage, those the stages train on that the evaluator
+    # scores unasked (``omnijax.evaluate.default_tasks``)
+    eval_tasks: tuple[str, ...] | Mapping[str, tuple[str, ...]] | None
     eval_data: str | None  # folder with tasks/eval/<task> shards; may start at a root ('@corpus')
     prepare: Callable | None = None  # ``prepare(preset, roots)``: data it needs first (e.g. building omni-synth)
 
@@ -58,8 +65,16 @@ class Recipe:
     def names(self) -> list[str]:
         return [n for n, _ in self.stages]
 
-    def tasks_after(self, stage: str) -> tuple[str, ...]:
-        """The tasks ``stage`` is evaluated on (none: not evaluated)."""
+    def tasks_after(self, stage: str, data: str | None = None) -> tuple[str, ...]:
+        """The tasks ``stage`` is evaluated on (none: not evaluated); the default (``eval_tasks`` None) is read
+        from the held-out ``data``."""
+        if self.eval_tasks is None:
+            if data is None:
+                return ()
+            from omnijax.evaluate import default_tasks
+
+            trained = dict.fromkeys(t for _, c in self.stages for t in (c.get("task_names") or ()))
+            return default_tasks(data, list(trained))
         if isinstance(self.eval_tasks, Mapping):
             return tuple(self.eval_tasks.get(stage, ()))
         return tuple(self.eval_tasks)
@@ -107,20 +122,16 @@ def load_recipe(spec: str) -> Recipe:
 def from_stages(stages: Sequence[tuple[str, mlc.ConfigDict]], *, name: str = "in-memory recipe",
                 eval_tasks: Sequence[str] | None = None, eval_data: str | None = "@corpus",
                 prepare: Callable | None = None) -> Recipe:
-    """A recipe of stage configs built in Python. ``eval_tasks`` default: the tasks the stages train on
-    that the evaluator knows (``omnijax.evaluate.TASK_KINDS``), in order of first appearance."""
-    from omnijax.evaluate import TASK_KINDS
-
+    """A recipe of stage configs built in Python. ``eval_tasks`` default: the tasks the stages train on that
+    the evaluator scores unasked (``omnijax.evaluate.default_tasks``), in order of first appearance."""
     stages = tuple(stages)
     for i, entry in enumerate(stages):
         if not (isinstance(entry, tuple | list) and len(entry) == 2 and isinstance(entry[0], str)
                 and isinstance(entry[1], mlc.ConfigDict)):
             raise ValueError(f"recipe stage {i} is {entry!r}; a stage is (name, ml_collections.ConfigDict)")
     _check_names([n for n, _ in stages], name)
-    if eval_tasks is None:
-        trained = dict.fromkeys(t for _, c in stages for t in (c.get("task_names") or ()))
-        eval_tasks = tuple(t for t in trained if t in TASK_KINDS and t not in ("image_caption", "text_instruct"))
-    return Recipe(name, "tiny", tuple((n, c) for n, c in stages), tuple(eval_tasks), eval_data, prepare)
+    return Recipe(name, "tiny", tuple((n, c) for n, c in stages), None if eval_tasks is None else tuple(eval_tasks),
+                  eval_data, prepare)
 
 
 def set_field(c: mlc.ConfigDict, key: str, value, where: str) -> None:
@@ -198,7 +209,6 @@ def stage_config(recipe: Recipe, index: int, workdir: str, steps: int | None = N
 
 def is_finished(stage_dir: str) -> bool:
     from omnijax.training.checkpointing import final_step
-    from omnijax.training.stages import StageConfigError
 
     if not os.path.isdir(os.path.join(stage_dir, "checkpoints")):
         return False
@@ -239,7 +249,7 @@ def run(recipe: Recipe, workdir: str, *, only: tuple[str, ...] = (), steps: int 
         overrides: Mapping[str, Mapping] | None = None, seed: int | None = None,
         progress: bool | None = None) -> list[dict]:
     """Train (and evaluate) the recipe's stages in ``workdir``; returns one status row per stage."""
-    from omnijax.training import trainer
+    from omnijax import launch
     from omnijax.training.config import ROOTS
 
     names = recipe.names
@@ -266,21 +276,27 @@ def run(recipe: Recipe, workdir: str, *, only: tuple[str, ...] = (), steps: int 
         else:
             what = os.path.basename(source) if isinstance(source, str) else "in memory"
             log(f"[{i + 1}/{len(names)}] stage {name} ({what}): {c.num_steps} steps -> {stage_dir}")
-            result = trainer.run(c, stage_dir, progress=progress)
+            result = launch.run(c, stage_dir, progress=progress)
             if result.status != "finished":
                 log(f"stage {name}: {result.status} at step {result.step}; run the recipe again to resume")
                 rows.append(dict(stage=name, status=result.status, seconds=time.perf_counter() - start))
                 return rows
             status = "trained"
         row = dict(stage=name, status=status, seconds=round(time.perf_counter() - start, 1))
-        if evaluate and recipe.tasks_after(name) and recipe.eval_data:
-            data = _resolved(recipe.eval_data, roots)
-            row["metrics"] = evaluate_stage(recipe, name, stage_dir, workdir, data, eval_limit, log)
+        data = _resolved(recipe.eval_data, roots) if evaluate and recipe.eval_data else None
+        tasks = recipe.tasks_after(name, data) if data else ()
+        if tasks:
+            row["metrics"] = evaluate_stage(name, tasks, stage_dir, workdir, data, eval_limit, log)
         rows.append(row)
         loss = _last_loss(stage_dir)
         log(f"stage {name}: {status} in {row['seconds']:.0f} s" + (f", final loss {loss:.3f}" if loss else "") +
             (f"; {_brief(row['metrics'])}" if row.get("metrics") else ""))
     return rows
+
+
+def complete(rows: Sequence[dict]) -> bool:
+    """Every stage of ``run``'s rows finished (trained now or before)."""
+    return all(r["status"] in ("trained", "done before") for r in rows)
 
 
 def _resolved(path: str, roots: Mapping[str, str]) -> str:
@@ -289,9 +305,9 @@ def _resolved(path: str, roots: Mapping[str, str]) -> str:
     return resolve_roots(mlc.ConfigDict({"path": path}), dict(roots)).path
 
 
-def evaluate_stage(recipe: Recipe, name: str, stage_dir: str, workdir: str, data: str, limit: int | None,
+def evaluate_stage(name: str, tasks: Sequence[str], stage_dir: str, workdir: str, data: str, limit: int | None,
                    log) -> dict:
-    """The stage's row of ``W/eval.json`` (computed once; an existing row is reused)."""
+    """Stage ``name``'s row of ``W/eval.json``, on ``tasks`` (computed once; an existing row is reused)."""
     from omnijax import evaluate
     from omnijax.eval import report
 
@@ -299,7 +315,7 @@ def evaluate_stage(recipe: Recipe, name: str, stage_dir: str, workdir: str, data
     for stage, metrics in rows:
         if stage == name:
             return metrics
-    templates, tasks = {}, recipe.tasks_after(name)
+    templates = {}
     metrics = evaluate.evaluate(stage_dir, data, tasks, limit=limit, log=log, by_template=templates)
     tmp = os.path.join(stage_dir, f".{EVAL_BY_TEMPLATE}.partial")
     with open(tmp, "w") as f:
@@ -359,21 +375,18 @@ def main(argv=None) -> int:
     p.add_argument("--compilation-cache", help="JAX persistent compilation cache (default WORKDIR/.jax_cache)")
     add_root_flags(p)
     args = p.parse_args(argv)
-    from omnijax import experiment
-
     try:
-        result = experiment.run_recipe(
-            args.recipe, args.workdir, corpus=args.corpus, hf_root=args.hf_root, data_root=args.data_root,
-            only=tuple(s for s in args.only.split(",") if s), steps=args.steps, seed=args.seed,
-            evaluate=not args.no_eval, eval_limit=args.eval_limit, progress=None,
-            compilation_cache=args.compilation_cache or os.path.join(args.workdir, ".jax_cache"))
-    except experiment.USER_ERRORS as e:
+        use_compilation_cache(args.compilation_cache or os.path.join(args.workdir, ".jax_cache"))
+        rows = run(load_recipe(args.recipe), args.workdir, only=tuple(s for s in args.only.split(",") if s),
+                   steps=args.steps, evaluate=not args.no_eval, eval_limit=args.eval_limit, seed=args.seed,
+                   roots={"corpus": args.corpus, "hf": args.hf_root, "data": args.data_root}, progress=None)
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.no_eval and os.path.exists(os.path.join(args.workdir, "eval.md")):
         with open(os.path.join(args.workdir, "eval.md")) as f:
             print(f.read())
-    return 0 if result.complete else 1
+    return 0 if complete(rows) else 1
 
 
 if __name__ == "__main__":

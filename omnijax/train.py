@@ -47,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from omnijax.launch import run
     from omnijax.training.config import ROOTS, resolve_roots
     from omnijax.training.stages import StageConfigError
-    from omnijax.training.trainer import NonFiniteLossError, run
+    from omnijax.training.trainer import NonFiniteLossError
 
     roots = {root: flags.FLAGS[flag].value or os.environ.get(env) or ROOTS[root]
              for root, (flag, env) in _ROOT_FLAGS.items()}

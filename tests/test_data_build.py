@@ -14,6 +14,7 @@ import msgpack
 import numpy as np
 import pytest
 import soundfile
+from array_record.python import array_record_module
 from PIL import Image
 
 from data_pipelines import build
@@ -29,8 +30,17 @@ from data_pipelines.schema import (
     read_shard,
     read_shards,
     shard_paths,
-    writer_options,
 )
+
+
+def writer_options(path):
+    """The options a shard was written with, as ArrayRecord reads them back (``group_size:1,...``)."""
+    reader = array_record_module.ArrayRecordReader(path)
+    try:
+        return reader.writer_options_string()
+    finally:
+        reader.close()
+
 
 # --- tiny media --------------------------------------------------------------------------------------
 

@@ -172,3 +172,53 @@ def test_blind_accuracy_and_accuracy_by_template():
     assert list(by) == ["what colour is the _?", "how many shapes are there?"]
     assert by["what colour is the _?"] == {"n": 3, "accuracy": round(2 / 3, 4)}
     assert by["how many shapes are there?"] == {"n": 4, "accuracy": 0.5}
+
+
+def _media(kind: str):
+    import io
+
+    import numpy as np
+    import soundfile as sf
+    from PIL import Image
+
+    from data_pipelines.schema import Media
+
+    buf = io.BytesIO()
+    if kind == "audio":
+        sf.write(buf, np.zeros(1600, np.float32), 16000, format="FLAC")
+        return Media("audio", "flac", buf.getvalue(), sampling_rate=16000)
+    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    return Media("image", "png", buf.getvalue())
+
+
+def _converted(i: int, user: str, answer: str, media=()):
+    """An example as a converter writes it (``data_pipelines.build``): its task name says nothing."""
+    from data_pipelines.schema import Example, Turn
+
+    refs = tuple(range(len(media)))
+    return Example(id=f"u/{i}", source="user", task="sft", media=tuple(_media(k) for k in media),
+                   turns=(Turn("user", user, refs), Turn("assistant", answer)))
+
+
+def test_task_kinds_are_learned_from_the_examples():
+    from data_pipelines import synth
+    from omnijax.eval.kinds import choice_chance, evaluated_by_default, task_kind
+
+    want = {"asr": "asr", "image_caption": "exact", "image_qa": "exact", "image_choice": "choice",
+            "spoken_image_qa": "spoken", "video_visual_qa": "exact", "video_audio_qa": "exact",
+            "text_instruct": "exact"}
+    by_task = {t: [synth.to_schema_example(synth.make_example(t, "eval", 0, i)) for i in range(3)] for t in want}
+    assert {t: task_kind(e) for t, e in by_task.items()} == want
+    assert [t for t, e in by_task.items() if evaluated_by_default(e)] == [
+        "asr", "image_qa", "image_choice", "spoken_image_qa", "video_visual_qa", "video_audio_qa"]
+    assert choice_chance(by_task["image_choice"]) == 0.25
+
+    prompt = "<audio>\nPlease give the ASR results of the given speech."  # asr-dir's
+    asr = [_converted(i, prompt, "HELLO THERE WORLD", ["audio"]) for i in range(2)]
+    audio_qa = [_converted(0, "<audio>\nWhat is making the sound?", "a dog", ["audio"]),
+                _converted(1, "<audio>\nIs it raining?", "yes", ["audio"])]
+    choice = [_converted(0, "<image>\nWhich is it?\nA. a cat\nB. a dog\nC. a bird", "C", ["image"])]
+    chat = [_converted(0, "<image>\nDescribe the picture in detail.", "A long answer about it.", ["image"])]
+    assert [task_kind(e) for e in (asr, audio_qa, choice, chat)] == ["asr", "exact", "choice", "exact"]
+    assert [evaluated_by_default(e) for e in (asr, audio_qa, choice, chat)] == [True, True, True, False]
+    assert choice_chance(choice) == pytest.approx(1 / 3)

@@ -40,6 +40,7 @@ from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel
 from omnijax.models.qwen2_audio import Qwen2AudioConfig, hf_batch
 from omnijax.models.vision import VisionConfig
+from omnijax import launch
 from omnijax.training import trainer
 from omnijax.training.config import base_config
 from omnijax.training.omni_task import omni_config
@@ -110,7 +111,7 @@ def ola(tmp_path_factory, tokenizer):
     stages = tmp_path_factory.mktemp("stages")
     c = ola_config(tokenizer, str(stages / "init"))
     workdir = str(stages / "ola")
-    result = trainer.run(c, workdir)
+    result = launch.run(c, workdir)
     assert result.status == "finished" and result.step == 1
     return result.state.params, workdir, load_model(workdir), trainer.setup(c).random_batches().batch_at(0)
 
@@ -266,7 +267,7 @@ def test_stock_part_of_an_ola_model_is_refused(ola, tmp_path, capsys):
 def test_stock_part_of_a_qwen2_audio_stage(tmp_path, tokenizer):
     c = qwen2_audio_config(tokenizer, str(tmp_path / "init"))
     workdir, out = str(tmp_path / "stage"), str(tmp_path / "stock")
-    assert trainer.run(c, workdir).status == "finished"
+    assert launch.run(c, workdir).status == "finished"
     assert convert.main(["export", "--ckpt", workdir, "--out", out, "--part", "stock"]) == 0
     model, info = Qwen2AudioForConditionalGeneration.from_pretrained(out, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info

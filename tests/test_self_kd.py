@@ -24,7 +24,7 @@ from omnijax.models.omni import OmniConfig, OmniModel, init_params
 from omnijax.models.vision import VisionConfig
 from omnijax.sharding import make_mesh
 from omnijax.training import objective
-from omnijax.training.data_source import grain_pipeline_config
+from omnijax.launch import grain_pipeline_config
 from omnijax.training.losses import masked_cross_entropy
 from omnijax.training.omni_task import self_kd_config
 from omnijax.training.stages import StageConfigError

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from training_fixtures import SCHED, compile_once, toy_config
 
+from omnijax import launch
 from omnijax.training import checkpointing, trainer
 from omnijax.training.stages import FROZEN, StageConfigError, path_str
 
@@ -253,14 +254,14 @@ def test_init_from_hf_directory(tmp_path):
 
     hf = str(tmp_path / "qwen2")
     make_qwen2(hf, "mha_untied_1e4", vocab_size=64, hidden_size=32, intermediate_size=64, num_key_value_heads=2)
-    result = trainer.run(toy_config(init_from=hf, num_steps=2), str(tmp_path / "w"))
+    result = launch.run(toy_config(init_from=hf, num_steps=2), str(tmp_path / "w"))
     assert_trees_equal(jax.device_get(load_model(hf).params["llm"]), jax.device_get(result.state.params["llm"]))
 
     wide = str(tmp_path / "qwen2_wide")
     make_qwen2(wide, "mha_untied_1e4", vocab_size=64, hidden_size=48, intermediate_size=64, num_key_value_heads=2)
     with pytest.raises(StageConfigError, match=r"init_from .*qwen2_wide: llm/.* has shape \(.*48.*\), the model "
                                                r"wants \(.*32.*\)"):
-        trainer.run(toy_config(init_from=wide), str(tmp_path / "w2"))
+        launch.run(toy_config(init_from=wide), str(tmp_path / "w2"))
 
 
 def test_frozen_params_stored_in_compute_dtype():

@@ -10,9 +10,9 @@ import pytest
 from training_fixtures import compile_once, corpus
 
 from data_pipelines import synth, tokenizer as tok
+from omnijax import launch
 from omnijax.training import trainer
 from omnijax.training.config import base_config
-from omnijax.training.data_source import build_data
 from omnijax.training.stages import StageConfigError
 
 pytestmark = pytest.mark.usefixtures("compile_once")
@@ -62,22 +62,22 @@ def losses(result) -> list[float]:
 
 def test_grain_pipeline_resumes_through_the_trainer_checkpoint(corpus, tmp_path):
     c = grain_config(corpus)
-    straight = trainer.run(c, str(tmp_path / "straight"))
+    straight = launch.run(c, str(tmp_path / "straight"))
     assert straight.status == "finished" and straight.step == 4
     want = losses(straight)
     assert len(want) == 4 and all(np.isfinite(want)), want
 
     split = str(tmp_path / "split")
-    first = trainer.run(_with_steps(c, 2), split)
+    first = launch.run(_with_steps(c, 2), split)
     assert first.step == 2 and losses(first) == want[:2]
-    second = trainer.run(c, split)  # a new run on the same workdir: resumes params, optimizer and pipeline
+    second = launch.run(c, split)  # a new run on the same workdir: resumes params, optimizer and pipeline
     assert second.step == 4
     got = losses(first) + losses(second)
     assert got == want, (got, want)  # bitwise
 
     # The data item of the checkpoint is the pipeline's JSON state (its position and counters).
     stage = trainer.setup(c)
-    data = build_data(c, stage.task, stage.mesh)
+    data = launch.build_data(stage)
     try:
         state = data.get_state()
         assert state["workers"] == 0 and state["totals"]["records"] == 0
@@ -104,4 +104,4 @@ def test_grain_config_errors(corpus):
     c.data.sources = [dict(name="none", paths=os.path.join(corpus, "nothing-*"))]
     stage = trainer.setup(c)
     with pytest.raises(StageConfigError, match="no shard matches"):
-        build_data(c, stage.task, stage.mesh)
+        launch.build_data(stage)

@@ -36,6 +36,53 @@ def _to_host(a) -> np.ndarray:
     return np.asarray(jax.device_get(a))
 
 
+def copy_assets(assets_dir: str, out_dir: str) -> None:
+    """Copy the ``ASSET_FILES`` that ``assets_dir`` has into ``out_dir``."""
+    for name in ASSET_FILES:
+        if os.path.exists(os.path.join(assets_dir, name)):
+            shutil.copy2(os.path.join(assets_dir, name), out_dir)
+
+
+def _plan(arch: Architecture, cfg: Any, params: dict, dtype, max_shard_bytes: int):
+    """(the shards: lists of HF keys, each key's (table entry, layer index or None)) for ``params``."""
+    table = arch.table(cfg)
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+    check_table(arch, table, abstract)
+    keys: dict[str, int] = {}
+    entry_of = {}
+    for e in table:
+        leaf = get_path(abstract, e.path)
+        per_layer = leaf.shape[1:] if e.stacked else leaf.shape
+        for i in range(leaf.shape[0]) if e.stacked else [None]:
+            keys[e.hf_key(i)] = nbytes(e.transform.hf_shape(per_layer), dtype or leaf.dtype)
+            entry_of[e.hf_key(i)] = (e, i)
+    return plan_shards(keys, max_shard_bytes), entry_of
+
+
+def _tensors(params: dict, shards, entry_of, dtype, progress: bool):
+    """(HF key, numpy tensor in the HF layout) in shard order; a parameter is gathered to the host once."""
+    host: dict[str, np.ndarray] = {}
+    ordered = [k for shard in shards for k in shard]
+    for key in tqdm(ordered, desc="export", disable=not progress, unit="tensor"):
+        e, i = entry_of[key]
+        if e.path not in host:
+            host = {e.path: _to_host(get_path(params, e.path))}
+        a = host[e.path][i] if e.stacked else host[e.path]
+        t = np.ascontiguousarray(e.transform.to_hf(a))
+        yield key, t.astype(dtype or t.dtype)
+
+
+def _write_config(out_dir: str, config: dict) -> None:
+    """``config.json``, and a ``generation_config.json`` of its special token ids when the assets gave none."""
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    gen_path = os.path.join(out_dir, "generation_config.json")
+    if not os.path.exists(gen_path):
+        gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
+        with open(gen_path, "w") as f:
+            json.dump(gen, f, indent=2)
+
+
 def save_hf(
     out_dir: str,
     arch: Architecture,
@@ -56,48 +103,17 @@ def save_hf(
     """
     if arch.export_unsupported:
         raise ValueError(f"export to {arch.name} is not supported: {arch.export_unsupported}")
-    table = arch.table(cfg)
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
-    check_table(arch, table, abstract)
-    keys: dict[str, int] = {}
-    for e in table:
-        leaf = get_path(abstract, e.path)
-        per_layer = leaf.shape[1:] if e.stacked else leaf.shape
-        for i in range(leaf.shape[0]) if e.stacked else [None]:
-            keys[e.hf_key(i)] = nbytes(e.transform.hf_shape(per_layer), dtype or leaf.dtype)
-    shards = plan_shards(keys, max_shard_bytes)
-    entry_of = {e.hf_key(i): (e, i) for e in table
-                for i in (range(get_path(abstract, e.path).shape[0]) if e.stacked else [None])}
-
-    def tensors():
-        host: dict[str, np.ndarray] = {}
-        ordered = [k for shard in shards for k in shard]
-        for key in tqdm(ordered, desc="export", disable=not progress, unit="tensor"):
-            e, i = entry_of[key]
-            if e.path not in host:
-                host = {e.path: _to_host(get_path(params, e.path))}
-            a = host[e.path][i] if e.stacked else host[e.path]
-            t = np.ascontiguousarray(e.transform.to_hf(a))
-            yield key, t.astype(dtype or t.dtype)
-
-    is_writer = jax.process_index() == 0
-    if not is_writer:
-        for _ in tensors():  # every process takes part in the all-gathers
+    shards, entry_of = _plan(arch, cfg, params, dtype, max_shard_bytes)
+    tensors = _tensors(params, shards, entry_of, dtype, progress)
+    if jax.process_index() != 0:
+        for _ in tensors:  # every process takes part in the all-gathers
             pass
         return
     with atomic_dir(out_dir, overwrite) as tmp:
-        write_sharded(tmp, shards, tensors())
+        write_sharded(tmp, shards, tensors)
         config = arch.hf_config(cfg)
         if dtype is not None:
             config["torch_dtype"] = np.dtype(dtype).name
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
         if assets_dir:
-            for name in ASSET_FILES:
-                if os.path.exists(os.path.join(assets_dir, name)):
-                    shutil.copy2(os.path.join(assets_dir, name), tmp)
-        gen_path = os.path.join(tmp, "generation_config.json")
-        if not os.path.exists(gen_path):
-            gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
-            with open(gen_path, "w") as f:
-                json.dump(gen, f, indent=2)
+            copy_assets(assets_dir, tmp)
+        _write_config(tmp, config)

@@ -87,7 +87,8 @@ def check_table(arch: Architecture, table: list[Entry], abstract: dict) -> None:
     missing, extra = paths - set(mapped), set(mapped) - paths
     dupes = {p for p in mapped if mapped.count(p) > 1}
     if missing or extra or dupes:
-        raise AssertionError(f"{arch.name} table: unmapped {sorted(missing)}, unknown {sorted(extra)}, twice {sorted(dupes)}")
+        raise AssertionError(f"{arch.name} table: unmapped {sorted(missing)}, unknown {sorted(extra)}, "
+                             f"twice {sorted(dupes)}")
 
 
 def resolve_keys(arch: Architecture, reader: SafetensorsDir, table: list[Entry], abstract: dict, source: str):
@@ -172,7 +173,8 @@ def load_hf(
         rules = ()
     shardings = sharding.logical_to_sharding(specs, abstract, mesh, rules or ())
     params: dict = {}
-    for e in tqdm(table, desc=f"import {os.path.basename(os.path.normpath(hf_dir))}", disable=not progress, unit="param"):
+    desc = f"import {os.path.basename(os.path.normpath(hf_dir))}"
+    for e in tqdm(table, desc=desc, disable=not progress, unit="param"):
         set_path(params, e.path, _load_entry(reader, e, resolved[e.path], get_path(abstract, e.path),
                                              get_path(shardings, e.path)))
     return Loaded(arch, module, cfg, params, hf_config)

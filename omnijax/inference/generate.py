@@ -139,6 +139,37 @@ def _generate(model: nn.Module, params, ids, segment_ids, positions, stop_ids, p
                        top_p, rng, max_new_tokens=max_new_tokens, sample=sample)
 
 
+def _checked_max_len(cfg, prompts, max_new_tokens, temperature, top_p, rng, max_len) -> int:
+    """``generate``'s arguments checked (``ValueError`` naming the one that is wrong and the fix); returns the
+    KV-cache length (``max_len``, default the longest prompt + ``max_new_tokens``)."""
+    if len(prompts) == 0:
+        raise ValueError("prompts is empty: pass at least one prompt (a list of token ids)")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+    if max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if temperature > 0 and rng is None:
+        raise ValueError("temperature > 0 samples tokens: pass rng=jax.random.key(seed)")
+    longest = max(len(p) for p in prompts)
+    total = longest + max_new_tokens
+    if total > cfg.max_position_embeddings:
+        raise ValueError(
+            f"longest prompt ({longest}) + max_new_tokens ({max_new_tokens}) = {total} exceeds the model's "
+            f"max_position_embeddings ({cfg.max_position_embeddings}): shorten the prompt or max_new_tokens")
+    if max_len is None:
+        return total
+    if total > max_len:
+        raise ValueError(
+            f"longest prompt ({longest}) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
+            f"max_len ({max_len}): raise max_len or lower max_new_tokens")
+    return max_len
+
+
 def generate(
     model: nn.Module,
     params,
@@ -170,34 +201,9 @@ def generate(
     Returns:
       ``GenerationResult(tokens int32 [b, max_new_tokens], lengths int32 [b])``.
     """
-    if len(prompts) == 0:
-        raise ValueError("prompts is empty: pass at least one prompt (a list of token ids)")
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
-    if max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    max_len = _checked_max_len(model.cfg, prompts, max_new_tokens, temperature, top_p, rng, max_len)
     sample = temperature > 0
-    if sample and rng is None:
-        raise ValueError("temperature > 0 samples tokens: pass rng=jax.random.key(seed)")
-    longest = max(len(p) for p in prompts)
-    total = longest + max_new_tokens
     cfg = model.cfg
-    if total > cfg.max_position_embeddings:
-        raise ValueError(
-            f"longest prompt ({longest}) + max_new_tokens ({max_new_tokens}) = {total} exceeds the model's "
-            f"max_position_embeddings ({cfg.max_position_embeddings}): shorten the prompt or max_new_tokens")
-    if max_len is None:
-        max_len = total
-    elif total > max_len:
-        raise ValueError(
-            f"longest prompt ({longest}) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
-            f"max_len ({max_len}): raise max_len or lower max_new_tokens")
-
     # Prompt padding is masked out; it only has to be a valid embedding row.
     ids, segment_ids, positions = left_pad(prompts, pad_token_id if 0 <= pad_token_id < cfg.vocab_size else 0)
     rng = jax.random.key(0) if rng is None else rng

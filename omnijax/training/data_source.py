@@ -10,11 +10,11 @@ checkpoint's ``ocp.args.Composite``:
     restored(value)      <- what the restore gave back  ``CheckpointRestore(it)``: the restore puts
                                                         the iterator back in place)
 
-``build_data(c, task, mesh)`` picks the stage's iterator by ``c.data.source``: ``'grain'`` is the
-Grain pipeline (``data_pipelines.pipeline.Pipeline``, its JSON state in the checkpoint; configured by
-``grain_pipeline_config``), ``'random'`` is ``RandomBatches``, the in-memory source: every
-row of every step is a pure function of ``(seed, step, row)``, so it resumes exactly from a step
-number, and each process computes only its own rows.
+``c.data.source = 'random'`` is ``RandomBatches``, the in-memory source: every row of every step is a
+pure function of ``(seed, step, row)``, so it resumes exactly from a step number, and each process
+computes only its own rows. ``'grain'``, the Grain pipeline (``data_pipelines.pipeline.Pipeline``, its
+JSON state in the checkpoint), is built above the trainer, by ``omnijax.launch``: training does not
+import ``data_pipelines``; the two meet in the batch contract.
 """
 
 from __future__ import annotations
@@ -130,75 +130,3 @@ class RandomBatches:
 
     def restored(self, value) -> None:
         self.step = int(value["step"])
-
-
-def grain_pipeline_config(c, process_index: int | None = None, process_count: int | None = None):
-    """The ``PipelineConfig`` of a stage with ``c.data.source = 'grain'``: its sources (shard globs
-    resolved, ``spoken`` and ``self_kd`` flags), tokenizer, seed and workers from ``c.data``; this
-    process's share of ``c.batch_size``; ``c.seq_len``, ``c.task_names``; the media budget and layout of
-    the omni model (``c.model``). Self-KD sources and ``c.model.self_kd`` come together: the pairs are
-    what the Self-KD loss reads, and the loss is what pairs are for."""
-    import glob
-
-    from data_pipelines.pipeline import PipelineConfig, Source
-    from omnijax.training.omni_task import omni_config
-    from omnijax.training.stages import StageConfigError
-
-    if c.model.name != "omni":
-        raise StageConfigError(f"stage {c.name!r}: c.data.source 'grain' takes the media budget and layout of the "
-                               f"omni model (c.model.name = 'omni'), not of {c.model.name!r}")
-    sources = []
-    for src in c.data.sources:
-        patterns = [src["paths"]] if isinstance(src["paths"], str) else list(src["paths"])
-        paths = []
-        for pattern in patterns:
-            found = sorted(glob.glob(pattern))
-            if not found:
-                raise StageConfigError(f"stage {c.name!r}: c.data.sources {src['name']!r}: no shard matches "
-                                       f"{pattern!r}")
-            paths.extend(found)
-        sources.append(Source(src["name"], tuple(paths), weight=float(src.get("weight", 1.0)),
-                              spoken=bool(src.get("spoken", False)), self_kd=bool(src.get("self_kd", False))))
-    pairs = [s.name for s in sources if s.self_kd]
-    if pairs and c.model.get("self_kd") is None:
-        raise StageConfigError(f"stage {c.name!r}: c.data.sources {pairs} give Self-KD pairs (self_kd=True) but "
-                               "c.model.self_kd is None; set c.model.self_kd = dict(alpha=..., "
-                               "max_response_tokens=...) or read those sources as ordinary examples")
-    if not pairs and c.model.get("self_kd") is not None:
-        raise StageConfigError(f"stage {c.name!r}: c.model.self_kd is set but no c.data.sources entry has "
-                               "self_kd=True; the Self-KD loss needs teacher-student pairs from such a source")
-    index = jax.process_index() if process_index is None else process_index
-    count = jax.process_count() if process_count is None else process_count
-    cfg = omni_config(c)
-    extra = dict(c.data.get("pipeline") or {})
-    return PipelineConfig(sources=tuple(sources), tokenizer=c.data.tokenizer, batch_size=c.batch_size // count,
-                          seq_len=c.seq_len, budget=cfg.budget, layout=cfg.media_layout, seed=int(c.data.seed),
-                          task_names=tuple(c.task_names), workers=int(c.data.get("workers", 0)),
-                          process_index=index, process_count=count, **extra)
-
-
-def build_data(c, task, mesh=None, *, rows: tuple[int, int] | None = None):
-    """The stage's data iterator: ``RandomBatches`` (``c.data.source = 'random'``; ``rows``: this
-    process's rows of the global batch) or the Grain ``Pipeline`` (``'grain'``). Both carry their
-    position in the trainer's checkpoint (the ``data`` item)."""
-    del mesh  # the rows of this process come from the trainer's batch sharding
-    if c.data.source == "random":
-        return RandomBatches(task.batch_spec, vocab_size=task.vocab_size, media_tokens=task.media_tokens,
-                             num_tasks=task.num_tasks, reserved_ids=task.reserved_ids, seed=c.data.seed, rows=rows)
-    if c.data.source == "grain":
-        from data_pipelines.pipeline import Pipeline
-
-        if rows is not None:
-            lo, hi = rows
-            per = c.batch_size // jax.process_count()
-            if hi - lo != per or lo != jax.process_index() * per:
-                raise ValueError(f"this process holds rows {lo}:{hi} of the global batch; the Grain pipeline gives "
-                                 f"process i rows i*{per}:(i+1)*{per}: use a mesh whose batch axes follow the "
-                                 "process order")
-        pipeline = Pipeline(grain_pipeline_config(c))
-        if dict(pipeline.spec).keys() != dict(task.batch_spec).keys():
-            pipeline.close()
-            raise ValueError(f"stage {c.name!r}: the pipeline's batch fields {sorted(pipeline.spec)} differ from the "
-                             f"model's {sorted(task.batch_spec)}")
-        return pipeline
-    raise ValueError(f"c.data.source {c.data.source!r} is not 'random' or 'grain'")

@@ -30,7 +30,6 @@ implementation (``models.attention.resolve_implementation``): of the mesh's devi
 
 from __future__ import annotations
 
-from data_pipelines import tokenizer
 from omnijax.batch import batch_spec, check_batch
 from omnijax.models.attention import resolve_implementation
 from omnijax.models import connector_configs
@@ -105,10 +104,12 @@ def ctc_config(c, cfg: OmniConfig, field: str = "ctc") -> tuple[tuple, ...]:
 
 def _pair_tokenizer(c):
     """The stage's tokenizer (``c.data.tokenizer``), which turns a bag-of-words term's pair words into ids."""
+    from transformers import AutoTokenizer  # only a bag-of-words term with pairs reads it
+
     path = (c.get("data") or {}).get("tokenizer")
     if not path:
         raise ValueError("pairs names words, which need the stage's tokenizer: set c.data.tokenizer")
-    return tokenizer.load_tokenizer(path)
+    return AutoTokenizer.from_pretrained(path)
 
 
 def objective_terms(c, cfg: OmniConfig) -> tuple[tuple, tuple, bool]:
@@ -150,4 +151,4 @@ def build(c, mesh) -> Task:
     return from_module(model, [example_batch(cfg)], loss,
                        batch_spec=batch_spec(c.batch_size, c.seq_len, cfg.budget, lay, self_kd is not None),
                        vocab_size=cfg.vocab_size, num_tasks=c.num_tasks, media_tokens=media,
-                       check_batch=lambda batch: check_batch(batch, cfg, self_kd is not None))
+                       check_batch=lambda batch: check_batch(batch, cfg, self_kd is not None), model_config=cfg)

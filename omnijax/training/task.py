@@ -32,7 +32,11 @@ class Task:
     media_tokens: per modality present in the batch, its field, placeholder token id and the number
     of placeholder tokens one media slot takes (one image tile, one video, one audio chunk), which
     lets a synthetic source build batches the model accepts. check_batch: verifies a host batch
-    before anything is traced (the trainer runs it on the first batch).
+    before anything is traced (the trainer runs it on the first batch). model_config: the config of the
+    model trained (``OmniConfig`` for ``'omni'``; None for a model the layers above do not know), which
+    they read instead of the config's model name: the stage workdir becomes a model directory of it
+    (``omnijax.checkpoint.describe_stage``), and the Grain pipeline makes batches for its media budget and
+    layout (``omnijax.launch``).
     """
 
     init: Callable[[jax.Array], Any]
@@ -45,6 +49,7 @@ class Task:
     media_tokens: MediaTokens = dataclasses.field(default_factory=dict)
     reserved_ids: Sequence[int] = ()  # token ids random text must avoid (placeholders, specials)
     check_batch: Callable[[Mapping[str, Any]], None] | None = None  # host batch check (raises ValueError)
+    model_config: Any = None  # the trained model's config, for the layers above the trainer
 
 
 def from_module(module: nn.Module, init_args: Sequence[Any], loss, **kw) -> Task:

@@ -6,6 +6,10 @@ anything compiles. ``run(config, workdir)``: resume from the newest complete che
 from a fresh init (+ ``init_from``) with a fresh optimizer; write the param-group table; then step:
 feed this process's rows of the global batch, log (process 0), checkpoint; save the last step.
 
+The trainer knows stage workdirs, tasks and the random in-memory source, nothing above them: what a
+layer above gives it comes in as arguments -- ``load_init`` reads an ``init_from`` model directory (HF
+or omnijax), ``data`` is the stage's batches (the Grain pipeline). ``omnijax.launch`` wires them.
+
 SIGTERM (preemption) makes the loop save at the current step and return ``status='preempted'``
 (the CLI then exits 0). ``max_nonfinite_in_a_row`` skipped steps in a row raise
 ``NonFiniteLossError`` before anything of that step is saved.
@@ -19,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -28,12 +33,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from omnijax import sharding
-from omnijax.checkpoint import describe_stage, load_model
 from omnijax.training import optimizer as opt_lib
 from omnijax.training.checkpointing import (STAGE_FILE, Checkpoints, abstract_with_shardings, final_params,
                                             is_stage_workdir)
 from omnijax.training.config import batch_axes, check_config, init_sources
-from omnijax.training.data_source import RandomBatches, build_data
+from omnijax.training.data_source import RandomBatches
 from omnijax.training.metrics import MetricsLogger, format_group_table
 from omnijax.training.stages import FROZEN, StageConfigError, assign_labels, decay_mask, path_str
 from omnijax.training.step import TrainState, make_train_step, state_shardings
@@ -87,9 +91,14 @@ def _check_group(src: str, group: str, tree, target, stage: str) -> None:
                                f"({len(bad)} mismatched); set the model's sizes to the source's")
 
 
-def initial_params(c, task: Task, abstract, shardings, mesh, rules, key: jax.Array):
+# Reads an ``init_from`` source that is not a stage workdir (a model directory) -> its params:
+# ``load_init(path, mesh, rules)``.
+LoadInit = Callable[[str, Any, Any], Any]
+
+
+def initial_params(c, task: Task, abstract, shardings, mesh, rules, key: jax.Array, load_init: LoadInit | None = None):
     """Params at the start of a stage: the groups ``init_from`` sources hold, the rest freshly
-    initialised (only those are computed)."""
+    initialised (only those are computed). A source that is not a stage workdir is read by ``load_init``."""
     loaded: dict[str, Any] = {}
     for src, groups in init_sources(c):
         if is_stage_workdir(src):
@@ -97,8 +106,12 @@ def initial_params(c, task: Task, abstract, shardings, mesh, rules, key: jax.Arr
             if groups is not None:
                 _check_groups_in_model(src, groups, abstract, c.name)
             tree = final_params(src, target, groups)
+        elif load_init is None:
+            raise StageConfigError(f"stage {c.name!r}: init_from {src} is not a stage workdir, and this trainer was "
+                                   "given no reader of model directories (load_init); run the stage with "
+                                   "omnijax.launch.run, which reads HF and omnijax model directories")
         else:
-            tree = load_model(src, mesh=mesh, rules=rules, progress=jax.process_index() == 0).params
+            tree = load_init(src, mesh, rules)
         if groups is not None:
             missing = sorted(set(groups) - set(tree))
             if missing:
@@ -176,6 +189,7 @@ class Stage:
     abstract_state: TrainState
     state_shardings: TrainState
     batch_shardings: dict
+    load_init: LoadInit | None = None  # reads init_from model directories (``initial_params``)
 
     @property
     def seed_key(self) -> jax.Array:
@@ -191,7 +205,7 @@ class Stage:
         """Params at the start of the stage (fresh init + ``init_from``), sharded and stored."""
         c = self.config
         params = initial_params(c, self.task, self.task.abstract_params, self.param_shardings, self.mesh, self.rules,
-                                jax.random.fold_in(self.seed_key, 0))
+                                jax.random.fold_in(self.seed_key, 0), self.load_init)
         return jax.jit(lambda p: _cast_frozen(p, self.trainable, c.frozen_param_dtype),
                        out_shardings=self.param_shardings)(params)
 
@@ -216,21 +230,22 @@ class Stage:
         return {k: jax.make_array_from_process_local_data(self.batch_shardings[k], v, spec[k].shape)
                 for k, v in local.items()}
 
+    @property
+    def rows(self) -> tuple[int, int]:
+        """This process's rows of the global batch."""
+        return process_rows(self.batch_shardings["input_ids"], self.config.batch_size)
+
     def random_batches(self) -> RandomBatches:
+        """The in-memory source (``c.data.source = 'random'``) of this process's rows."""
         t, c = self.task, self.config
         return RandomBatches(t.batch_spec, vocab_size=t.vocab_size, media_tokens=t.media_tokens,
-                             num_tasks=t.num_tasks, reserved_ids=t.reserved_ids, seed=c.data.seed,
-                             rows=process_rows(self.batch_shardings["input_ids"], c.batch_size))
-
-    def data(self):
-        """The stage's data iterator (``c.data.source``: ``RandomBatches`` or the Grain pipeline)."""
-        return build_data(self.config, self.task, self.mesh,
-                          rows=process_rows(self.batch_shardings["input_ids"], self.config.batch_size))
+                             num_tasks=t.num_tasks, reserved_ids=t.reserved_ids, seed=c.data.seed, rows=self.rows)
 
 
-def setup(c, task: Task | None = None, devices=None) -> Stage:
+def setup(c, task: Task | None = None, devices=None, load_init: LoadInit | None = None) -> Stage:
     """Check the config, build the task, label the params, lay out the mesh (over ``devices``,
-    default all) and the optimizer. Every config error surfaces here, before anything compiles."""
+    default all) and the optimizer. Every config error surfaces here, before anything compiles.
+    ``load_init``: reads ``init_from`` model directories (``initial_params``)."""
     devices = list(jax.devices() if devices is None else devices)
     check_config(c, len(devices), jax.process_count())
     mesh = sharding.make_mesh(dict(c.mesh), devices)
@@ -249,26 +264,30 @@ def setup(c, task: Task | None = None, devices=None) -> Stage:
                                          clip_norm=o.clip_norm)
     stage = Stage(c, task, labels, trainable, mesh, rules, abstract, param_shardings, tx, lr_fns,
                   abstract_state=None, state_shardings=None,
-                  batch_shardings={k: NamedSharding(mesh, P(batch_axes(c.rules))) for k in task.batch_spec})
+                  batch_shardings={k: NamedSharding(mesh, P(batch_axes(c.rules))) for k in task.batch_spec},
+                  load_init=load_init)
     stage.abstract_state = jax.eval_shape(stage.new_state, abstract)
     stage.state_shardings = state_shardings(stage.abstract_state, param_shardings, mesh)
     return stage
 
 
-def run(c, workdir: str, *, task: Task | None = None, data=None, progress: bool | None = None) -> Result:
-    """Train one stage in ``workdir`` (resuming from its newest complete checkpoint). ``progress``: a progress
-    bar (process 0; default: when stderr is a terminal)."""
+def run(c, workdir: str, *, stage: Stage | None = None, data=None, progress: bool | None = None) -> Result:
+    """Train one stage in ``workdir`` (resuming from its newest complete checkpoint). ``stage``: ``setup(c)``'s
+    (default: set up here); ``data``: this process's batches (default: the random source, ``c.data.source =
+    'random'``); ``progress``: a progress bar (process 0; default: when stderr is a terminal)."""
     sharding.init_distributed()
     main = jax.process_index() == 0
     say = (lambda msg: print(msg, flush=True)) if main else (lambda msg: None)
-    stage = setup(c, task)
-    own_data = data is None
-    data = data if data is not None else stage.data()
+    stage = setup(c) if stage is None else stage
+    if data is None and c.data.source != "random":
+        raise StageConfigError(f"stage {c.name!r}: c.data.source {c.data.source!r} is not built by the trainer, "
+                               "which reads no data formats; run the stage with omnijax.launch.run, or give "
+                               "run() its data")
+    data = data if data is not None else stage.random_batches()
     os.makedirs(workdir, exist_ok=True)
     if main:
         with open(os.path.join(workdir, STAGE_FILE), "w") as f:
             json.dump({"name": c.name, "num_steps": c.num_steps, "config": json.loads(c.to_json())}, f, indent=1)
-        describe_stage(c, workdir)  # an omni stage's workdir is then a model directory (load_model)
     ckpt = Checkpoints(workdir, every=c.checkpoint.every, keep=c.checkpoint.keep,
                        data_handler=data.checkpoint_handler(), async_save=c.checkpoint.async_save)
     logger = None
@@ -299,8 +318,6 @@ def run(c, workdir: str, *, task: Task | None = None, data=None, progress: bool 
             logger.close()
         ckpt.wait()
         ckpt.close()
-        if own_data and hasattr(data, "close"):
-            data.close()  # the pipeline's workers
 
 
 def _loop(stage: Stage, state: TrainState, step: int, data, ckpt: Checkpoints, logger: MetricsLogger,
