@@ -24,7 +24,7 @@ from data_pipelines.tokenizer import IM_END, IM_START
 from omnijax.media_tokens import MODALITIES
 
 if TYPE_CHECKING:
-    from data_pipelines.pipeline import PipelineConfig
+    from data_pipelines.pipeline_config import PipelineConfig
 
 
 class ChatTemplate:

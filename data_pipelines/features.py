@@ -29,7 +29,8 @@ import numpy as np
 
 from data_pipelines import audio as audio_features
 from data_pipelines import schema
-from omnijax import image_tiles, media_layouts, media_tokens
+from data_pipelines import image_tiles
+from omnijax import media_layouts, media_tokens
 from omnijax.batch import MediaBudget
 
 IMAGE_TILINGS = ("resize", "dynamic")

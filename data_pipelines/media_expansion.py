@@ -18,7 +18,7 @@ from omnijax.batch import ANYRES_PLAN, SLOT_FIELDS, MediaBudget
 from omnijax.media_tokens import MODALITIES
 
 if TYPE_CHECKING:
-    from data_pipelines.pipeline import PipelineConfig
+    from data_pipelines.pipeline_config import PipelineConfig
 
 
 class MediaExpansion:

@@ -18,7 +18,7 @@ from data_pipelines.media_expansion import MediaExpansion
 from omnijax.batch import KD_ORDINARY
 
 if TYPE_CHECKING:
-    from data_pipelines.pipeline import PipelineConfig, Source
+    from data_pipelines.pipeline_config import PipelineConfig, Source
 
 
 class Prepare:

@@ -18,7 +18,7 @@ from transformers import LlavaOnevisionForConditionalGeneration
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
 
-from omnijax import image_tiles
+from data_pipelines import image_tiles
 from omnijax import media_tokens as mt
 from omnijax.checkpoint import load_model
 from omnijax.hf.exporter import save_hf

@@ -26,7 +26,7 @@ from transformers.models.siglip.image_processing_pil_siglip import SiglipImagePr
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from data_pipelines.audio import whisper_log_mel
-from omnijax import image_tiles
+from data_pipelines import image_tiles
 from omnijax.checkpoint import load_model, save_model_dir
 from omnijax.hf import convert
 from omnijax.hf import omni as hf_omni
