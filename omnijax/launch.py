@@ -61,16 +61,17 @@ def grain_pipeline_config(c, process_index: int | None = None, process_count: in
     """The ``PipelineConfig`` of an omni stage with ``c.data.source = 'grain'``: its sources (shard globs
     resolved, ``spoken`` and ``self_kd`` flags), tokenizer, seed and workers from ``c.data``; this process's
     share of ``c.batch_size``; ``c.seq_len``, ``c.task_names``; the media budget and layout of the omni model
-    (``c.model``). Self-KD sources and ``c.model.self_kd`` come together: the pairs are what the Self-KD loss
+    (``c.model``). Self-KD sources and ``c.objective.self_kd`` come together: the pairs are what the Self-KD loss
     reads, and the loss is what pairs are for."""
     sources = _sources(c)
     pairs = [s.name for s in sources if s.self_kd]
-    if pairs and c.model.get("self_kd") is None:
+    self_kd = (c.get("objective") or {}).get("self_kd")
+    if pairs and self_kd is None:
         raise StageConfigError(f"stage {c.name!r}: c.data.sources {pairs} give Self-KD pairs (self_kd=True) but "
-                               "c.model.self_kd is None; set c.model.self_kd = dict(alpha=..., "
+                               "c.objective.self_kd is None; set c.objective.self_kd = dict(alpha=..., "
                                "max_response_tokens=...) or read those sources as ordinary examples")
-    if not pairs and c.model.get("self_kd") is not None:
-        raise StageConfigError(f"stage {c.name!r}: c.model.self_kd is set but no c.data.sources entry has "
+    if not pairs and self_kd is not None:
+        raise StageConfigError(f"stage {c.name!r}: c.objective.self_kd is set but no c.data.sources entry has "
                                "self_kd=True; the Self-KD loss needs teacher-student pairs from such a source")
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count

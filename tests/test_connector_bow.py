@@ -13,9 +13,10 @@ from test_omni import OLA, pack, random_params
 
 from omnijax.models.omni import OmniModel
 from data_pipelines import tokenizer
-from omnijax.training import connector_bow, objective, omni_task
-from omnijax.training.connector_bow import ConnectorBOW, bow_sums
-from omnijax.training.omni_task import ctc_config
+from omnijax.training import objective
+from omnijax.training.connector_bow import ConnectorBagOfWords, bow_sums
+from omnijax.training.next_token import NextTokenCE
+from omnijax.training.omni_task import objective_terms
 from omnijax.training.stages import StageConfigError
 
 
@@ -30,7 +31,7 @@ def _torch_bow(logits, frames, text, vocab):
 @pytest.mark.parametrize("max_label_tokens", [48, 3])
 def test_audio_bow_matches_torch(max_label_tokens):
     rows, batch, features, embedding = _inputs("audio")
-    cfg = ConnectorBOW("audio", weight=1.0, tasks=("asr",), max_label_tokens=max_label_tokens)
+    cfg = ConnectorBagOfWords("audio", weight=1.0, tasks=("asr",), max_label_tokens=max_label_tokens)
     out = jax.jit(lambda f, e, b: bow_sums(f, e, b, OLA.media_layout, cfg, (ASR,)))(features, embedding, batch)
     logits = features @ embedding.T
     (a, _), _ = rows[0]
@@ -46,7 +47,7 @@ def test_audio_bow_matches_torch(max_label_tokens):
 
 def test_image_bow_matches_torch():
     rows, batch, features, embedding = _inputs("image")
-    cfg = ConnectorBOW("image", weight=1.0, tasks=("asr",))
+    cfg = ConnectorBagOfWords("image", weight=1.0, tasks=("asr",))
     out = jax.jit(lambda f, e, b: bow_sums(f, e, b, OLA.media_layout, cfg, (ASR,)))(features, embedding, batch)
     (c, _), = rows[1]  # only row 1's image belongs to an example of the task: slot 0's frames
     expected = _torch_bow((features @ embedding.T)[1], np.arange(ROWS * COLS), _answer(c)[:-1], OLA.llm.vocab_size)
@@ -74,7 +75,7 @@ def test_image_bow_binding_pairs_match_torch():
     text = _answer(c)[:-1]
     unused = [t for t in range(10, OLA.llm.vocab_size) if t not in text][:2]
     attrs, objs = (text[0], text[2], unused[0]), (text[1], text[3], unused[1])  # "t0 t1" and "t2 t3" are said
-    cfg = ConnectorBOW("image", weight=1.0, tasks=("asr",), pairs=(("x",), ("y",)), pair_weight=0.5,
+    cfg = ConnectorBagOfWords("image", weight=1.0, tasks=("asr",), pairs=(("x",), ("y",)), pair_weight=0.5,
                        pair_ids=(attrs, objs))
     out = jax.jit(lambda f, e, b: bow_sums(f, e, b, OLA.media_layout, cfg, (ASR,)))(features, embedding, batch)
     logits, frames = (features @ embedding.T)[1], np.arange(ROWS * COLS)
@@ -82,10 +83,11 @@ def test_image_bow_binding_pairs_match_torch():
     np.testing.assert_allclose(float(out["pair_sum"]), pairs, rtol=1e-5)
     np.testing.assert_allclose(float(out["sum"]), _torch_bow(logits, frames, text, OLA.llm.vocab_size) + 0.5 * pairs,
                                rtol=1e-5)
-    aux = connector_bow.aux_values("image", out)
-    assert float(aux["bow_image_pairs"]) == pytest.approx(pairs, rel=1e-5)
-    unresolved = ConnectorBOW("image", weight=1.0, tasks=("asr",), pairs=(("x",), ("y",)))
-    with pytest.raises(ValueError, match=r"have no token ids; build the term with ConnectorBOW.with_pair_ids"):
+    value = cfg.value(out)
+    assert float(value.means["bow/image/pairs"]) == pytest.approx(pairs, rel=1e-5)
+    assert float(value.means["bow/image/loss"]) == pytest.approx(float(out["sum"]), rel=1e-6)  # one item
+    unresolved = ConnectorBagOfWords("image", weight=1.0, tasks=("asr",), pairs=(("x",), ("y",)))
+    with pytest.raises(ValueError, match=r"have no token ids; bind the term to its stage"):
         bow_sums(features, embedding, batch, OLA.media_layout, unresolved, (ASR,))
 
 
@@ -93,25 +95,26 @@ def test_loss_fn_with_bow_terms_and_without_the_next_token_loss():
     model = OmniModel(OLA)
     params = random_params(model)
     batch = {k: jnp.asarray(v) for k, v in pack(_examples(), OLA).items()}
-    terms = ((ConnectorBOW("audio", weight=0.3, tasks=("asr",)), (ASR,)),
-             (ConnectorBOW("image", weight=0.5, tasks=("asr",)), (ASR,)))
+    terms = (ConnectorBagOfWords("audio", weight=0.3, tasks=("asr",), task_ids=(ASR,)),
+             ConnectorBagOfWords("image", weight=0.5, tasks=("asr",), task_ids=(ASR,)))
 
     def alone_loss(p):  # the terms without the next-token loss, the other losses and the audio connector's outputs
         plain, _ = objective.loss_fn(model, p, batch, num_tasks=2)
-        with_bow, aux = objective.loss_fn(model, p, batch, num_tasks=2, bow=terms)
-        alone, aux_alone = objective.loss_fn(model, p, batch, num_tasks=2, bow=terms, next_token_loss=False)
+        with_bow, aux = objective.loss_fn(model, p, batch, (NextTokenCE(), *terms), num_tasks=2)
+        alone, aux_alone = objective.loss_fn(model, p, batch, terms, num_tasks=2)
         audio = model.apply({"params": p}, batch["audio"], batch["audio_valid_frames"], method="encode_audio")
         return alone, (plain, with_bow, aux, aux_alone, audio)
 
     (alone, (plain, with_bow, aux, aux_alone, audio)), grads = jax.jit(
         jax.value_and_grad(alone_loss, has_aux=True))(params)
-    direct = jax.jit(lambda a, e: bow_sums(a, e, batch, OLA.media_layout, terms[0][0], (ASR,)))(
+    direct = jax.jit(lambda a, e: bow_sums(a, e, batch, OLA.media_layout, terms[0], (ASR,)))(
         audio, params["llm"]["embed_tokens"]["embedding"])
-    np.testing.assert_allclose(float(aux["bow_audio"]), float(direct["sum"] / direct["items"]), rtol=1e-5)
-    terms_sum = 0.3 * float(aux["bow_audio"]) + 0.5 * float(aux["bow_image"])
+    means = aux["means"]
+    np.testing.assert_allclose(float(means["bow/audio/loss"]), float(direct["sum"] / direct["items"]), rtol=1e-5)
+    terms_sum = 0.3 * float(means["bow/audio/loss"]) + 0.5 * float(means["bow/image/loss"])
     np.testing.assert_allclose(float(with_bow), float(plain) + terms_sum, rtol=1e-5)
     np.testing.assert_allclose(float(alone), terms_sum, rtol=1e-5)
-    assert "tokens" not in aux_alone and float(aux_alone["bow_image_items_sum"]) == 1
+    assert "tokens" not in aux_alone and float(aux_alone["counts"]["bow/image/items"]) == 1
     # without the next-token loss only the towers, connectors and token embeddings get gradients
     assert float(jnp.abs(grads["vision"]["embeddings"]["patch_embedding"]["kernel"]).max()) > 0
     assert float(jnp.abs(grads["audio"]["conv1"]["kernel"]).max()) > 0
@@ -119,41 +122,39 @@ def test_loss_fn_with_bow_terms_and_without_the_next_token_loss():
     assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["llm"]["layers"]))
 
 
-def _stage(**model):
-    return mlc.ConfigDict({"name": "s", "task_names": ("asr", "text_instruct"), "model": model})
+def _stage(**terms):
+    return mlc.ConfigDict({"name": "s", "task_names": ("asr", "text_instruct"), "model": {}, "objective": terms})
 
 
 def test_bow_config_and_its_errors():
-    ((term, ids),) = ctc_config(_stage(bow={"audio": dict(weight=0.2, tasks=("text_instruct",))}), OLA, "bow")
-    assert term == ConnectorBOW("audio", weight=0.2, tasks=("text_instruct",)) and ids == (1,)
-    with pytest.raises(StageConfigError, match=r"bow\['image'\]: bow image tasks \['image_caption'\] are not among"):
-        ctc_config(_stage(bow={"image": dict(tasks=("image_caption",))}), OLA, "bow")
-    with pytest.raises(StageConfigError, match="weight is -1.0; it must be positive"):
-        ctc_config(_stage(bow={"image": dict(weight=-1.0, tasks=("asr",))}), OLA, "bow")
-    with pytest.raises(StageConfigError, match=r"next_token_loss=False leaves nothing to train on"):
-        omni_task.objective_terms(_stage(next_token_loss=False), OLA)
-    with pytest.raises(StageConfigError, match=r"self_kd needs the next-token loss"):
-        omni_task.objective_terms(_stage(next_token_loss=False, self_kd=dict(alpha=0.5),
-                                         bow={"audio": dict(tasks=("asr",))}), OLA)
-    ctc, bow, next_token_loss = omni_task.objective_terms(
-        _stage(next_token_loss=False, bow={"audio": dict(tasks=("asr",))}), OLA)
-    assert (ctc, len(bow), next_token_loss) == ((), 1, False)
+    (term,) = objective_terms(_stage(bow_audio=dict(weight=0.2, tasks=("text_instruct",))), OLA)
+    assert term == ConnectorBagOfWords("audio", weight=0.2, tasks=("text_instruct",), task_ids=(1,))
+    with pytest.raises(StageConfigError, match=r"bow_image: tasks \['image_caption'\] are not among"):
+        objective_terms(_stage(bow_image=dict(tasks=("image_caption",))), OLA)
+    with pytest.raises(StageConfigError, match="bow_image: weight is -1.0; it must be a positive number"):
+        objective_terms(_stage(bow_image=dict(weight=-1.0, tasks=("asr",))), OLA)
+    with pytest.raises(StageConfigError, match=r"c.objective lists no term, which leaves nothing to train on"):
+        objective_terms(_stage(next_token=None), OLA)
+    with pytest.raises(StageConfigError, match=r"c.objective.self_kd needs the next_token term"):
+        objective_terms(_stage(self_kd=dict(alpha=0.5), bow_audio=dict(tasks=("asr",))), OLA)
+    (term,) = objective_terms(_stage(next_token=None, bow_audio=dict(tasks=("asr",))), OLA)
+    assert term.name == "bow_audio" and term.needs == ("audio_features",)
 
 
 def test_bow_pair_words_become_token_ids_through_the_stage_tokenizer(tmp_path):
     texts = ["a red circle and a blue square", "a blue circle, a red triangle and a green square"] * 20
     tok = tokenizer.train_synth_tokenizer(texts, str(tmp_path), vocab_size=400)
-    pairs = {"image": dict(tasks=("asr",), pairs=(("red", "blue"), ("circle", "square")))}
-    stage = _stage(bow=pairs)
+    pairs = dict(tasks=("asr",), pairs=(("red", "blue"), ("circle", "square")))
+    stage = _stage(bow_image=pairs)
     stage.data = {"tokenizer": str(tmp_path)}
-    ((term, _),) = ctc_config(stage, OLA, "bow")
+    (term,) = objective_terms(stage, OLA)
     ids = lambda w: tok.encode(" " + w, add_special_tokens=False)
     assert term.pair_ids == ((*ids("red"), *ids("blue")), (*ids("circle"), *ids("square")))
     assert len(set(term.pair_ids[0] + term.pair_ids[1])) == 4
     with pytest.raises(StageConfigError, match=r"pairs: 'xylophone' is \d+ tokens in the stage's tokenizer, not one"):
-        stage.model.bow["image"]["pairs"] = (("red",), ("xylophone",))
-        ctc_config(stage, OLA, "bow")
+        stage.objective.bow_image.pairs = (("red",), ("xylophone",))
+        objective_terms(stage, OLA)
     with pytest.raises(StageConfigError, match=r"pairs names words, which need the stage's tokenizer"):
-        ctc_config(_stage(bow=pairs), OLA, "bow")
+        objective_terms(_stage(bow_image=pairs), OLA)
     with pytest.raises(StageConfigError, match=r"give two non-empty word lists"):
-        ctc_config(_stage(bow={"image": dict(tasks=("asr",), pairs=(("red",),))}), OLA, "bow")
+        objective_terms(_stage(bow_image=dict(tasks=("asr",), pairs=(("red",),))), OLA)

@@ -12,7 +12,8 @@ from test_omni import AUDIO, IMAGE, OLA, example, pack, random_params
 from omnijax.models.omni import OmniModel
 from omnijax.training import objective
 from omnijax.training.connector_ctc import ConnectorCTC, ctc_sums
-from omnijax.training.omni_task import ctc_config
+from omnijax.training.next_token import NextTokenCE
+from omnijax.training.omni_task import objective_terms
 from omnijax.training.stages import StageConfigError
 
 ASR, OTHER = 0, 1  # task ids
@@ -90,41 +91,42 @@ def test_loss_fn_adds_the_weighted_ctc_of_the_connector_outputs():
     model = OmniModel(OLA)
     params = random_params(model)
     batch = {k: jnp.asarray(v) for k, v in pack(_examples(), OLA).items()}
-    terms = ((ConnectorCTC("audio", weight=0.3, tasks=("asr",), max_slots=2), (ASR,)),
-             (ConnectorCTC("image", weight=0.5, tasks=("asr",)), (ASR,)))
+    terms = (ConnectorCTC("audio", weight=0.3, tasks=("asr",), max_slots=2, task_ids=(ASR,)),
+             ConnectorCTC("image", weight=0.5, tasks=("asr",), task_ids=(ASR,)))
 
     def difference(p):  # what the terms add, with the losses and the audio connector's outputs on the side
         plain, _ = objective.loss_fn(model, p, batch, num_tasks=2)
-        with_ctc, aux = objective.loss_fn(model, p, batch, num_tasks=2, ctc=terms)
+        with_ctc, aux = objective.loss_fn(model, p, batch, (NextTokenCE(), *terms), num_tasks=2)
         audio = model.apply({"params": p}, batch["audio"], batch["audio_valid_frames"], method="encode_audio")
         return with_ctc - plain, (plain, with_ctc, aux, audio)
 
     (_, (plain, with_ctc, aux, audio)), grads = jax.jit(jax.value_and_grad(difference, has_aux=True))(params)
-    direct = jax.jit(lambda a, e: ctc_sums(a, e, batch, OLA.media_layout, terms[0][0], (ASR,)))(
+    direct = jax.jit(lambda a, e: ctc_sums(a, e, batch, OLA.media_layout, terms[0], (ASR,)))(
         audio, params["llm"]["embed_tokens"]["embedding"])
-    np.testing.assert_allclose(float(aux["ctc_audio"]), float(direct["sum"] / direct["tokens"]), rtol=1e-5)
-    assert float(aux["ctc_image_items_sum"]) == 1
-    np.testing.assert_allclose(float(with_ctc), float(plain) + 0.3 * float(aux["ctc_audio"])
-                               + 0.5 * float(aux["ctc_image"]), rtol=1e-5)
+    means, counts = aux["means"], aux["counts"]
+    np.testing.assert_allclose(float(means["ctc/audio/loss"]), float(direct["sum"] / direct["tokens"]), rtol=1e-5)
+    assert float(counts["ctc/audio/tokens"]) == float(direct["tokens"]) and float(counts["ctc/image/items"]) == 1
+    np.testing.assert_allclose(float(with_ctc), float(plain) + 0.3 * float(means["ctc/audio/loss"])
+                               + 0.5 * float(means["ctc/image/loss"]), rtol=1e-5)
     # the terms train the towers through their connectors
     assert float(jnp.abs(grads["audio"]["conv1"]["kernel"]).max()) > 0
     assert float(jnp.abs(grads["vision"]["embeddings"]["patch_embedding"]["kernel"]).max()) > 0
 
 
 def _stage(**terms):
-    return mlc.ConfigDict({"name": "s", "task_names": ("asr", "text_instruct"), "model": {"ctc": terms}})
+    return mlc.ConfigDict({"name": "s", "task_names": ("asr", "text_instruct"), "model": {}, "objective": terms})
 
 
 def test_ctc_config_and_its_errors():
-    ((term, ids),) = ctc_config(_stage(audio=dict(weight=0.2, tasks=("asr",))), OLA)
-    assert term == ConnectorCTC("audio", weight=0.2, tasks=("asr",)) and ids == (0,)
-    assert ctc_config(mlc.ConfigDict({"name": "s", "model": {}}), OLA) == ()
-    with pytest.raises(StageConfigError, match=r"ctc\['audio'\]: ctc audio tasks \['video_audio_qa'\] are not among"):
-        ctc_config(_stage(audio=dict(tasks=("video_audio_qa",))), OLA)
-    with pytest.raises(StageConfigError, match="weight is 0.0; it must be positive"):
-        ctc_config(_stage(image=dict(weight=0.0, tasks=("asr",))), OLA)
-    with pytest.raises(StageConfigError, match=r"ctc is built for audio, image, not 'video'"):
-        ctc_config(_stage(video=dict(tasks=("asr",))), OLA)
-    with pytest.raises(StageConfigError, match="needs the model's audio tower"):
-        ctc_config(_stage(audio=dict(tasks=("asr",))), OLA.replace(audio=None, audio_connector=None,
-                                                                   audio_token_id=None, audio_slots=0))
+    (term,) = objective_terms(_stage(ctc_audio=dict(weight=0.2, tasks=("asr",))), OLA)
+    assert term == ConnectorCTC("audio", weight=0.2, tasks=("asr",), task_ids=(0,))
+    with pytest.raises(StageConfigError, match=r"ctc_audio: tasks \['video_audio_qa'\] are not among"):
+        objective_terms(_stage(ctc_audio=dict(tasks=("video_audio_qa",))), OLA)
+    with pytest.raises(StageConfigError, match="ctc_image: weight is 0.0; it must be a positive number"):
+        objective_terms(_stage(ctc_image=dict(weight=0.0, tasks=("asr",))), OLA)
+    with pytest.raises(StageConfigError, match=r"unknown terms \['ctc_video'\]; the terms are next_token, self_kd, "
+                                               r"ctc_audio, ctc_image, bow_audio, bow_image"):
+        objective_terms(_stage(ctc_video=dict(tasks=("asr",))), OLA)
+    with pytest.raises(StageConfigError, match="ctc_audio: it needs the model's audio tower"):
+        objective_terms(_stage(ctc_audio=dict(tasks=("asr",))), OLA.replace(audio=None, audio_connector=None,
+                                                                             audio_token_id=None, audio_slots=0))

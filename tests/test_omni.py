@@ -22,6 +22,7 @@ from omnijax.models.omni import OmniConfig, OmniModel, logical_specs
 from omnijax.models.vision import VisionConfig
 from omnijax.sharding import activation_sharding, logical_rules, logical_to_sharding, make_mesh
 from omnijax.training.losses import shift_targets
+from omnijax.training.next_token import NextTokenCE
 from omnijax.training.objective import loss_fn
 
 IMAGE, VIDEO, AUDIO = 120, 121, 122
@@ -273,7 +274,8 @@ def test_vocab_parallel_loss_equals_plain_without_full_vocab_logits(devices):
     def compiled(vocab_parallel, rules):
         def f(p, b):
             def loss(llm):
-                return loss_fn(model, {**p, "llm": llm}, b, mesh=mesh, vocab_parallel=vocab_parallel, num_tasks=3)
+                return loss_fn(model, {**p, "llm": llm}, b, (NextTokenCE(vocab_parallel=vocab_parallel),), mesh=mesh,
+                               num_tasks=3)
             return jax.value_and_grad(loss, has_aux=True)(p["llm"])
         with activation_sharding(mesh, logical_rules(rules)):
             return jax.jit(f).lower(params, batch).compile()

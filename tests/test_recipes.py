@@ -47,7 +47,8 @@ def test_tiny_preset_runs_every_stage(path, corpus, tmp_path):
                   for line in open(tmp_path / name / "metrics.jsonl") if '"loss": ' in line]
         assert losses and np.all(np.isfinite(losses)), (name, losses)
     for name, stage_path in recipe.stages:  # stages with CTC terms log them (omnijax.training.connector_ctc)
-        for m in dict(recipe_lib._module(stage_path, name).get_config("tiny").model.get("ctc") or {}):
+        objective = recipe_lib._module(stage_path, name).get_config("tiny").objective
+        for m in [k.removeprefix("ctc_") for k in objective if k.startswith("ctc_") and objective[k] is not None]:
             rows_ = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl") if '"loss": ' in line]
             assert all(np.isfinite(r[f"ctc/{m}/loss"]) and r[f"ctc/{m}/items"] > 0 for r in rows_), (name, m, rows_)
     # Run again: every stage is complete, nothing trains.

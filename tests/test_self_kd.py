@@ -26,8 +26,10 @@ from omnijax.sharding import make_mesh
 from omnijax.training import objective
 from omnijax.launch import grain_pipeline_config
 from omnijax.training.losses import masked_cross_entropy
-from omnijax.training.omni_task import self_kd_config
+from omnijax.training.next_token import NextTokenCE, SelfKD, self_kd_sums
+from omnijax.training.omni_task import objective_terms
 from omnijax.training.stages import StageConfigError
+from omnijax.training.term import TermValue
 
 pytestmark = pytest.mark.usefixtures("compile_once")
 
@@ -202,21 +204,22 @@ def test_loss_fn_matches_the_numpy_oracle(kd_batches, model_and_params, alpha, r
     """r = 1: every row's student tokens after its first one fall back to the plain CE."""
     model, params = model_and_params
     batch = kd_batches[0]
-    cfg = objective.SelfKD(alpha=alpha, max_response_tokens=r)
+    terms = (NextTokenCE(vocab_parallel=vocab_parallel), SelfKD(alpha=alpha, max_response_tokens=r))
     mesh = make_mesh({"fsdp": 2, "tensor": 4}, devices)
 
     def loss_fn(p, bt):
-        return objective.loss_fn(model, p, bt, mesh=mesh, vocab_parallel=vocab_parallel, num_tasks=2, self_kd=cfg)
+        return objective.loss_fn(model, p, bt, terms, mesh=mesh, num_tasks=2)
 
     loss, aux = jax.jit(loss_fn)(params, batch)
     logits = np.asarray(jax.jit(lambda p, bt: model.apply({"params": p}, bt))(params, batch))
     want, task_loss, kl, ce = oracle(logits, batch, alpha, r, 2)
     np.testing.assert_allclose(float(loss), want, rtol=2e-5)
     np.testing.assert_allclose(np.asarray(aux["task_loss"]), task_loss, rtol=2e-5)
-    np.testing.assert_allclose([float(aux["kl"]), float(aux["ce_student"])], [kl, ce], rtol=2e-4, atol=1e-7)
+    means, counts = aux["means"], aux["counts"]
+    np.testing.assert_allclose([float(means["kd/kl"]), float(means["kd/ce_student"])], [kl, ce], rtol=2e-4, atol=1e-7)
     per_row = [int(((batch["loss_weights"][b] > 0) & (batch["kd_part"][b] == KD_STUDENT)).sum()) for b in range(4)]
-    assert int(aux["kd_overflow_tokens"]) == sum(max(n - r, 0) for n in per_row)
-    assert r > 1 or int(aux["kd_overflow_tokens"]) > 0
+    assert int(counts["kd/overflow_tokens"]) == sum(max(n - r, 0) for n in per_row)
+    assert r > 1 or int(counts["kd/overflow_tokens"]) > 0
     if alpha == 0.0:  # the paper's SFT baseline: the plain CE of everything but the teacher
         not_teacher = batch["loss_weights"] * (batch["kd_part"] != KD_TEACHER)
         sft, _ = masked_cross_entropy(logits, batch["targets"], not_teacher)
@@ -225,8 +228,11 @@ def test_loss_fn_matches_the_numpy_oracle(kd_batches, model_and_params, alpha, r
 
 def pair_loss(hidden, head, batch, cfg):
     """The objective from the hidden states, with ``hidden @ head`` as the LM head (as ``loss_fn``)."""
-    _, ce = masked_cross_entropy(hidden @ head, batch["targets"], objective.ce_weights(batch, cfg.max_response_tokens))
-    return objective.combine(ce, objective.self_kd_sums(lambda h: h @ head, hidden, batch, cfg))
+    next_token = NextTokenCE()
+    weights = cfg.next_token_weights(batch, batch["loss_weights"])
+    _, ce = masked_cross_entropy(hidden @ head, batch["targets"], weights)
+    pairs = cfg.value(self_kd_sums(lambda h: h @ head, hidden, batch, cfg))
+    return objective.combine((next_token, cfg), (TermValue(ce["loss_sum"], ce["tokens"]), pairs))
 
 
 def test_equal_sides_have_zero_kl_and_the_teacher_gets_no_gradient(kd_batches):
@@ -237,15 +243,15 @@ def test_equal_sides_have_zero_kl_and_the_teacher_gets_no_gradient(kd_batches):
     learn = np.asarray(batch["loss_weights"]) > 0
     kd = np.asarray(batch["kd_part"])
     teacher, student = learn & (kd == KD_TEACHER), learn & (kd == KD_STUDENT)
-    cfg = objective.SelfKD(alpha=0.5, max_response_tokens=64)
+    cfg = SelfKD(alpha=0.5, max_response_tokens=64)
 
     same = hidden.copy()
     for b in range(hidden.shape[0]):
         same[b, np.flatnonzero(student[b])] = hidden[b, np.flatnonzero(teacher[b])]
     loss_of = jax.jit(lambda h: pair_loss(h, head, batch, cfg))
     _, aux = loss_of(jnp.asarray(same))
-    assert int(aux["kd_tokens"]) == teacher.sum() > 0
-    assert abs(float(aux["kl"])) < 1e-6, float(aux["kl"])
+    assert int(aux["counts"]["kd/tokens"]) == teacher.sum() > 0
+    assert abs(float(aux["means"]["kd/kl"])) < 1e-6, float(aux["means"]["kd/kl"])
 
     # The gradient: zero on every teacher position, and on the student the one of a hand-made oracle
     # whose teacher distributions are constants.
@@ -275,18 +281,20 @@ def test_equal_sides_have_zero_kl_and_the_teacher_gets_no_gradient(kd_batches):
 
 def test_self_kd_config_errors(corpus):
     with pytest.raises(ValueError, match="alpha"):
-        objective.SelfKD(alpha=1.5)
-    c = mlc.ConfigDict(dict(name="s", model=dict(name="omni", self_kd=dict(alpha=0.5, max_tokens=3))))
-    with pytest.raises(StageConfigError, match="c.model.self_kd"):
-        self_kd_config(c)
+        SelfKD(alpha=1.5)
+    c = mlc.ConfigDict(dict(name="s", model=dict(name="omni"), objective=dict(next_token={},
+                                                                             self_kd=dict(alpha=0.5, max_tokens=3))))
+    with pytest.raises(StageConfigError, match=r"c.objective.self_kd has no setting \['max_tokens'\]; its settings "
+                                               r"are alpha, max_response_tokens"):
+        objective_terms(c, MODEL)
     recipe = recipe_lib.load_recipe("experiments/self_kd/recipe.py:tiny")
     c = recipe_lib._module(recipe.stages[2][1], "stage2").get_config("tiny")
     c.data.sources = [dict(s, paths=os.path.join(corpus, "tasks", "train", s["name"]) + "*") for s in c.data.sources]
     assert grain_pipeline_config(c).self_kd
-    c.model.self_kd = None
-    with pytest.raises(StageConfigError, match="c.model.self_kd is None"):
+    c.objective.self_kd = None
+    with pytest.raises(StageConfigError, match="c.objective.self_kd is None"):
         grain_pipeline_config(c)
-    c.model.self_kd = dict(alpha=0.5, max_response_tokens=8)
+    c.objective.self_kd = dict(alpha=0.5, max_response_tokens=8)
     c.data.sources = [dict(s, self_kd=False) for s in c.data.sources]
     with pytest.raises(StageConfigError, match="no c.data.sources entry has self_kd=True"):
         grain_pipeline_config(c)

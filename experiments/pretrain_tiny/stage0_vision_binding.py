@@ -20,9 +20,9 @@ def get_config(arg="tiny"):
         raise ValueError("stage0_vision_binding exists only in the tiny preset: the 7b recipes start from HF "
                          "checkpoints")
     pairs = (tuple(synth.COLOURS), synth.SHAPES)
-    model = common.omni_model("tiny", bow=dict(image=dict(weight=1.0, tasks=("image_caption",), pairs=pairs)),
-                              next_token_loss=False)
+    model = common.omni_model("tiny")
     c = common.stage_config("tiny", "pretrain_tiny_0_vision_binding", model, tokenizer=common.CORPUS_TOKENIZER)
+    c.objective = dict(bow_image=dict(weight=1.0, tasks=("image_caption",), pairs=pairs))  # no LLM layers
     c.init_from = common.PREVIOUS
     common.set_data(c, "tiny", {"image_caption": 1.0})
     c.trainable = common.trainable({"vision|vision_connector": 2e-3, "*": None})

@@ -20,8 +20,9 @@ def get_config(arg="tiny"):
     if a.preset != "tiny":
         raise ValueError("stage0b_speech exists only in the tiny preset: the 7b recipes start from HF "
                          "checkpoints")
-    model = common.omni_model("tiny", ctc=dict(audio=dict(weight=CTC_WEIGHT, tasks=("asr",))))
+    model = common.omni_model("tiny")
     c = common.stage_config("tiny", "pretrain_tiny_0b_speech", model, tokenizer=common.CORPUS_TOKENIZER)
+    c.objective.ctc_audio = dict(weight=CTC_WEIGHT, tasks=("asr",))
     c.init_from = common.PREVIOUS
     common.set_data(c, "tiny", {"asr": 2.0, "image_caption": 0.5, "text_instruct": 0.5})
     c.trainable = common.trainable({"vision|vision_connector|audio": None, "*": 2e-3})

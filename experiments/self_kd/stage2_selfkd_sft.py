@@ -8,7 +8,7 @@ on the response tokens (``omnijax.training.objective``). Written image questions
 stay in the mixture so that neither the teacher nor the hearing fades. The paper's numbers:
 ``paper.STAGES['2_selfkd_sft']`` (50k instructions from llava-1.5-mix-665k with their questions spoken by TTS).
 
-    --config.model.self_kd.alpha=0     the paper's baseline: plain SFT on the spoken questions
+    --config.objective.self_kd.alpha=0     the paper's baseline: plain SFT on the spoken questions
 """
 
 from experiments import common
@@ -25,8 +25,8 @@ WEIGHTS = {"spoken_image_qa": 2.0, "image_qa": 1.0, "asr": 0.5}
 def get_config(arg="tiny"):
     a = common.parse_arg(arg)
     preset = a.preset
-    model = common.omni_model(preset, self_kd=dict(alpha=ALPHA, max_response_tokens=MAX_RESPONSE_TOKENS[preset]))
-    c = common.stage_config(preset, "self_kd_2_selfkd_sft", model, batch=PAPER.batch)
+    c = common.stage_config(preset, "self_kd_2_selfkd_sft", common.omni_model(preset), batch=PAPER.batch)
+    c.objective.self_kd = dict(alpha=ALPHA, max_response_tokens=MAX_RESPONSE_TOKENS[preset])
     c.init_from = common.PREVIOUS
     common.set_data(c, preset, WEIGHTS)
     for source in c.data.sources:

@@ -4,9 +4,10 @@ A stage file (``experiments/<recipe>/<stage>.py``) has ``get_config(arg)``, star
 ``base_config()`` and assigns what the stage is about; every field is listed here once::
 
     c.name              stage name (in errors and logs)
-    c.model             task builder (``model.name``, ``omnijax.training.task``) and its fields; the
-                        omni model's (``omnijax.training.omni_task``) include self_kd: None or
-                        dict(alpha, max_response_tokens), the Self-KD loss (``training.objective``)
+    c.model             task builder (``model.name``, ``omnijax.training.task``) and its fields
+    c.objective         the loss terms by name, each a dict of its settings or None (``training.objective``):
+                        next_token (default: dict(weight=1.0)), self_kd, ctc_audio, ctc_image, bow_audio,
+                        bow_image; ``--config.objective.self_kd.alpha=0`` reaches one setting
     c.init_from         None | source | list of sources; a source is a path (HF or omnijax model
                         directory: the groups it holds replace the fresh init; a previous stage's
                         workdir: its final params) or (path, groups): only those top-level groups.
@@ -26,7 +27,7 @@ A stage file (``experiments/<recipe>/<stage>.py``) has ``get_config(arg)``, star
                         'grain' (``data_pipelines.pipeline.Pipeline``); seed (both); for 'grain':
                         sources [dict(name, paths: shard glob(s), weight=1.0, spoken=False,
                         self_kd=False, media=None), ...] (spoken: read the spoken form of examples; self_kd:
-                        read each example as a Self-KD teacher-student pair, with c.model.self_kd set;
+                        read each example as a Self-KD teacher-student pair, with c.objective.self_kd set;
                         media: the kinds its examples hold, e.g. ('video', 'audio'), None: unknown),
                         tokenizer (HF tokenizer dir), workers (0: decode in the trainer process),
                         pipeline (dict of further ``PipelineConfig`` fields: video_frames, too_long, ...)
@@ -48,6 +49,7 @@ import os
 import ml_collections as mlc
 
 from omnijax import sharding
+from omnijax.training import objective
 from omnijax.training.checkpointing import final_step, is_stage_workdir
 from omnijax.training.stages import DEFAULT_NO_DECAY, StageConfigError, check_rules
 
@@ -66,6 +68,7 @@ def base_config() -> mlc.ConfigDict:
     c = mlc.ConfigDict()
     c.name = "stage"
     c.model = mlc.ConfigDict({"name": "omni"})
+    c.objective = mlc.ConfigDict(objective.DEFAULT)
     c.init_from = None
     c.trainable = [(".*", dict(lr=1e-4, warmup_fraction=0.05, decay="cosine"))]
     c.optimizer = mlc.ConfigDict(dict(b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
@@ -160,6 +163,22 @@ def check_config(c, num_devices: int, process_count: int = 1) -> None:
     """Everything that can be wrong with a stage config without building the model; each error
     names the field and the fix. (Rules against the actual parameters: ``stages.assign_labels``.)"""
     stage = f"stage {c.name!r}"
+    _check_roots(c, stage)
+    _check_batch(c, stage, num_devices, process_count)
+    if c.frozen_param_dtype not in (None, *FROZEN_DTYPES):
+        raise StageConfigError(f"{stage}: c.frozen_param_dtype {c.frozen_param_dtype!r} is not one of "
+                               f"{(None, *FROZEN_DTYPES)}")
+    try:
+        objective.terms_from_config(c.get("objective"))
+    except ValueError as e:
+        raise StageConfigError(f"{stage}: {e}") from None
+    _check_data(c, stage)
+    _check_media(c, stage)
+    check_rules(c.trainable, c.name)
+    _check_init_from(c, stage)
+
+
+def _check_roots(c, stage: str) -> None:
     found = _unresolved(c)
     if found:
         name = _root_of(found[1])
@@ -167,6 +186,10 @@ def check_config(c, num_devices: int, process_count: int = 1) -> None:
                 else f"roots are {', '.join('@' + r for r in ROOTS)}")
         raise StageConfigError(f"{stage}: {found[0]} is {found[1]!r}, a path under the root '@{name}' that was not "
                                f"resolved; {hint}, or run the stage through omnijax.experiment / omnijax.recipe")
+
+
+def _check_batch(c, stage: str, num_devices: int, process_count: int) -> None:
+    """The mesh, the rules preset, and the batch, its steps and its checkpoints against them."""
     unknown = sorted(set(c.mesh) - set(sharding.MESH_AXES))
     if unknown:
         raise StageConfigError(f"{stage}: unknown mesh axis {unknown} in c.mesh; mesh axes are "
@@ -193,26 +216,30 @@ def check_config(c, num_devices: int, process_count: int = 1) -> None:
         raise StageConfigError(f"{stage}: c.checkpoint.every is {c.checkpoint.every}; it must be at least 1")
     if c.task_names and len(c.task_names) != c.num_tasks:
         raise StageConfigError(f"{stage}: c.task_names has {len(c.task_names)} names for c.num_tasks={c.num_tasks}")
-    if c.frozen_param_dtype not in (None, *FROZEN_DTYPES):
-        raise StageConfigError(f"{stage}: c.frozen_param_dtype {c.frozen_param_dtype!r} is not one of "
-                               f"{(None, *FROZEN_DTYPES)}")
+
+
+def _check_data(c, stage: str) -> None:
     if c.data.source not in DATA_SOURCES:
         raise StageConfigError(f"{stage}: c.data.source {c.data.source!r} is not available; sources: "
                                f"{', '.join(map(repr, DATA_SOURCES))}")
-    if c.data.source == "grain":
-        if not c.data.get("sources"):
-            raise StageConfigError(f"{stage}: c.data.source is 'grain' but c.data.sources is empty; give "
-                                   "[dict(name=..., paths='shards-*', weight=1.0), ...]")
-        if not c.data.get("tokenizer"):
-            raise StageConfigError(f"{stage}: c.data.source is 'grain' but c.data.tokenizer is not set; point it "
-                                   "at the stage's HF tokenizer directory")
-        if int(c.data.get("workers", 0)) < 0:
-            raise StageConfigError(f"{stage}: c.data.workers is {c.data.workers}; it must be >= 0")
-        for i, src in enumerate(c.data.sources):
-            if not isinstance(src, dict | mlc.ConfigDict) or not src.get("name") or not src.get("paths"):
-                raise StageConfigError(f"{stage}: c.data.sources[{i}] is {src!r}; each source is a dict with "
-                                       "name and paths (a shard glob or a list of them), optional weight, spoken, "
-                                       "self_kd")
+    if c.data.source != "grain":
+        return
+    if not c.data.get("sources"):
+        raise StageConfigError(f"{stage}: c.data.source is 'grain' but c.data.sources is empty; give "
+                               "[dict(name=..., paths='shards-*', weight=1.0), ...]")
+    if not c.data.get("tokenizer"):
+        raise StageConfigError(f"{stage}: c.data.source is 'grain' but c.data.tokenizer is not set; point it "
+                               "at the stage's HF tokenizer directory")
+    if int(c.data.get("workers", 0)) < 0:
+        raise StageConfigError(f"{stage}: c.data.workers is {c.data.workers}; it must be >= 0")
+    for i, src in enumerate(c.data.sources):
+        if not isinstance(src, dict | mlc.ConfigDict) or not src.get("name") or not src.get("paths"):
+            raise StageConfigError(f"{stage}: c.data.sources[{i}] is {src!r}; each source is a dict with "
+                                   "name and paths (a shard glob or a list of them), optional weight, spoken, "
+                                   "self_kd")
+
+
+def _check_media(c, stage: str) -> None:
     unknown = sorted(set(c.media) - set(MEDIA_SLOTS) - {"always"})
     if unknown:
         raise StageConfigError(f"{stage}: c.media has {unknown}; it holds the slots per row: {', '.join(MEDIA_SLOTS)} "
@@ -224,10 +251,12 @@ def check_config(c, num_devices: int, process_count: int = 1) -> None:
         if bad:
             raise StageConfigError(f"{stage}: {where} names {bad}; give a tuple of media kinds "
                                    f"({', '.join(MEDIA_KINDS)})")
-    check_rules(c.trainable, c.name)
+
+
+def _check_init_from(c, stage: str) -> None:
     for src, _ in init_sources(c):
         if src.startswith("@"):
-            raise StageConfigError(f"stage {stage}: c.init_from {src!r} names a recipe stage; run the stage through "
+            raise StageConfigError(f"{stage}: c.init_from {src!r} names a recipe stage; run the stage through "
                                    "its recipe (python -m omnijax.recipe) or set --config.init_from=PATH")
         if not os.path.exists(src):
             raise StageConfigError(f"{stage}: c.init_from {src!r} does not exist; point it at a HF or omnijax model "

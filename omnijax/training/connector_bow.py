@@ -1,5 +1,6 @@
 """A bag-of-words term on a connector's output: each media item's connector output tokens, read through
-the LLM's own token embeddings, say which tokens its text contains (``c.model.bow``).
+the LLM's own token embeddings, say which tokens its text contains: the loss term ``ConnectorBagOfWords``
+(``c.objective.bow_image``, ``c.objective.bow_audio``).
 
 A tower trained from scratch (the tiny recipes' stand-in stages) learns only through the LLM's next-token
 loss, where the few tokens that name what is in an image (a colour, a shape) are a small share of a
@@ -27,9 +28,9 @@ Items, texts and frames come from the batch as for CTC (``connector_ctc.item_lab
 example is the segment of its first media placeholder token (the `<image>` or `<audio>` the connector
 outputs replace), its task one of ``tasks``, its text the response less
 the turn's end token (its first ``max_label_tokens`` tokens); its frames are the connector outputs of
-the slots that hold it. The term is the mean over the kept items; ``objective.loss_fn`` adds ``weight``
-times it to the cross-entropy (or, with ``c.model.next_token_loss = False``, trains on the connector
-terms alone and skips the LLM's layers).
+the slots that hold it. The term is the mean over the kept items (``bow/<modality>/loss``, and the binding
+term's alone ``bow/<modality>/pairs``; ``items`` counts them); the objective adds ``weight`` times it to the
+other terms. A stage whose objective lists connector terms alone does not run the LLM's layers.
 """
 
 from __future__ import annotations
@@ -40,59 +41,84 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from omnijax.training import connector_ctc
-from omnijax.training.connector_ctc import check_term, item_labels, term_task_ids
+from omnijax.training.connector_ctc import bind_connector_term, check_connector_term, item_labels, sown_name
+from omnijax.training.term import BOUND, Outputs, Stage, Term, TermValue
 
 
 @dataclasses.dataclass(frozen=True)
-class ConnectorBOW:
-    """One entry of ``c.model.bow = {modality: dict(weight=..., tasks=(...), max_label_tokens=...)}``: the
-    term's weight next to the cross-entropy, the tasks (by name, ``c.task_names``) whose responses describe
-    their item, and how many of a text's tokens (from its start) make its bag."""
+class ConnectorBagOfWords(Term):
+    """``c.objective.bow_<modality> = dict(weight=..., tasks=(...), max_label_tokens=..., pairs=...,
+    pair_weight=...)``: the term's weight in the objective, the tasks (by name, ``c.task_names``) whose
+    responses describe their item, how many of a text's tokens (from its start) make its bag, and the optional
+    binding term's words. ``task_ids`` and ``pair_ids`` (``pairs``' token ids) are filled in by ``bind``."""
 
-    modality: str
+    modality: str = dataclasses.field(metadata=BOUND)
     weight: float = 0.5
     tasks: tuple[str, ...] = ()
     max_label_tokens: int = 48
     pairs: tuple[tuple[str, ...], tuple[str, ...]] = ()
     pair_weight: float = 1.0
-    pair_ids: tuple[tuple[int, ...], tuple[int, ...]] = ()  # ``pairs``' token ids: ``with_pair_ids(tokenizer)``
+    task_ids: tuple[int, ...] = dataclasses.field(default=(), metadata=BOUND)
+    pair_ids: tuple[tuple[int, ...], tuple[int, ...]] = dataclasses.field(default=(), metadata=BOUND)
 
     def __post_init__(self):
-        check_term(self, "bow", "('image_caption',)")
+        check_connector_term(self, "('image_caption',)")
         if int(self.max_label_tokens) < 1:
-            raise ValueError(f"bow {self.modality} max_label_tokens={self.max_label_tokens} must be at least 1")
+            raise ValueError(f"max_label_tokens={self.max_label_tokens} must be at least 1")
         pairs = tuple(tuple(words) for words in self.pairs)
         if pairs and (len(pairs) != 2 or not all(pairs)):
-            raise ValueError(f"bow {self.modality} pairs={self.pairs!r}: give two non-empty word lists, "
-                             "((attributes...), (objects...)), e.g. (('red', 'blue'), ('circle', 'square'))")
+            raise ValueError(f"pairs={self.pairs!r}: give two non-empty word lists, ((attributes...), (objects...)), "
+                             "e.g. (('red', 'blue'), ('circle', 'square'))")
         if pairs and not self.pair_weight > 0:
-            raise ValueError(f"bow {self.modality} pair_weight is {self.pair_weight}; it must be positive")
+            raise ValueError(f"pair_weight is {self.pair_weight}; it must be positive")
         object.__setattr__(self, "pairs", pairs)
 
-    def task_ids(self, task_names) -> tuple[int, ...]:
-        """The ids of ``tasks`` among a stage's ``task_names`` (ValueError naming the unknown ones)."""
-        return term_task_ids(self, "bow", task_names)
+    @property
+    def name(self) -> str:
+        return f"bow_{self.modality}"
 
-    def with_pair_ids(self, tokenizer) -> "ConnectorBOW":
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return (sown_name(self.modality),)
+
+    def active(self, batch) -> bool:
+        return f"{self.modality}_item" in batch
+
+    def bind(self, stage: Stage) -> ConnectorBagOfWords:
+        term = bind_connector_term(self, stage)
+        return term.with_pair_ids(stage.tokenizer()) if term.pairs else term
+
+    def with_pair_ids(self, tokenizer) -> ConnectorBagOfWords:
         """The term with ``pairs``' words as the tokenizer's ids (each word one token, as it follows a space
         in a text); ValueError naming a word that is not one token."""
-        if not self.pairs:
-            return self
         ids = []
         for words in self.pairs:
             group = []
             for word in words:
                 encoded = tokenizer.encode(" " + word, add_special_tokens=False)
                 if len(encoded) != 1:
-                    raise ValueError(f"bow {self.modality} pairs: {word!r} is {len(encoded)} tokens in the stage's "
-                                     "tokenizer, not one; name words the tokenizer keeps whole")
+                    raise ValueError(f"pairs: {word!r} is {len(encoded)} tokens in the stage's tokenizer, not one; "
+                                     "name words the tokenizer keeps whole")
                 group.append(int(encoded[0]))
             ids.append(tuple(group))
         return dataclasses.replace(self, pair_ids=tuple(ids))
 
+    def __call__(self, out: Outputs) -> TermValue:
+        embedding = out.params["llm"]["embed_tokens"]["embedding"]
+        return self.value(bow_sums(out.features[sown_name(self.modality)], embedding, out.batch,
+                                   out.model.cfg.media_layout, self, self.task_ids))
 
-def bow_sums(features: jax.Array, embedding: jax.Array, batch: dict, layout, cfg: ConnectorBOW,
+    def value(self, sums: dict[str, jax.Array]) -> TermValue:
+        """``bow_sums`` -> the term's value (its mean is over items) and metrics: the mean over items (with the
+        binding term when there is one, which is also logged alone) and their count."""
+        m, items = self.modality, jnp.maximum(sums["items"], 1.0)
+        means = {f"bow/{m}/loss": sums["sum"] / items}
+        if "pair_sum" in sums:
+            means[f"bow/{m}/pairs"] = sums["pair_sum"] / items
+        return TermValue(sums["sum"], sums["items"], means=means, counts={f"bow/{m}/items": sums["items"]})
+
+
+def bow_sums(features: jax.Array, embedding: jax.Array, batch: dict, layout, cfg: ConnectorBagOfWords,
              task_ids: tuple[int, ...]) -> dict[str, jax.Array]:
     """The term's sums over a batch. features ``[B, S * L, embed]`` (the connector outputs of the
     modality's slots, slot after slot), embedding ``[vocab, embed]``. Returns ``sum`` (the items' binary
@@ -110,8 +136,8 @@ def bow_sums(features: jax.Array, embedding: jax.Array, batch: dict, layout, cfg
     kept = keep.astype(jnp.float32)
     out = {"sum": jnp.sum(per_item * kept), "items": jnp.sum(kept)}
     if cfg.pairs and not cfg.pair_ids:
-        raise ValueError(f"bow {cfg.modality} pairs {cfg.pairs!r} have no token ids; build the term with "
-                         "ConnectorBOW.with_pair_ids(tokenizer)")
+        raise ValueError(f"bow_{cfg.modality} pairs {cfg.pairs!r} have no token ids; bind the term to its stage "
+                         "(ConnectorBagOfWords.bind, or .with_pair_ids(tokenizer))")
     if cfg.pair_ids:
         attrs, objs = (jnp.asarray(ids, jnp.int32) for ids in cfg.pair_ids)
         pair_logits = logits[..., attrs][..., :, None] + logits[..., objs][..., None, :]  # [B, S * L, A, O]
@@ -135,17 +161,3 @@ def _item_scores(logits: jax.Array, item: jax.Array) -> jax.Array:
     frames = per_slot * jnp.sum(same, axis=2, keepdims=True)
     score = jax.nn.logsumexp(jnp.where(same[..., None], slot_lse[:, None], -1e9), axis=2)  # finite: no NaN grads
     return jnp.where(frames > 0, score - jnp.log(jnp.maximum(frames, 1)), 0.0)
-
-
-def aux_values(modality: str, sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """``bow_sums`` -> the objective's aux entries: the mean over items (``bow_<m>``, with the binding term
-    when there is one, also alone as ``bow_<m>_pairs``) and their count."""
-    items = jnp.maximum(sums["items"], 1.0)
-    out = {f"bow_{modality}": sums["sum"] / items, f"bow_{modality}_items_sum": sums["items"]}
-    if "pair_sum" in sums:
-        out[f"bow_{modality}_pairs"] = sums["pair_sum"] / items
-    return out
-
-
-METRICS = {f"bow_{m}{suffix}": f"bow/{m}/{name}" for m in connector_ctc.MODALITIES for suffix, name in
-           (("", "loss"), ("_items_sum", "items"), ("_pairs", "pairs"))}

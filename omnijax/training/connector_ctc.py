@@ -1,5 +1,6 @@
 """CTC on a connector's output against the LLM's own token embeddings: a direct training signal for a
-tower that starts from random weights (``c.model.ctc``).
+tower that starts from random weights: the loss term ``ConnectorCTC`` (``c.objective.ctc_audio``,
+``c.objective.ctc_image``).
 
 Ola, Capybara-OMNI and Baichuan-Omni start from a pretrained SigLIP and Whisper. A tower trained from
 scratch (the tiny recipes' stand-in stages) learns only through the LLM's next-token loss, a weak and
@@ -26,12 +27,13 @@ batch alone:
   token, ``<|im_end|>`` in ChatML);
 - its frames are the connector outputs of its slots; the other slots' frames are padding.
 
-An item is dropped (counted in ``dropped``) when it fills more than ``max_slots`` slots, or its text is
-longer than ``max_label_tokens`` or than CTC can align to its frames (tokens + repeated neighbours >
-frames). The term is the summed CTC negative log-likelihood of the kept items over their text tokens;
-``objective.loss_fn`` adds ``weight`` times it to the cross-entropy. Cost: ``B * S`` alignments over
-``max_slots * L`` frames (``S`` slots, ``L`` tokens per slot) with ``max_label_tokens`` labels each,
-and log-probabilities over the vocabulary for every frame -- small for the tiny towers this is for.
+An item is dropped (counted in ``ctc/<modality>/dropped_items``) when it fills more than ``max_slots``
+slots, or its text is longer than ``max_label_tokens`` or than CTC can align to its frames (tokens +
+repeated neighbours > frames). The term is the CTC negative log-likelihood of the kept items per text token
+(``ctc/<modality>/loss``; also logged: ``tokens``, ``items``); the objective adds ``weight`` times it to the
+other terms. Cost: ``B * S`` alignments over ``max_slots * L`` frames (``S`` slots, ``L`` tokens per slot)
+with ``max_label_tokens`` labels each, and log-probabilities over the vocabulary for every frame -- small
+for the tiny towers this is for.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import optax
 
 from omnijax.models import layouts
 from omnijax.training.losses import align_responses
+from omnijax.training.term import BOUND, Outputs, Stage, Term, TermValue, check_weight, ids_of_tasks
 
 MODALITIES = ("audio", "image")
 
@@ -54,48 +57,70 @@ def sown_name(modality: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class ConnectorCTC:
-    """One entry of ``c.model.ctc = {modality: dict(weight=..., tasks=(...), max_label_tokens=...,
-    max_slots=...)}``: the term's weight next to the cross-entropy, the tasks (by name, ``c.task_names``)
-    whose responses are their item's text, the static number of label slots per item and of media slots
-    per item."""
+class ConnectorCTC(Term):
+    """``c.objective.ctc_<modality> = dict(weight=..., tasks=(...), max_label_tokens=..., max_slots=...)``: the
+    term's weight in the objective, the tasks (by name, ``c.task_names``) whose responses are their item's
+    text, the static number of label slots per item and of media slots per item. ``task_ids``: the tasks' ids,
+    filled in by ``bind``."""
 
-    modality: str
+    modality: str = dataclasses.field(metadata=BOUND)
     weight: float = 0.2
     tasks: tuple[str, ...] = ()
     max_label_tokens: int = 48
     max_slots: int = 1
+    task_ids: tuple[int, ...] = dataclasses.field(default=(), metadata=BOUND)
 
     def __post_init__(self):
-        check_term(self, "ctc", "('asr',)")
+        check_connector_term(self, "('asr',)")
         if int(self.max_label_tokens) < 1 or int(self.max_slots) < 1:
-            raise ValueError(f"ctc {self.modality} max_label_tokens={self.max_label_tokens} and "
-                             f"max_slots={self.max_slots} must be at least 1")
+            raise ValueError(f"max_label_tokens={self.max_label_tokens} and max_slots={self.max_slots} must be at "
+                             "least 1")
 
-    def task_ids(self, task_names) -> tuple[int, ...]:
-        """The ids of ``tasks`` among a stage's ``task_names`` (ValueError naming the unknown ones)."""
-        return term_task_ids(self, "ctc", task_names)
+    @property
+    def name(self) -> str:
+        return f"ctc_{self.modality}"
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return (sown_name(self.modality),)
+
+    def active(self, batch) -> bool:
+        return f"{self.modality}_item" in batch
+
+    def bind(self, stage: Stage) -> ConnectorCTC:
+        return bind_connector_term(self, stage)
+
+    def __call__(self, out: Outputs) -> TermValue:
+        cfg, embedding = out.model.cfg, out.params["llm"]["embed_tokens"]["embedding"]
+        return self.value(ctc_sums(out.features[sown_name(self.modality)], embedding, out.batch, cfg.media_layout,
+                                   self, self.task_ids, cfg.image_grid))
+
+    def value(self, sums: dict[str, jax.Array]) -> TermValue:
+        """``ctc_sums`` -> the term's value (its mean is over text tokens) and metrics."""
+        m = self.modality
+        mean = sums["sum"] / jnp.maximum(sums["tokens"], 1.0)
+        return TermValue(sums["sum"], sums["tokens"], means={f"ctc/{m}/loss": mean},
+                         counts={f"ctc/{m}/tokens": sums["tokens"], f"ctc/{m}/items": sums["items"],
+                                 f"ctc/{m}/dropped_items": sums["dropped"]})
 
 
-def check_term(term, kind: str, example_tasks: str) -> None:
-    """A connector term's common fields (``modality``, ``weight``, ``tasks``; ``kind`` names it in errors):
-    ``tasks`` made a tuple, ValueError naming the field that is wrong."""
+def check_connector_term(term, example_tasks: str) -> None:
+    """A connector term's common fields (``modality``, ``weight``, ``tasks``): ``tasks`` made a tuple,
+    ValueError naming the field that is wrong."""
     object.__setattr__(term, "tasks", tuple(term.tasks))
+    object.__setattr__(term, "task_ids", tuple(term.task_ids))
     if term.modality not in MODALITIES:
-        raise ValueError(f"{kind} is built for {', '.join(MODALITIES)}, not {term.modality!r}")
-    if not term.weight > 0:
-        raise ValueError(f"{kind} {term.modality} weight is {term.weight}; it must be positive (or leave it out)")
+        raise ValueError(f"a connector term is built for {', '.join(MODALITIES)}, not {term.modality!r}")
+    check_weight(term.weight)
     if not term.tasks:
-        raise ValueError(f"{kind} {term.modality} tasks is empty; name the tasks whose responses are their "
-                         f"item's text, e.g. {example_tasks}")
+        raise ValueError(f"tasks is empty; name the tasks whose responses are their item's text, e.g. {example_tasks}")
 
 
-def term_task_ids(term, kind: str, task_names) -> tuple[int, ...]:
-    names = tuple(task_names)
-    unknown = [t for t in term.tasks if t not in names]
-    if unknown:
-        raise ValueError(f"{kind} {term.modality} tasks {unknown} are not among the stage's tasks {list(names)}")
-    return tuple(names.index(t) for t in term.tasks)
+def bind_connector_term(term, stage: Stage):
+    """``term`` with its tasks' ids; ValueError when the model has no tower of its modality."""
+    if term.modality not in stage.towers:
+        raise ValueError(f"it needs the model's {'audio' if term.modality == 'audio' else 'vision'} tower")
+    return dataclasses.replace(term, task_ids=ids_of_tasks(term.tasks, stage.task_names))
 
 
 def item_labels(batch: dict, layout, modality: str, task_ids: tuple[int, ...], max_label_tokens: int):
@@ -171,15 +196,3 @@ def ctc_sums(features: jax.Array, embedding: jax.Array, batch: dict, layout, cfg
     kept = keep.astype(jnp.float32)
     return {"sum": jnp.sum(per_item * kept), "tokens": jnp.sum(jnp.where(keep, lengths, 0)).astype(jnp.float32),
             "items": jnp.sum(kept), "dropped": jnp.sum((starts & ~keep).astype(jnp.float32))}
-
-
-def aux_values(modality: str, sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """``ctc_sums`` -> the objective's aux entries: the mean over text tokens (``ctc_<m>``) and the
-    counts, named so that microbatches add them up (``*_tokens``, ``*_sum``)."""
-    return {f"ctc_{modality}": sums["sum"] / jnp.maximum(sums["tokens"], 1.0), f"ctc_{modality}_tokens": sums["tokens"],
-            f"ctc_{modality}_items_sum": sums["items"], f"ctc_{modality}_dropped_sum": sums["dropped"]}
-
-
-# aux entry -> metric name (``metrics.jsonl``); ``loss`` then includes each weight times ``ctc/<m>/loss``
-METRICS = {f"ctc_{m}{suffix}": f"ctc/{m}/{name}" for m in MODALITIES for suffix, name in
-           (("", "loss"), ("_tokens", "tokens"), ("_items_sum", "items"), ("_dropped_sum", "dropped_items"))}

@@ -13,15 +13,10 @@ trainer ``Task``: ``c.model.name = 'omni'``.
                                                                      # (models.connector_configs)
     c.model.layout = 'ola'                                           # 'llava_onevision', 'qwen2_audio'
     c.model.image_token_id = ...                                     # and video_/audio_token_id
-    c.model.vocab_parallel = False   # CE on vocabulary shards under shard_map: no full-vocabulary logits
-    c.model.self_kd = None           # or dict(alpha=0.5, max_response_tokens=64): the Self-KD loss
-                                     # (objective.SelfKD); the stage's batches then carry kd_part and
-                                     # its Self-KD sources (c.data.sources[i].self_kd) give the pairs
-    c.model.ctc = None               # or {'audio': dict(weight=0.2, tasks=('asr',)), 'image': dict(...)}: CTC
-                                     # on connector outputs against the LLM's token embeddings
-                                     # (training.connector_ctc), for towers trained from scratch
-    c.model.bow = None               # likewise, a bag-of-words term on connector outputs (training.connector_bow)
-    c.model.next_token_loss = True   # False: train on the ctc / bow terms alone (the LLM's layers are not run)
+
+and ``c.objective`` its loss terms (``omnijax.training.objective``), bound here to the stage's tasks, towers
+and tokenizer; with a Self-KD term the stage's batches carry ``kd_part`` and its Self-KD sources
+(``c.data.sources[i].self_kd``) give the pairs.
 
 The media slots per row come from ``c.media`` and the mixture (``training.config.media_slots``), their sizes
 from the towers. Attention ``'auto'`` in ``c.model.llm`` / ``vision`` / ``audio`` is the platform's
@@ -38,13 +33,13 @@ from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel, example_batch
 from omnijax.models.vision import VisionConfig
 from omnijax.training import objective
-from omnijax.training.connector_bow import ConnectorBOW
 from omnijax.training.config import media_slots
-from omnijax.training.connector_ctc import ConnectorCTC
+from omnijax.training.next_token import SelfKD
 from omnijax.training.stages import StageConfigError
 from omnijax.training.task import Task, from_module
+from omnijax.training.term import Stage
 
-_OWN = ("name", "vocab_parallel", "self_kd", "ctc", "bow", "next_token_loss")
+_OWN = ("name",)
 _SUB = {"llm": LLMConfig, "vision": VisionConfig, "audio": AudioConfig}
 
 
@@ -68,38 +63,15 @@ def omni_config(c, platform: str | None = None) -> OmniConfig:
         raise StageConfigError(f"stage {c.name!r}: c.model: {e}") from None
 
 
-def self_kd_config(c) -> objective.SelfKD | None:
-    """The stage's Self-KD loss (``c.model.self_kd``), or None (``StageConfigError`` if it is wrong)."""
-    kd = c.model.get("self_kd")
-    if kd is None:
-        return None
+def objective_terms(c, cfg: OmniConfig) -> tuple:
+    """The stage's loss terms (``c.objective``) bound to its tasks, towers and tokenizer; ``StageConfigError``
+    naming the term when one is wrong."""
+    towers = frozenset(m for m, tower in (("audio", cfg.audio), ("image", cfg.vision)) if tower is not None)
     try:
-        return objective.SelfKD(**dict(kd))
-    except (TypeError, ValueError) as e:
-        raise StageConfigError(f"stage {c.name!r}: c.model.self_kd: {e}; give dict(alpha=..., "
-                               "max_response_tokens=...) or None") from None
-
-
-def ctc_config(c, cfg: OmniConfig, field: str = "ctc") -> tuple[tuple, ...]:
-    """The stage's CTC terms (``c.model.ctc``), or with ``field='bow'`` its bag-of-words terms
-    (``c.model.bow``), with their tasks' ids; ``StageConfigError`` naming the field if one is wrong."""
-    cls, fields_hint = {"ctc": (ConnectorCTC, "max_label_tokens=..., max_slots=..."),
-                        "bow": (ConnectorBOW, "max_label_tokens=...")}[field]
-    terms = c.model.get(field) or {}
-    out = []
-    for modality, fields in dict(terms).items():
-        try:
-            tower = {"audio": cfg.audio, "image": cfg.vision}.get(modality)
-            term = cls(modality, **dict(fields))
-            if tower is None:
-                raise ValueError(f"it needs the model's {'audio' if modality == 'audio' else 'vision'} tower")
-            if isinstance(term, ConnectorBOW) and term.pairs:
-                term = term.with_pair_ids(_pair_tokenizer(c))
-            out.append((term, term.task_ids(c.task_names)))
-        except (TypeError, ValueError) as e:
-            raise StageConfigError(f"stage {c.name!r}: c.model.{field}[{modality!r}]: {e}; give "
-                                   f"{{'audio' or 'image': dict(weight=..., tasks=(...), {fields_hint})}}") from None
-    return tuple(out)
+        terms = objective.terms_from_config(c.get("objective"))
+        return objective.bind(terms, Stage(tuple(c.get("task_names") or ()), towers, lambda: _pair_tokenizer(c)))
+    except ValueError as e:
+        raise StageConfigError(f"stage {c.name!r}: {e}") from None
 
 
 def _pair_tokenizer(c):
@@ -112,33 +84,15 @@ def _pair_tokenizer(c):
     return AutoTokenizer.from_pretrained(path)
 
 
-def objective_terms(c, cfg: OmniConfig) -> tuple[tuple, tuple, bool]:
-    """The stage's CTC terms, bag-of-words terms and whether it trains on the next-token loss
-    (``c.model.next_token_loss``, default True); ``StageConfigError`` when a term is wrong, nothing is
-    left to train on, or Self-KD is asked for without the next-token loss."""
-    ctc, bow = ctc_config(c, cfg), ctc_config(c, cfg, "bow")
-    next_token_loss = bool(c.model.get("next_token_loss", True))
-    if not next_token_loss and not (ctc or bow):
-        raise StageConfigError(f"stage {c.name!r}: c.model.next_token_loss=False leaves nothing to train on; give "
-                               "the stage c.model.bow or c.model.ctc terms, or keep the next-token loss")
-    if not next_token_loss and c.model.get("self_kd") is not None:
-        raise StageConfigError(f"stage {c.name!r}: c.model.self_kd needs the next-token loss; leave "
-                               "c.model.next_token_loss True or c.model.self_kd None")
-    return ctc, bow, next_token_loss
-
-
 def build(c, mesh) -> Task:
     cfg = omni_config(c, mesh.devices.flat[0].platform if mesh is not None else None)
     model = OmniModel(cfg)
-    vocab_parallel = bool(c.model.get("vocab_parallel", False))
-    self_kd = self_kd_config(c)
-    ctc, bow, next_token_loss = objective_terms(c, cfg)
+    terms = objective_terms(c, cfg)
+    self_kd = any(isinstance(t, SelfKD) for t in terms)
 
     def loss(params, batch, rng):
         del rng  # the omni model has no dropout
-        return objective.loss_fn(model, params, batch, mesh=mesh, vocab_parallel=vocab_parallel,
-                                 num_tasks=c.num_tasks, self_kd=self_kd, ctc=ctc, bow=bow,
-                                 next_token_loss=next_token_loss)
+        return objective.loss_fn(model, params, batch, terms, mesh=mesh, num_tasks=c.num_tasks)
 
     lay = cfg.media_layout
     media = {}
@@ -149,6 +103,6 @@ def build(c, mesh) -> Task:
     if cfg.audio_slots:
         media["audio"] = ("audio", lay.audio_token_id, lay.audio_tokens(1, valid_frames=[cfg.audio.frames]))
     return from_module(model, [example_batch(cfg)], loss,
-                       batch_spec=batch_spec(c.batch_size, c.seq_len, cfg.budget, lay, self_kd is not None),
+                       batch_spec=batch_spec(c.batch_size, c.seq_len, cfg.budget, lay, self_kd),
                        vocab_size=cfg.vocab_size, num_tasks=c.num_tasks, media_tokens=media,
-                       check_batch=lambda batch: check_batch(batch, cfg, self_kd is not None), model_config=cfg)
+                       check_batch=lambda batch: check_batch(batch, cfg, self_kd), model_config=cfg)
