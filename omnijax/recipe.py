@@ -40,10 +40,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections as mlc
 
+from omnijax.training.checkpointing import CheckpointError
 from omnijax.training.stages import StageConfigError
 
 # What a user's mistake raises (the CLIs print these in one line and exit 2).
-USER_ERRORS = (FileNotFoundError, ValueError, StageConfigError)
+USER_ERRORS = (FileNotFoundError, ValueError, StageConfigError, CheckpointError)
 
 SETTINGS_FILE = "recipe.json"  # in the recipe's workdir: what shaped the run (seed, steps, overrides)
 EVAL_BY_TEMPLATE = "eval_by_template.json"  # in the stage workdir: accuracy per question template

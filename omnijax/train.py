@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from omnijax.launch import run
     from omnijax.training.config import ROOTS, resolve_roots
+    from omnijax.training.checkpointing import CheckpointError
     from omnijax.training.stages import StageConfigError
     from omnijax.training.trainer import NonFiniteLossError
 
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run(resolve_roots(_CONFIG.value, roots), _WORKDIR.value)
     except StageConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)

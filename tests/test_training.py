@@ -310,3 +310,43 @@ def test_schedules_and_weight_decay_mask():
     labels = flat(optimizer.optimizer_labels(stage.labels, stages.decay_mask(stage.abstract_params), 0.1))
     assert labels["llm/norm/scale"] == "all/no_decay" and labels["llm/lm_head/kernel"] == "all"
     assert labels["vision/norm/scale"] == FROZEN
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path, capsys):
+    """One file of the newest of two checkpoints truncated (a crash during a save on a cluster's file system): the
+    next run says so in one line, moves that step aside (kept, not deleted), resumes from the older step and
+    trains on bit for bit as an undisturbed run does from there."""
+    cfg = lambda n: toy_config(num_steps=n, **{"checkpoint.every": 5, "checkpoint.keep": 2,  # noqa: E731
+                                               "checkpoint.async_save": True})
+    straight = trainer.run(cfg(20), str(tmp_path / "straight"))
+    trainer.run(cfg(10), str(tmp_path / "damaged"))
+    step10 = tmp_path / "damaged" / "checkpoints" / "10"
+    assert sorted(os.listdir(step10.parent)) == ["10", "5"]
+    files = [p for p in (step10 / "params").rglob("*") if p.is_file()]
+    victim = max(files, key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    capsys.readouterr()
+    resumed = trainer.run(cfg(20), str(tmp_path / "damaged"))
+    out = capsys.readouterr()
+    assert [r["step"] for r in resumed.metrics] == list(range(6, 21))
+    assert [r["loss"] for r in resumed.metrics] == [r["loss"] for r in straight.metrics][5:]
+    assert_trees_equal(jax.device_get(straight.state.params), jax.device_get(resumed.state.params))
+    told = [line for line in out.out.splitlines() if "cannot be read" in line]
+    assert len(told) == 1 and told[0].startswith(f"checkpoint step 10 of {tmp_path / 'damaged'} cannot be read ("), out
+    assert "Error reading" in told[0] and "OCDBT database at local file" in told[0], told[0]
+    assert "resumed" in out.out and "from step 5" in out.out
+    aside = os.listdir(tmp_path / "damaged" / checkpointing.DAMAGED_DIR)
+    assert len(aside) == 1 and aside[0].startswith("10-")
+    assert "Traceback" not in out.err, out.err
+
+
+def test_no_readable_checkpoint_is_one_error(tmp_path):
+    """Every checkpoint of the workdir damaged: one error naming the steps and the fix (the CLIs exit 2 on it)."""
+    cfg = toy_config(num_steps=5, **{"checkpoint.every": 5, "checkpoint.keep": 1, "checkpoint.async_save": False})
+    trainer.run(cfg, str(tmp_path / "w"))
+    for p in (tmp_path / "w" / "checkpoints" / "5").rglob("*"):
+        if p.is_file() and p.stat().st_size > 100:
+            p.write_bytes(b"")
+    with pytest.raises(checkpointing.CheckpointError,
+                       match=r"none of the checkpoints of .* \(steps \[5\]\) can be read"):
+        trainer.run(toy_config(num_steps=10, **{"checkpoint.every": 5}), str(tmp_path / "w"))

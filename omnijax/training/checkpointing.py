@@ -12,7 +12,10 @@ Layout: ``WORKDIR/checkpoints/<step>/`` with one Orbax item each for
 
 Orbax writes a step into a temporary directory and renames it when complete, so a run killed
 mid-save leaves no step that ``latest_step`` would pick (the leftover is cleaned up on the next
-start). Restoring takes the *target* shardings (``ShapeDtypeStruct`` with ``sharding``), so a run
+start). A step that cannot be read (a file truncated or lost: a crash on a cluster's file system) is moved
+aside to ``WORKDIR/damaged_checkpoints/`` -- kept for inspection, never deleted -- with one line saying
+which step, which file and why, and the next older step is restored (``restore_newest``); when none can be
+read, ``CheckpointError``. Restoring takes the *target* shardings (``ShapeDtypeStruct`` with ``sharding``), so a run
 may resume on a different mesh. ``final_params`` reads only the params of a finished stage, which
 is how the next stage starts (with a fresh optimizer).
 """
@@ -23,21 +26,41 @@ import contextlib
 import json
 import logging
 import os
+import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from omnijax.training.stages import StageConfigError
 from omnijax.training.step import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"  # unreadable steps are moved here, not deleted
 TREE_ITEMS = ("params", "opt_state", "train")
 STAGE_FILE = "stage.json"  # written by the trainer: the stage's name and length
 
 
+class CheckpointError(RuntimeError):
+    """No checkpoint of a workdir that has some could be read."""
+
+
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def _cause(err: BaseException) -> str:
+    """The line of a restore error, or of the errors behind it, that names what is wrong (TensorStore's "Error
+    reading <array> in OCDBT database at local file <path>: ..."), not Orbax's wrappers around it."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    lines = [line.strip() for e in chain for line in str(e).splitlines() if line.strip()]
+    named = [line for line in lines if "Error reading" in line or "No such file" in line or "not found" in line]
+    return (named or lines or [type(chain[0]).__name__])[0][:400]
 
 
 def _train_meta(state: TrainState) -> dict:
@@ -87,9 +110,40 @@ class Checkpoints:
             save_interval_steps=every, max_to_keep=keep, enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True, create=True)
         self.manager = _manager(workdir, options, data_handler)
+        self.workdir = workdir
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def restore_newest(self, target: TrainState, data, say=print) -> tuple[int | None, TrainState | None]:
+        """The newest step that can be read -> ``(step, state)``, or ``(None, None)`` when there is no step.
+        Each unreadable step is moved aside (``DAMAGED_DIR``) with one line through ``say``; ``CheckpointError``
+        when steps exist and none can be read."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                with _absl_errors_only():
+                    return step, self.restore(step, target, data)
+            except Exception as err:  # noqa: BLE001 - Orbax and TensorStore raise many types for a damaged step
+                aside = self._move_aside(step)
+                say(f"checkpoint step {step} of {self.workdir} cannot be read ({_cause(err)}); moved it to {aside} "
+                    "and trying the next older step")
+        if steps:
+            raise CheckpointError(f"none of the checkpoints of {self.workdir} (steps {steps}) can be read; they are "
+                                  f"in {os.path.join(os.path.abspath(self.workdir), DAMAGED_DIR)}: delete the "
+                                  "workdir's checkpoints to start the stage again")
+        return None, None
+
+    def _move_aside(self, step: int) -> str:
+        """Move step ``step`` out of the checkpoints (process 0; every process waits) -> where it went."""
+        aside = os.path.join(os.path.abspath(self.workdir), DAMAGED_DIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            os.replace(os.path.join(checkpoint_dir(self.workdir), str(step)), aside)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"omnijax_checkpoint_aside_{step}")
+        self.manager.reload()
+        return aside
 
     def save(self, step: int, state: TrainState, data, *, force: bool = False) -> bool:
         """Start saving ``state`` as ``step`` (when the cadence or ``force`` says so); returns once

@@ -292,9 +292,9 @@ def run(c, workdir: str, *, stage: Stage | None = None, data=None, progress: boo
                        data_handler=data.checkpoint_handler(), async_save=c.checkpoint.async_save)
     logger = None
     try:
-        start = ckpt.latest_step()
+        start, state = ckpt.restore_newest(abstract_with_shardings(stage.abstract_state, stage.state_shardings),
+                                           data, say)
         if start is not None:
-            state = ckpt.restore(start, abstract_with_shardings(stage.abstract_state, stage.state_shardings), data)
             say(f"stage {c.name!r}: resumed {workdir} from step {start}")
         else:
             start = 0
