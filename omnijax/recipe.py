@@ -18,7 +18,10 @@ built in memory (``from_stages``): a list of ``(name, ml_collections.ConfigDict)
 
 Resumable: a stage whose workdir holds its final checkpoint is skipped, an interrupted one resumes
 from its newest checkpoint, and a stage already evaluated (a row in ``W/eval.json``) is not evaluated
-again. ``W/recipe.json`` records what shaped the run (seed, steps, overrides); resuming it with other
+again. A stage's final checkpoint is read whole before a later stage starts from it or before it is evaluated
+(``checkpointing.verify_final``): a damaged one is named in one line and moved to ``W/<name>/damaged_checkpoints/``,
+and the stage finishes again from its newest readable checkpoint first; none readable is a ``CheckpointError``
+(the CLI exits 2). ``W/recipe.json`` records what shaped the run (seed, steps, overrides); resuming it with other
 values is refused (one workdir per arm and seed). After each stage the recipe evaluates it on the
 held-out split (``omnijax.evaluate``) and rewrites ``W/eval.md`` / ``W/eval.json``: one row per stage, as
 in Ola's Table 5 (and writes the question accuracies per template to ``W/<name>/eval_by_template.json``).
@@ -40,7 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections as mlc
 
-from omnijax.training.checkpointing import CheckpointError
+from omnijax.training.checkpointing import CheckpointError, latest_step, verify_final
 from omnijax.training.stages import StageConfigError
 
 # What a user's mistake raises (the CLIs print these in one line and exit 2).
@@ -265,27 +268,41 @@ def run(recipe: Recipe, workdir: str, *, only: tuple[str, ...] = (), steps: int 
     check_settings(recipe, workdir, steps, seed, overrides)
     if recipe.prepare is not None:
         recipe.prepare(recipe.preset, roots)
+    selected = [i for i, name in enumerate(names) if not only or name in only]
+    configs = {i: stage_config(recipe, i, workdir, steps, roots=roots, overrides=overrides, seed=seed)
+               for i in selected}
+    data = _resolved(recipe.eval_data, roots) if evaluate and recipe.eval_data else None
     rows = []
-    for i, (name, source) in enumerate(recipe.stages):
-        if only and name not in only:
-            continue
+    for i in selected:
+        name, source = recipe.stages[i]
         stage_dir = os.path.join(workdir, name)
-        c = stage_config(recipe, i, workdir, steps, roots=roots, overrides=overrides, seed=seed)
+        c = configs[i]
         start = time.perf_counter()
-        if is_finished(stage_dir):
-            status = "done before"
-        else:
+        tasks = recipe.tasks_after(name, data) if data else ()
+        # Its final checkpoint is read again (verified first) when a later stage starts from it or it is evaluated.
+        read = (bool(tasks) and not _evaluated(workdir, name)) or any(
+            _starts_from(configs[k], stage_dir) and latest_step(os.path.join(workdir, names[k])) is None
+            for k in selected if k > i)
+        status, damaged = ("done before" if is_finished(stage_dir) else None), 0  # damaged: finals found unreadable
+        if status and read and not verify_final(stage_dir, say=log):
+            status, damaged = None, 1
+        while status is None:
+            if damaged == 2:
+                raise CheckpointError(f"stage {name}: its final checkpoint cannot be read although it was just "
+                                      f"written (the lines above); check the file system of {stage_dir}")
             what = os.path.basename(source) if isinstance(source, str) else "in memory"
-            log(f"[{i + 1}/{len(names)}] stage {name} ({what}): {c.num_steps} steps -> {stage_dir}")
+            again = "; again, from its newest readable checkpoint" if damaged else ""
+            log(f"[{i + 1}/{len(names)}] stage {name} ({what}): {c.num_steps} steps -> {stage_dir}{again}")
             result = launch.run(c, stage_dir, progress=progress)
             if result.status != "finished":
                 log(f"stage {name}: {result.status} at step {result.step}; run the recipe again to resume")
                 rows.append(dict(stage=name, status=result.status, seconds=time.perf_counter() - start))
                 return rows
-            status = "trained"
+            if not read or verify_final(stage_dir, say=log):
+                status = "trained"
+            else:
+                damaged += 1
         row = dict(stage=name, status=status, seconds=round(time.perf_counter() - start, 1))
-        data = _resolved(recipe.eval_data, roots) if evaluate and recipe.eval_data else None
-        tasks = recipe.tasks_after(name, data) if data else ()
         if tasks:
             row["metrics"] = evaluate_stage(name, tasks, stage_dir, workdir, data, eval_limit, log)
         rows.append(row)
@@ -293,6 +310,19 @@ def run(recipe: Recipe, workdir: str, *, only: tuple[str, ...] = (), steps: int 
         log(f"stage {name}: {status} in {row['seconds']:.0f} s" + (f", final loss {loss:.3f}" if loss else "") +
             (f"; {_brief(row['metrics'])}" if row.get("metrics") else ""))
     return rows
+
+
+def _starts_from(c: mlc.ConfigDict, stage_dir: str) -> bool:
+    """Whether the stage of config ``c`` (its references resolved) starts from the workdir ``stage_dir``."""
+    from omnijax.training.config import init_sources
+
+    return any(os.path.abspath(src) == os.path.abspath(stage_dir) for src, _ in init_sources(c))
+
+
+def _evaluated(workdir: str, name: str) -> bool:
+    from omnijax.eval import report
+
+    return any(stage == name for stage, _ in report.read_report(workdir)[0])
 
 
 def complete(rows: Sequence[dict]) -> bool:

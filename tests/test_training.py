@@ -14,6 +14,7 @@ import pytest
 from training_fixtures import SCHED, compile_once, toy_config
 
 from omnijax import launch
+from omnijax import recipe as recipe_lib
 from omnijax.training import checkpointing, trainer
 from omnijax.training.stages import FROZEN, StageConfigError, path_str
 
@@ -312,6 +313,13 @@ def test_schedules_and_weight_decay_mask():
     assert labels["vision/norm/scale"] == FROZEN
 
 
+def truncate_params(step_dir) -> None:
+    """Cut the largest file of a checkpoint step's params to half its length (a crash during a save)."""
+    files = [p for p in (step_dir / "params").rglob("*") if p.is_file()]
+    victim = max(files, key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+
+
 def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path, capsys):
     """One file of the newest of two checkpoints truncated (a crash during a save on a cluster's file system): the
     next run says so in one line, moves that step aside (kept, not deleted), resumes from the older step and
@@ -322,9 +330,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path, capsy
     trainer.run(cfg(10), str(tmp_path / "damaged"))
     step10 = tmp_path / "damaged" / "checkpoints" / "10"
     assert sorted(os.listdir(step10.parent)) == ["10", "5"]
-    files = [p for p in (step10 / "params").rglob("*") if p.is_file()]
-    victim = max(files, key=lambda p: p.stat().st_size)
-    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    truncate_params(step10)
     capsys.readouterr()
     resumed = trainer.run(cfg(20), str(tmp_path / "damaged"))
     out = capsys.readouterr()
@@ -350,3 +356,103 @@ def test_no_readable_checkpoint_is_one_error(tmp_path):
     with pytest.raises(checkpointing.CheckpointError,
                        match=r"none of the checkpoints of .* \(steps \[5\]\) can be read"):
         trainer.run(toy_config(num_steps=10, **{"checkpoint.every": 5}), str(tmp_path / "w"))
+
+
+def toy_recipe(keep: int = 2) -> recipe_lib.Recipe:
+    """Stage 'a' (10 steps, checkpoints at 5 and 10) and stage 'b' (2 steps from 'a''s final params)."""
+    a = toy_config(name="a", num_steps=10, **{"checkpoint.every": 5, "checkpoint.keep": keep})
+    b = toy_config(name="b", num_steps=2, init_from="@previous")
+    return recipe_lib.from_stages([("a", a), ("b", b)], eval_data=None)
+
+
+def stage_params(workdir):
+    """The final params of a toy stage workdir, as the next stage reads them."""
+    stage = trainer.setup(toy_config())
+    target = checkpointing.abstract_with_shardings(stage.abstract_params, stage.param_shardings)
+    return jax.device_get(checkpointing.final_params(str(workdir), target))
+
+
+def losses(workdir) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in map(json.loads, open(workdir / "metrics.jsonl"))]
+
+
+def test_recipe_verifies_a_stage_before_the_next_starts_from_it(tmp_path, monkeypatch, capsys):
+    """Stage 'a''s final checkpoint damaged right after it was written, and again when the recipe is run again
+    with 'b' to do: each time one line names it, it is moved aside, 'a' finishes again from step 5 (to the same
+    params, bit for bit) and only then does 'b' start. When nothing reads it again, it is not read."""
+    work, lines = tmp_path / "recipe", []
+    run = lambda **kw: recipe_lib.run(toy_recipe(), str(work), evaluate=False, log=lines.append,  # noqa: E731
+                                      progress=False, **kw)
+    train, trained = launch.run, []
+
+    def damage_after_first(c, workdir, **kw):  # the file system loses a file of 'a''s final step once
+        result = train(c, workdir, **kw)
+        trained.append(c.name)
+        if trained == ["a"]:
+            reference.update(params=stage_params(work / "a"), losses=losses(work / "a"))
+            truncate_params(work / "a" / "checkpoints" / "10")
+        return result
+
+    reference = {}
+    monkeypatch.setattr(launch, "run", damage_after_first)
+    capsys.readouterr()
+    assert [r["status"] for r in run()] == ["trained", "trained"]
+    assert trained == ["a", "a", "b"]
+    aside = work / "a" / checkpointing.DAMAGED_DIR
+    told = [line for line in lines if "cannot be read" in line]
+    assert len(told) == 1 and told[0].startswith(f"checkpoint step 10 of {work / 'a'} cannot be read ("), lines
+    assert "Error reading" in told[0] and told[0].endswith(f"moved it to {aside / os.listdir(aside)[0]}"), told[0]
+    assert any(line.endswith("-> " + str(work / "a") + "; again, from its newest readable checkpoint")
+               for line in lines), lines
+    assert f"resumed {work / 'a'} from step 5" in capsys.readouterr().out
+    assert_trees_equal(reference["params"], stage_params(work / "a"))
+    assert losses(work / "a") == reference["losses"] and len(reference["losses"]) == 10
+
+    shutil.rmtree(work / "b")  # run again with 'b' to do: 'a' is done, but its final step is damaged
+    truncate_params(work / "a" / "checkpoints" / "10")
+    lines.clear()
+    assert [r["status"] for r in run()] == ["trained", "trained"]
+    assert trained == ["a", "a", "b", "a", "b"] and len(os.listdir(aside)) == 2
+    assert sum("checkpoint step 10 of" in line and "cannot be read" in line for line in lines) == 1, lines
+    assert_trees_equal(reference["params"], stage_params(work / "a"))
+
+    truncate_params(work / "a" / "checkpoints" / "10")  # both stages done: nothing reads 'a' again
+    lines.clear()
+    assert [r["status"] for r in run()] == ["done before", "done before"]
+    assert not any("cannot be read" in line for line in lines) and len(os.listdir(aside)) == 2
+
+
+def test_recipe_with_no_readable_final_checkpoint_is_one_error(tmp_path, monkeypatch):
+    """A damaged final step with no other step (keep=1), handed on by the recipe or read by the trainer of the
+    next stage directly; a final step damaged as often as it is written: one ``CheckpointError`` each (the CLIs
+    exit 2 on it)."""
+    quiet = dict(evaluate=False, log=lambda _: None, progress=False)
+    work = tmp_path / "keep1"
+    recipe_lib.run(toy_recipe(keep=1), str(work), only=("a",), **quiet)
+    truncate_params(work / "a" / "checkpoints" / "10")
+    with pytest.raises(checkpointing.CheckpointError, match=r"none of the checkpoints of .*a \(steps \[10\]\) can "
+                                                            r"be read; they are in .*damaged_checkpoints"):
+        recipe_lib.run(toy_recipe(keep=1), str(work), **quiet)
+    assert checkpointing.CheckpointError in recipe_lib.USER_ERRORS and not os.path.exists(work / "b")
+
+    aside = work / "a" / checkpointing.DAMAGED_DIR
+    os.replace(aside / os.listdir(aside)[0], work / "a" / "checkpoints" / "10")  # the damaged step, back in place
+    b = toy_config(name="b", num_steps=2, init_from=str(work / "a"))
+    with pytest.raises(checkpointing.CheckpointError, match=r"init_from .*a: its final checkpoint, step 10, cannot "
+                                                            r"be read \(.*Error reading.*\); moved it to .*; run that "
+                                                            r"stage again with the same workdir"):
+        trainer.run(b, str(tmp_path / "b"))
+    assert len(os.listdir(aside)) == 1 and not os.path.exists(work / "a" / "checkpoints" / "10")
+
+    train = launch.run
+
+    def damage_always(c, workdir, **kw):
+        result = train(c, workdir, **kw)
+        truncate_params(tmp_path / "always" / "a" / "checkpoints" / "10")
+        return result
+
+    monkeypatch.setattr(launch, "run", damage_always)
+    with pytest.raises(checkpointing.CheckpointError, match=r"stage a: its final checkpoint cannot be read although "
+                                                            r"it was just written .*; check the file system of"):
+        recipe_lib.run(toy_recipe(), str(tmp_path / "always"), **quiet)
+    assert len(os.listdir(tmp_path / "always" / "a" / checkpointing.DAMAGED_DIR)) == 2

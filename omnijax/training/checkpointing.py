@@ -17,7 +17,10 @@ aside to ``WORKDIR/damaged_checkpoints/`` -- kept for inspection, never deleted 
 which step, which file and why, and the next older step is restored (``restore_newest``); when none can be
 read, ``CheckpointError``. Restoring takes the *target* shardings (``ShapeDtypeStruct`` with ``sharding``), so a run
 may resume on a different mesh. ``final_params`` reads only the params of a finished stage, which
-is how the next stage starts (with a fresh optimizer).
+is how the next stage starts (with a fresh optimizer); ``verify_final`` reads them whole first (the recipe
+runner does, before it hands a stage on), and moves a damaged final step aside so that the stage finishes
+again. ``loadable_params`` is what a model loaded from a stage workdir holds: the final step's params, or
+those of the newest step that can be read, saying so.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
+import re
 import time
 
 import jax
@@ -40,6 +45,7 @@ CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"  # unreadable steps are moved here, not deleted
 TREE_ITEMS = ("params", "opt_state", "train")
 STAGE_FILE = "stage.json"  # written by the trainer: the stage's name and length
+READ_PIECE_BYTES = 2**30  # checking that a step's params can be read holds at most this much of them at a time
 
 
 class CheckpointError(RuntimeError):
@@ -60,7 +66,8 @@ def _cause(err: BaseException) -> str:
         err = err.__cause__ or err.__context__
     lines = [line.strip() for e in chain for line in str(e).splitlines() if line.strip()]
     named = [line for line in lines if "Error reading" in line or "No such file" in line or "not found" in line]
-    return (named or lines or [type(chain[0]).__name__])[0][:400]
+    line = (named or lines or [type(chain[0]).__name__])[0]
+    return re.sub(r" \[tensorstore_spec=.*", "", line)[:400]  # TensorStore appends its whole spec
 
 
 def _train_meta(state: TrainState) -> dict:
@@ -125,25 +132,13 @@ class Checkpoints:
                 with _absl_errors_only():
                     return step, self.restore(step, target, data)
             except Exception as err:  # noqa: BLE001 - Orbax and TensorStore raise many types for a damaged step
-                aside = self._move_aside(step)
+                aside = move_aside(self.workdir, step)
+                self.manager.reload()
                 say(f"checkpoint step {step} of {self.workdir} cannot be read ({_cause(err)}); moved it to {aside} "
                     "and trying the next older step")
         if steps:
-            raise CheckpointError(f"none of the checkpoints of {self.workdir} (steps {steps}) can be read; they are "
-                                  f"in {os.path.join(os.path.abspath(self.workdir), DAMAGED_DIR)}: delete the "
-                                  "workdir's checkpoints to start the stage again")
+            raise _none_readable(self.workdir, steps)
         return None, None
-
-    def _move_aside(self, step: int) -> str:
-        """Move step ``step`` out of the checkpoints (process 0; every process waits) -> where it went."""
-        aside = os.path.join(os.path.abspath(self.workdir), DAMAGED_DIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(aside), exist_ok=True)
-            os.replace(os.path.join(checkpoint_dir(self.workdir), str(step)), aside)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"omnijax_checkpoint_aside_{step}")
-        self.manager.reload()
-        return aside
 
     def save(self, step: int, state: TrainState, data, *, force: bool = False) -> bool:
         """Start saving ``state`` as ``step`` (when the cadence or ``force`` says so); returns once
@@ -168,6 +163,85 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def move_aside(workdir: str, step: int) -> str:
+    """Move step ``step`` out of the checkpoints to ``DAMAGED_DIR/<step>-<time>`` (process 0; every process
+    waits) -> where it went."""
+    name = os.path.join(os.path.abspath(workdir), DAMAGED_DIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    aside, n = name, 1
+    while os.path.exists(aside):  # the same step moved aside twice in a second
+        n += 1
+        aside = f"{name}-{n}"
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        os.replace(os.path.join(checkpoint_dir(workdir), str(step)), aside)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"omnijax_checkpoint_aside_{step}")
+    return aside
+
+
+def _none_readable(workdir: str, steps) -> CheckpointError:
+    return CheckpointError(f"none of the checkpoints of {workdir} (steps {sorted(steps, reverse=True)}) can be "
+                           f"read; they are in {os.path.join(os.path.abspath(workdir), DAMAGED_DIR)}: delete the "
+                           "workdir's checkpoints to start the stage again")
+
+
+def moved_aside(workdir: str) -> list[tuple[int, str]]:
+    """The steps in ``DAMAGED_DIR`` (step, folder), newest step first."""
+    folder = os.path.join(os.path.abspath(workdir), DAMAGED_DIR)
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    found = [(int(n.split("-")[0]), os.path.join(folder, n)) for n in names if n.split("-")[0].isdigit()]
+    return sorted(found, reverse=True)
+
+
+def _read_params(manager: ocp.CheckpointManager, step: int) -> None:
+    """Read every array of step ``step``'s params onto the host, at most ``READ_PIECE_BYTES`` at a time (whole
+    arrays), and drop them; raises what a damaged file raises."""
+    with _absl_errors_only():
+        stored = manager.item_metadata(step)["params"]
+    leaves = jax.tree_util.tree_flatten_with_path(stored)[0]
+    if not leaves:
+        raise CheckpointError(f"step {step} holds no params")
+    pieces, size = [[]], 0
+    for path, meta in leaves:
+        nbytes = math.prod(meta.shape) * np.dtype(meta.dtype).itemsize
+        if pieces[-1] and size + nbytes > READ_PIECE_BYTES:
+            pieces.append([])
+            size = 0
+        pieces[-1].append((path, meta))
+        size += nbytes
+    for piece in pieces:
+        tree = {}
+        for path, meta in piece:
+            node = tree
+            for key in path[:-1]:
+                node = node.setdefault(key.key, {})
+            node[path[-1].key] = meta
+        args = ocp.args.PyTreeRestore(tree, partial_restore=True, restore_args=jax.tree.map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree))
+        with _absl_errors_only():
+            manager.restore(step, args=ocp.args.Composite(params=args))
+
+
+def _damage(manager: ocp.CheckpointManager, step: int) -> str | None:
+    """Why step ``step``'s params cannot be read (``_read_params``), or None when they can."""
+    try:
+        _read_params(manager, step)
+    except Exception as err:  # noqa: BLE001 - Orbax and TensorStore raise many types for a damaged step
+        return _cause(err)
+    return None
+
+
+def latest_step(workdir: str) -> int | None:
+    """The newest complete step of a stage workdir (None: none, or no checkpoints folder)."""
+    if not is_stage_workdir(workdir):
+        return None
+    manager = _reader(workdir)
+    try:
+        return manager.latest_step()
+    finally:
+        manager.close()
 
 
 def is_stage_workdir(path: str) -> bool:
@@ -195,26 +269,88 @@ def final_step(workdir: str) -> int:
     return step
 
 
+def verify_final(workdir: str, say=print) -> bool:
+    """Whether the final step of a finished stage (``final_step``) can be handed on: every array of its params
+    read (``_read_params``). When not, the step is moved aside with one line through ``say`` -> False: the stage
+    must run again to finish, from its newest readable step; ``CheckpointError`` when it has no other step."""
+    step = final_step(workdir)
+    manager = _reader(workdir)
+    try:
+        cause = _damage(manager, step)
+    finally:
+        manager.close()
+    if cause is None:
+        return True
+    aside = move_aside(workdir, step)
+    say(f"checkpoint step {step} of {workdir} cannot be read ({cause}); moved it to {aside}")
+    if latest_step(workdir) is None:
+        raise _none_readable(workdir, [step])
+    return False
+
+
 def final_params(workdir: str, target_params, groups=None):
     """The params of a finished stage (``final_step``), laid out as ``target_params``; with ``groups``
     (top-level group names) only those are read, so the other groups may differ in shape from the
-    target's (``StageConfigError`` naming a group the stage does not hold)."""
+    target's (``StageConfigError`` naming a group the stage does not hold). A final step that cannot be read is
+    moved aside: ``CheckpointError`` saying so and that the stage must run again to finish."""
     step = final_step(workdir)
     manager = _reader(workdir)
     try:
         if groups is None:
-            return manager.restore(step, args=ocp.args.Composite(params=_restore(target_params))).params
-        with _absl_errors_only():  # Orbax warns that it has no handler for the other items ('data')
-            stored = list(manager.item_metadata(step)["params"].keys())
-        missing = sorted(set(groups) - set(stored))
-        if missing:
-            raise StageConfigError(f"init_from {workdir} has no group {missing[0]!r} (it holds {', '.join(stored)})")
-        target = {g: target_params[g] for g in groups}
-        args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                      partial_restore=True)
-        return manager.restore(step, args=ocp.args.Composite(params=args)).params
+            args = _restore(target_params)
+        else:
+            with _absl_errors_only():  # Orbax warns that it has no handler for the other items ('data')
+                stored = list(manager.item_metadata(step)["params"].keys())
+            missing = sorted(set(groups) - set(stored))
+            if missing:
+                raise StageConfigError(f"init_from {workdir} has no group {missing[0]!r} (it holds "
+                                       f"{', '.join(stored)})")
+            target = {g: target_params[g] for g in groups}
+            args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                          partial_restore=True)
+        try:
+            return manager.restore(step, args=ocp.args.Composite(params=args)).params
+        except Exception:
+            cause = _damage(manager, step)  # None: the step is sound and the error is the caller's (a target's shape)
+            if cause is None:
+                raise
     finally:
         manager.close()
+    raise CheckpointError(f"init_from {workdir}: its final checkpoint, step {step}, cannot be read ({cause}); moved "
+                          f"it to {move_aside(workdir, step)}; run that stage again with the same workdir to finish it "
+                          "from its newest readable step")
+
+
+def loadable_params(workdir: str, target_params, say=print):
+    """The params of a finished stage for a model to load (laid out as ``target_params``): its final step's,
+    or, when that cannot be read, the newest step's that can -- then one line through ``say`` names the step
+    loaded and each step skipped and why (moved aside as ``restore_newest`` does; also a final step moved aside
+    before). ``StageConfigError`` for a stage that stopped before its last step, as ``final_step``;
+    ``CheckpointError`` when no step can be read."""
+    manager = _reader(workdir)
+    try:
+        steps = sorted(manager.all_steps(), reverse=True)
+        earlier = [(s, where) for s, where in moved_aside(workdir) if not steps or s > steps[0]]
+        if not earlier:
+            final_step(workdir)
+        skipped = {s: f"step {s} was moved to {where} before, unreadable" for s, where in earlier}
+        for step in steps:
+            try:
+                params = manager.restore(step, args=ocp.args.Composite(params=_restore(target_params))).params
+            except Exception:
+                cause = _damage(manager, step)
+                if cause is None:
+                    raise
+                skipped[step] = f"step {step} cannot be read ({cause}), moved it to {move_aside(workdir, step)}"
+                manager.reload()
+                continue
+            if skipped:
+                say(f"{workdir}: loaded checkpoint step {step}, not the stage's final step: "
+                    f"{'; '.join(skipped.values())}")
+            return params
+    finally:
+        manager.close()
+    raise _none_readable(workdir, skipped)
 
 
 @contextlib.contextmanager
