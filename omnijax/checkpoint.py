@@ -9,7 +9,9 @@ Layout::
 A trainer stage workdir of an omni model is a model directory too: ``omnijax.launch`` writes
 ``WORKDIR/omnijax.json`` (``describe_stage``: architecture ``OmnijaxOmniModel``, its config, the stage's
 name and its tokenizer directory ``c.data.tokenizer`` as ``assets_dir``), and the params are those of
-the finished stage (``WORKDIR/checkpoints/<last step>/params``).
+the finished stage (``WORKDIR/checkpoints/<last step>/params``). When that step cannot be read, the newest
+step that can is loaded, with one line on stderr saying which and why (the unreadable step is moved to
+``WORKDIR/damaged_checkpoints/``; ``omnijax.training.checkpointing.loadable_params``).
 
 ``load_model(path)`` opens any of these or a HF model directory.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -31,7 +34,7 @@ from omnijax.hf.omni import OMNI
 from omnijax.hf.safetensors_io import CheckpointError
 from omnijax.models.omni import OmniConfig
 from omnijax.outdir import atomic_dir
-from omnijax.training.checkpointing import final_params
+from omnijax.training.checkpointing import CheckpointError as StageCheckpointError, loadable_params
 from omnijax.training.stages import StageConfigError
 from omnijax.training.task import Task
 
@@ -96,6 +99,11 @@ def _restore_target(arch, module, cfg, mesh: Mesh | None, rules):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
+def _tell(line: str) -> None:
+    if jax.process_index() == 0:
+        print(line, file=sys.stderr, flush=True)
+
+
 def load_model_dir(path: str, *, mesh: Mesh | None = None, rules=None, **overrides) -> Loaded:
     """An omnijax model directory, or a finished stage workdir that describes its model."""
     desc = _description(path)
@@ -104,11 +112,13 @@ def load_model_dir(path: str, *, mesh: Mesh | None = None, rules=None, **overrid
     target = _restore_target(arch, module, cfg, mesh, rules)
     if "stage" in desc:
         try:
-            params = final_params(path, target)
+            params = loadable_params(path, target, say=_tell)
         except StageConfigError as e:
             why = str(e).removeprefix(f"init_from {path}: ")  # the message as the next stage's config would get it
             raise CheckpointError(f"{path} is the workdir of stage {desc['stage']!r}, which is not finished, so it "
                                   f"holds no final params to load: {why}") from None
+        except StageCheckpointError as e:
+            raise CheckpointError(str(e)) from None
     else:
         params = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(path, "params")), target)
     return Loaded(arch, module, cfg, params, desc["hf_config"])

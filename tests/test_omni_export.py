@@ -40,8 +40,8 @@ from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel
 from omnijax.models.qwen2_audio import Qwen2AudioConfig, hf_batch
 from omnijax.models.vision import VisionConfig
-from omnijax import launch
-from omnijax.training import trainer
+from omnijax import experiment, launch
+from omnijax.training import checkpointing, trainer
 from omnijax.training.config import base_config
 from omnijax.training.omni_task import omni_config
 
@@ -309,6 +309,52 @@ def test_unfinished_stage_is_a_clear_error(ola, tmp_path, capsys):
     with pytest.raises(CheckpointError, match="not finished.*no complete checkpoint"):
         load_model(empty)
 
+
+
+def test_a_damaged_final_step_loads_the_newest_readable_one(ola, tmp_path, capsys):
+    """A stage of 2 steps whose final step cannot be read: the model loads step 1, saying in one line on stderr
+    which step it loaded and which it skipped and why, and step 2 is moved aside (kept); loading again says the
+    same of the step moved before. No step readable: one error, and the CLIs exit 2."""
+    work = tmp_path / "two"
+    shutil.copytree(ola[1], work)
+    ckpts = work / "checkpoints"
+    shutil.copytree(ckpts / "1", ckpts / "2")  # a stage of 2 steps (its step 2 a copy of step 1)
+    with open(work / "stage.json") as f:
+        stage = json.load(f)
+    with open(work / "stage.json", "w") as f:
+        json.dump(dict(stage, num_steps=2), f)
+    capsys.readouterr()
+    _assert_bit_identical(load_model(str(work)).params, ola[2].params)  # undamaged: the final step, silently
+    assert capsys.readouterr().err == ""
+    files = [p for p in (ckpts / "2" / "params").rglob("*") if p.is_file()]
+    victim = max(files, key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+
+    model = experiment.load_model(str(work))  # what a notebook calls
+    _assert_bit_identical(model.loaded.params, ola[2].params)
+    aside = work / checkpointing.DAMAGED_DIR
+    (moved,) = os.listdir(aside)
+    assert moved.startswith("2-") and sorted(os.listdir(ckpts)) == ["1"]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{work}: loaded checkpoint step 1, not the stage's final step: step 2 "
+                                               "cannot be read (OUT_OF_RANGE: Error reading "), err
+    assert f'in OCDBT database at local file "{ckpts / "2" / "params"}/": ' in err[0], err[0]
+    assert err[0].endswith(f"), moved it to {aside / moved}"), err[0]
+    _assert_bit_identical(load_model(str(work)).params, ola[2].params)
+    assert capsys.readouterr().err.splitlines() == [f"{work}: loaded checkpoint step 1, not the stage's final step: "
+                                                    f"step 2 was moved to {aside / moved} before, unreadable"]
+
+    files = [p for p in (ckpts / "1" / "params").rglob("*") if p.is_file()]
+    for p in files:
+        p.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"none of the checkpoints of .*two \(steps \[2, 1\]\) can be read; they "
+                                              r"are in .*damaged_checkpoints: delete the workdir's checkpoints"):
+        load_model(str(work))
+    assert sorted(n.split("-")[0] for n in os.listdir(aside)) == ["1", "2"]
+    shutil.copytree(aside / next(n for n in os.listdir(aside) if n.startswith("1-")), ckpts / "1")
+    assert convert.main(["export", "--ckpt", str(work), "--out", str(tmp_path / "out")]) == 2
+    assert "none of the checkpoints of" in capsys.readouterr().err
+    _assert_nothing_written(str(tmp_path / "out"))
 
 # ---- configurations (no training) ----
 
