@@ -1,6 +1,8 @@
 """The trainer as separate processes: ``python -m omnijax.train`` on 2 processes x 4 CPU devices
 (jax.distributed, gloo) = one process with 8 devices; SIGKILL during an async save, restart from the
-newest complete checkpoint, SIGTERM saves and exits 0."""
+newest complete checkpoint, SIGTERM saves and exits 0; SIGKILL at chosen points of an async save (before it,
+while its items are finalized, at and after its commit), and the next run resumes from a complete checkpoint
+and ends bit for bit where an undisturbed run ends."""
 
 import json
 import os
@@ -10,8 +12,10 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
-from training_fixtures import CACHE_MAX_BYTES, cache_dir, compilation_cache, get_config
+from training_fixtures import CACHE_MAX_BYTES, cache_dir, compilation_cache, get_config, toy_config
 
 from omnijax.training import checkpointing, trainer
 
@@ -129,3 +133,108 @@ def test_sigkill_mid_save_restarts_from_last_complete_then_sigterm_saves(tmp_pat
     for step in range(last + 1, stopped + 1):
         if step in before:  # the same step recomputed after the restart: the same loss, bitwise
             assert after[step]["loss"] == before[step]["loss"] and after[step]["tokens"] == before[step]["tokens"]
+
+
+# The fault-injection runs: 8 steps, an async save every 2, the newest 2 kept; the kill comes at the save of step 4.
+FAULT_RUN = {"num_steps": 8, "checkpoint.every": 2, "checkpoint.keep": 2, "checkpoint.async_save": True}
+KILLED_AT = 4
+
+# Trains the toy stage (FAULT_RUN) in WORKDIR and SIGKILLs itself at POINT of the async save of step STEP, through
+# Orbax's own steps of a save: the step's temporary folder created; each item (params, opt_state, ...) finalized
+# in it; the step's commit (the rename of the temporary folder to the step's name).
+DRIVER = """
+import os
+import signal
+import sys
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint._src.path import atomicity
+from training_fixtures import toy_config
+
+from omnijax.training import trainer
+
+point, step, workdir = sys.argv[1:]
+Path = atomicity.AtomicRenameTemporaryPath
+create, commit, finalize_item = Path.create, Path.finalize, ocp.PyTreeCheckpointHandler.finalize
+finalized = []
+
+
+def kill(where):
+    print(f"SIGKILL {where}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def create_(self):
+    if point == "before" and self.get_final().name == step:
+        kill("before the save")
+    return await create(self)
+
+
+def finalize_item_(self, directory):
+    if point == "writing" and directory.parent.name.startswith(step + "."):
+        finalized.append(directory.name.split(".")[0])
+        if len(finalized) == 2:
+            kill(f"with {finalized[0]} finalized, {finalized[1]} not")
+    return finalize_item(self, directory)
+
+
+async def commit_(self):
+    if point == "commit" and self.get_final().name == step:
+        kill("at the commit")
+    await commit(self)
+    if point == "after" and self.get_final().name == step:
+        kill("after the commit")
+
+
+Path.create, Path.finalize, ocp.PyTreeCheckpointHandler.finalize = create_, commit_, finalize_item_
+trainer.run(toy_config(**%r), workdir)
+print("not killed")
+""" % FAULT_RUN
+
+
+def listing(folder) -> list[str]:
+    """The entries of ``folder``, an Orbax temporary folder (``4.orbax-checkpoint-tmp``) as ``4 (uncommitted)``."""
+    return sorted(n.split(".")[0] + (" (uncommitted)" if ".orbax-checkpoint-tmp" in n else "")
+                  for n in os.listdir(folder))
+
+
+@pytest.fixture(scope="module")
+def undisturbed(jax_cache, tmp_path_factory):
+    return trainer.run(toy_config(**FAULT_RUN), str(tmp_path_factory.mktemp("undisturbed")))
+
+
+@pytest.mark.parametrize("point, said, left, resumed_from", [
+    ("before", "before the save", ["2"], 2),
+    ("writing", "with params finalized, opt_state not", ["2", "4 (uncommitted)"], 2),
+    ("commit", "at the commit", ["2", "4 (uncommitted)"], 2),
+    ("after", "after the commit", ["2", "4"], 4),
+], ids=["before", "writing", "commit", "after"])
+def test_killed_during_an_async_save_resumes_from_a_complete_checkpoint(point, said, left, resumed_from, undisturbed,
+                                                                       jax_cache, tmp_path, capsys):
+    """SIGKILL at one point of the async save of step 4: the next run resumes from the newest complete step (2, or
+    4 once committed), clears what the killed save left, says nothing of damage, and ends with the losses and
+    params of an undisturbed run, bit for bit."""
+    driver, workdir = tmp_path / "driver.py", tmp_path / "w"
+    driver.write_text(DRIVER)
+    killed = subprocess.run([sys.executable, str(driver), point, str(KILLED_AT), str(workdir)], env=env(jax_cache, 8),
+                            cwd=os.path.dirname(TESTS), capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert f"SIGKILL {said}\n" in killed.stdout
+    ckpt_dir = workdir / checkpointing.CHECKPOINT_DIR
+    assert listing(ckpt_dir) == left
+    if point == "writing":  # in step 4's temporary folder, params is complete and the other items are not
+        (tmp,) = [n for n in os.listdir(ckpt_dir) if n.startswith(f"{KILLED_AT}.")]
+        assert listing(ckpt_dir / tmp) == ["_CHECKPOINT_METADATA", "data (uncommitted)", "opt_state (uncommitted)",
+                                           "params", "train (uncommitted)"]
+
+    capsys.readouterr()
+    resumed = trainer.run(toy_config(**FAULT_RUN), str(workdir))
+    out = capsys.readouterr()
+    assert f"stage 'toy_connectors': resumed {workdir} from step {resumed_from}\n" in out.out
+    assert [r["step"] for r in resumed.metrics] == list(range(resumed_from + 1, FAULT_RUN["num_steps"] + 1))
+    assert [r["loss"] for r in resumed.metrics] == [r["loss"] for r in undisturbed.metrics][resumed_from:]
+    for a, b in zip(*(jax.tree.leaves(jax.device_get(r.state.params)) for r in (undisturbed, resumed)), strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert sorted(os.listdir(ckpt_dir)) == ["6", "8"]  # keep=2; nothing of the killed save left
+    assert not (workdir / checkpointing.DAMAGED_DIR).exists()
+    assert "cannot be read" not in out.out and out.err == "", out
