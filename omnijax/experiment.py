@@ -178,7 +178,9 @@ def compare(arms: Mapping[str, RecipeResult | Sequence[RecipeResult]], stage: st
 
 def load_model(path: str, **kwargs) -> Model:
     """A trained model to ask questions: a finished stage workdir, an omnijax model directory or a HF
-    directory (``omnijax.inference.chat.Model``: ``.ask(prompt, image=, audio=, video=)``, ``.ask_many``)."""
+    directory (``omnijax.inference.chat.Model``: ``.ask(prompt, image=, audio=, video=)``, ``.ask_many``). A stage
+    workdir whose final checkpoint cannot be read gives the newest step that can, saying so in one line (the
+    unreadable step is moved to ``damaged_checkpoints/``)."""
     return Model(path, **kwargs)
 
 

@@ -344,9 +344,16 @@ def test_a_damaged_final_step_loads_the_newest_readable_one(ola, tmp_path, capsy
     assert capsys.readouterr().err.splitlines() == [f"{work}: loaded checkpoint step 1, not the stage's final step: "
                                                     f"step 2 was moved to {aside / moved} before, unreadable"]
 
-    files = [p for p in (ckpts / "1" / "params").rglob("*") if p.is_file()]
-    for p in files:
-        p.write_bytes(b"")
+    with open(work / "stage.json", "w") as f:  # a stage of 3 steps: step 2 was not its final one
+        json.dump(dict(stage, num_steps=3), f)
+    with pytest.raises(CheckpointError, match=r"not finished.*stopped at step 1 of 3"):
+        load_model(str(work))
+    with open(work / "stage.json", "w") as f:
+        json.dump(dict(stage, num_steps=2), f)
+
+    for p in (ckpts / "1" / "params").rglob("*"):
+        if p.is_file():
+            p.write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"none of the checkpoints of .*two \(steps \[2, 1\]\) can be read; they "
                                               r"are in .*damaged_checkpoints: delete the workdir's checkpoints"):
         load_model(str(work))

@@ -259,14 +259,20 @@ def final_step(workdir: str) -> int:
     if step is None:
         raise StageConfigError(f"init_from {workdir}: the stage workdir has no complete checkpoint; run that stage "
                                "first")
-    stage_file = os.path.join(workdir, STAGE_FILE)
-    if os.path.exists(stage_file):
-        with open(stage_file) as f:
-            stage = json.load(f)
-        if step < stage["num_steps"]:
-            raise StageConfigError(f"init_from {workdir}: stage {stage['name']!r} stopped at step {step} of "
-                                   f"{stage['num_steps']}; finish it first (run it again with the same workdir)")
+    stage = _stage(workdir)
+    if stage and step < stage["num_steps"]:
+        raise StageConfigError(f"init_from {workdir}: stage {stage['name']!r} stopped at step {step} of "
+                               f"{stage['num_steps']}; finish it first (run it again with the same workdir)")
     return step
+
+
+def _stage(workdir: str) -> dict | None:
+    """The workdir's ``STAGE_FILE`` (the stage's name and length), None when it has none."""
+    stage_file = os.path.join(workdir, STAGE_FILE)
+    if not os.path.exists(stage_file):
+        return None
+    with open(stage_file) as f:
+        return json.load(f)
 
 
 def verify_final(workdir: str, say=print) -> bool:
@@ -330,7 +336,8 @@ def loadable_params(workdir: str, target_params, say=print):
     manager = _reader(workdir)
     try:
         steps = sorted(manager.all_steps(), reverse=True)
-        earlier = [(s, where) for s, where in moved_aside(workdir) if not steps or s > steps[0]]
+        length = (_stage(workdir) or {}).get("num_steps", 0)
+        earlier = [(s, where) for s, where in moved_aside(workdir) if (not steps or s > steps[0]) and s >= length]
         if not earlier:
             final_step(workdir)
         skipped = {s: f"step {s} was moved to {where} before, unreadable" for s, where in earlier}
