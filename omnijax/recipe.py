@@ -257,13 +257,7 @@ def run(recipe: Recipe, workdir: str, *, only: tuple[str, ...] = (), steps: int 
     from omnijax.training.config import ROOTS
 
     names = recipe.names
-    unknown = sorted(set(only) - set(names))
-    if unknown:
-        raise ValueError(f"--only names {unknown}, which are not stages of {recipe.name}; stages: {', '.join(names)}")
-    unknown = sorted(set(overrides or {}) - set(names) - {ALL_STAGES})
-    if unknown:
-        raise ValueError(f"overrides name {unknown}, which are not stages of {recipe.name}; stages: "
-                         f"{', '.join(names)} (or {ALL_STAGES!r} for all)")
+    _check_selection(recipe, only, overrides)
     roots = {**ROOTS, **{k: os.path.abspath(v) for k, v in (roots or {}).items() if v is not None}}
     check_settings(recipe, workdir, steps, seed, overrides)
     if recipe.prepare is not None:
@@ -310,6 +304,18 @@ def run(recipe: Recipe, workdir: str, *, only: tuple[str, ...] = (), steps: int 
         log(f"stage {name}: {status} in {row['seconds']:.0f} s" + (f", final loss {loss:.3f}" if loss else "") +
             (f"; {_brief(row['metrics'])}" if row.get("metrics") else ""))
     return rows
+
+
+def _check_selection(recipe: Recipe, only: tuple[str, ...], overrides: Mapping[str, Mapping] | None) -> None:
+    """``only`` and the overrides' keys name stages of the recipe (or ``ALL_STAGES``)."""
+    names = recipe.names
+    unknown = sorted(set(only) - set(names))
+    if unknown:
+        raise ValueError(f"--only names {unknown}, which are not stages of {recipe.name}; stages: {', '.join(names)}")
+    unknown = sorted(set(overrides or {}) - set(names) - {ALL_STAGES})
+    if unknown:
+        raise ValueError(f"overrides name {unknown}, which are not stages of {recipe.name}; stages: "
+                         f"{', '.join(names)} (or {ALL_STAGES!r} for all)")
 
 
 def _starts_from(c: mlc.ConfigDict, stage_dir: str) -> bool:
