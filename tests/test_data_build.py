@@ -7,6 +7,7 @@ same pixels and samples as the source, with soundfile, PIL and PyAV as the oracl
 import io
 import json
 import os
+import re
 import sys
 
 import av
@@ -31,6 +32,7 @@ from data_pipelines.schema import (
     read_shards,
     shard_paths,
 )
+from omnijax.errors import DamagedFileError
 
 
 def writer_options(path):
@@ -276,9 +278,35 @@ def test_shard_writer_round_robin_group_size_one_and_atomic(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no ArrayRecord shard"):
         list(read_shard(str(tmp_path / "nothing.array_record-00000-of-00001")))
-    _write(str(tmp_path / "junk" / "bad"), b"not an array record file")
-    with pytest.raises(SchemaError, match="not a readable ArrayRecord file"):
-        num_records(str(tmp_path / "junk" / "bad"))
+    junk = str(tmp_path / "junk" / "bad")
+    _write(junk, b"not an array record file")
+    with pytest.raises(DamagedFileError, match=rf"^{re.escape(junk)}: wrong format: not an ArrayRecord file \(it does "
+                                               r"not start with the Riegeli file signature\); rebuild the shard"):
+        num_records(junk)
+
+
+def test_damaged_shards_are_named_with_what_is_wrong(tmp_path):
+    """A shard cut short (a copy that stopped) and one with a damaged record: the error names the file and says
+    truncated or which records fail their hash."""
+    with ShardWriter(str(tmp_path / "chat"), 1) as writer:
+        for i in range(40):
+            writer.write(_text_example(i))
+    path = writer.paths[0]
+    data = open(path, "rb").read()
+    assert len(data) % (1 << 16) == 0  # ArrayRecord writes whole 64 KiB blocks
+    cut = str(tmp_path / "cut")
+    _write(cut, data[: len(data) - 5000])
+    with pytest.raises(DamagedFileError, match=rf"^{re.escape(cut)}: truncated: {len(data) - 5000} bytes, not a whole "
+                                               r"number of the 64 KiB blocks .*hash mismatch.*; rebuild the shard"):
+        list(read_shard(cut))
+    flipped = bytearray(data)
+    flipped[1000] ^= 0xFF  # inside the records' chunks
+    damaged = str(tmp_path / "damaged")
+    _write(damaged, bytes(flipped))
+    assert num_records(damaged) == 40  # its index still reads
+    with pytest.raises(DamagedFileError, match=rf"^{re.escape(damaged)}: damaged: records 0 to 39 of 40 do not read "
+                                               r"\(Corrupted Riegeli/records file: chunk (data|header) hash mismatch"):
+        list(read_shard(damaged))
 
 
 # --- llava-json --------------------------------------------------------------------------------------
@@ -421,7 +449,9 @@ def test_llava_json_converts_media_and_counts_skips(tmp_path):
         "malformed entry": 1,
         "spoken question": 1,
     }
-    assert str(media / "img" / "nope.jpg") in summary["skip_details"]["missing media file"][0]
+    missing = summary["skip_details"]["missing media file"][0]  # the entry, then the file
+    assert missing.startswith("ola_mix.json[10] image 'img/nope.jpg': ") and missing.endswith(
+        f"{media / 'img' / 'nope.jpg'} does not exist"), missing
     assert "1 video placeholder(s)" not in json.dumps(summary)  # the mismatch names the image count
     assert (
         "2 image placeholder(s) in the conversation but 1 file(s)" in summary["skip_details"]["placeholder mismatch"][0]

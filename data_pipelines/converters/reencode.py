@@ -27,14 +27,15 @@ _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 _FRAME_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-def read_bytes(path: str) -> bytes:
+def read_bytes(path: str, what: str) -> bytes:
+    """The file at `path`; `what` names the entry it belongs to in the skip details."""
     if not os.path.exists(path):
-        raise Skip("missing media file", f"{path} does not exist")
+        raise Skip("missing media file", f"{what}: {path} does not exist")
     try:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise Skip("unreadable media", f"{path}: {e}") from e
+        raise Skip("unreadable media", f"{what}: {path}: {e}") from e
 
 
 def _unreadable(what: str, error: Exception) -> Skip:
@@ -135,7 +136,7 @@ def frame_folder_media(folder: str, what: str) -> Media:
         raise Skip(
             "missing media file", f"{what}: folder {folder} holds no frames ({', '.join(sorted(_FRAME_SUFFIXES))})"
         )
-    return frames_media([read_bytes(os.path.join(folder, n)) for n in names], what)
+    return frames_media([read_bytes(os.path.join(folder, n), what) for n in names], what)
 
 
 def audio_media(data: bytes, what: str) -> Media:
