@@ -1,5 +1,6 @@
-"""How the command-line tools end on damaged input: one line on stderr naming the file and the fix, exit status 2,
-no traceback (``OMNIJAX_DEBUG=1`` gives it)."""
+"""How the command-line tools end on damaged input and on the small user errors: one line on stderr naming the
+file (or flag) and the fix, exit status 2, no traceback (``OMNIJAX_DEBUG=1`` gives it); ``--help`` of the
+absl-flags CLIs; list and dict fields overridden with ``--config.KEY=[...]``."""
 
 import io
 import os
@@ -11,7 +12,8 @@ import pytest
 from PIL import Image
 
 from data_pipelines import media
-from omnijax import errors
+from omnijax import compile as compile_cli
+from omnijax import errors, train
 from omnijax.inference import chat
 from omnijax.tools import generate
 
@@ -113,3 +115,58 @@ def test_report_is_one_line_and_exit_2_or_the_traceback_under_omnijax_debug(caps
         errors.report(error)
     monkeypatch.setenv(errors.DEBUG_ENV, "0")
     assert errors.report(error, 3) == 3
+
+
+# -- the absl-flags CLIs -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cli", [train, compile_cli])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_the_usage_and_exits_0(cli, flag, capsys):
+    assert cli.main([flag]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.startswith(cli.__doc__) and "--config" in out, out
+    assert ("--topology" in out, "--workdir" in out) == ((True, False) if cli is compile_cli else (False, True))
+
+
+def test_train_help_from_the_shell():
+    r = _python("omnijax.train", "--help")
+    assert r.returncode == 0 and r.stderr == "" and "flags:\n  --config: stage config file" in r.stdout, r
+
+
+TOY = ["--config", os.path.join(TESTS, "training_fixtures.py:connectors"), "--workdir", "unused"]
+
+
+@pytest.mark.parametrize("flag, line", ids=["typo", "nested typo", "not a literal", "list for an int"], argvalues=[
+    ("--config.num_stepz=3", "--config.num_stepz: the stage config has no field 'num_stepz'; did you mean "
+                             "--config.num_steps?"),
+    ("--config.data.sourcez=grain", "--config.data.sourcez: c.data has no field 'sourcez'; did you mean "
+                                    "--config.data.source?"),
+    ("--config.trainable=[('.*', None)", "--config.trainable: \"[('.*', None)\" is not a Python literal"),
+    ("--config.num_steps=[1]", "--config.num_steps: a list for a field that holds int 10; give it as "
+                               "--config.num_steps=VALUE"),
+])
+def test_config_flag_errors_are_one_clean_line(flag, line, capsys):
+    for cli, argv in ((train, TOY), (compile_cli, [*TOY[:2], "--topology", "v5p-8"])):
+        assert cli.main([*argv, flag]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {line}") and err.count("\n") == 1 and "\\n" not in err and "\\'" not in err, err
+
+
+def test_list_fields_take_a_python_literal(capsys):
+    """--config.trainable=[...] reaches the stage config: a rule that matches nothing is refused by name, before
+    anything trains; a dict field (c.data.pipeline) takes a dict literal."""
+    rules = "[('vision_connektor/.*', {'lr': 1e-3}), ('.*', None)]"
+    assert train.main([*TOY, f"--config.trainable={rules}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: stage 'toy_connectors': rule 'vision_connektor/.*' matches no parameter"), err
+    from omnijax.training.config import base_config, literal_overrides, override_literal
+
+    argv, literals = literal_overrides(["x", "--config.seed=1", "--config.data.pipeline={'max_bad_fraction': 0.3}",
+                                        f"--config.trainable={rules}"])
+    assert argv == ["x", "--config.seed=1"]
+    c = base_config()
+    for key, text in literals:
+        override_literal(c, key, text)
+    assert c.data.pipeline.to_dict() == {"max_bad_fraction": 0.3}
+    assert c.trainable == [("vision_connektor/.*", {"lr": 1e-3}), (".*", None)]
