@@ -312,6 +312,33 @@ def test_damaged_shards_are_named_with_what_is_wrong(tmp_path):
 # --- llava-json --------------------------------------------------------------------------------------
 
 
+def test_llava_json_skips_media_files_cut_short_naming_entry_and_file(tmp_path):
+    """JPEG, PNG, WAV and MP4 files are kept as they are, so one cut short is skipped here, not found in training."""
+    media = tmp_path / "media"
+    whole = {"a.jpg": _jpeg(), "b.png": _image_bytes(_pixels(1), "PNG"), "c.wav": _audio_bytes(_samples(2), "WAV"),
+             "d.mp4": _video_bytes(str(tmp_path / "v.mp4"), "mp4", "libx264")}
+    for name, data in whole.items():
+        _write(str(media / name), data[: len(data) // 2])
+    _write(str(media / "ok.jpg"), _jpeg())
+    kinds = {"jpg": "image", "png": "image", "wav": "audio", "mp4": "video"}
+    entries = [{"id": name, kinds[name.rsplit(".")[1]]: name,
+                "conversations": [{"from": "human", "value": f"<{kinds[name.rsplit('.')[1]]}>\nWhat?"},
+                                  {"from": "gpt", "value": "x"}]} for name in [*whole, "ok.jpg"]]
+    data = tmp_path / "cut.json"
+    data.write_text(json.dumps(entries))
+    prefix = str(tmp_path / "shards" / "cut")
+    assert build.main(["llava-json", str(data), "--media-root", str(media), "--out", prefix]) == 0
+    summary = _summary(prefix)
+    assert summary["written"] == 1 and summary["skipped"] == {"unreadable media": 4}
+    details = summary["skip_details"]["unreadable media"]
+    assert [d.split(": ")[1].split(" (")[0] for d in details] == [
+        "truncated", "truncated", "truncated", "truncated"], details
+    assert details[0] == (f"cut.json[0] image 'a.jpg': truncated: the JPEG ends without its end-of-image marker "
+                          f"({len(whole['a.jpg']) // 2} bytes)")
+    assert details[2].startswith("cut.json[2] audio 'c.wav': truncated: ") and "RIFF header" in details[2]
+    assert details[3].startswith("cut.json[3] video 'd.mp4': truncated: its ") and "box runs to byte" in details[3]
+
+
 def test_llava_json_converts_media_and_counts_skips(tmp_path):
     media = tmp_path / "media"
     jpeg = _write(str(media / "img" / "a.jpg"), _jpeg())
