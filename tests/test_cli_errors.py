@@ -94,6 +94,25 @@ def test_no_traceback_reaches_the_terminal_unless_omnijax_debug(tmp_path):
     assert f"omnijax.errors.DamagedFileError: {path}: {what}" in r.stderr, r.stderr
 
 
+def test_evaluate_names_a_truncated_eval_shard(tmp_path, capsys):
+    """The held-out shards are read before the model loads: a cut one is one line, exit 2."""
+    from data_pipelines import schema
+    from omnijax import evaluate
+
+    with schema.ShardWriter(str(tmp_path / "tasks" / "eval" / "asr"), 1) as writer:
+        for i in range(5):
+            writer.write(schema.Example(f"q{i}", "s", "asr", [schema.Turn("user", "Say it."),
+                                                              schema.Turn("assistant", f"word {i}")]))
+    os.truncate(writer.paths[0], 40000)
+    assert evaluate.main(["--ckpt", str(tmp_path / "no-model"), "--data", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"error: {writer.paths[0]}: truncated: 40000 bytes, not a whole number of the 64 KiB "
+                          "blocks ArrayRecord files are written in (the reader: "), err
+    assert err.endswith("; rebuild the shard (python -m data_pipelines.build, or data_pipelines.synth) or copy it "
+                        "again\n"), err
+
+
 def test_ask_names_a_damaged_image_file(tmp_path):
     """``load_model(W).ask(image=Image.open(path))``: PIL reads the pixels late; a cut file is named."""
     _, path, _ = cut_file(tmp_path, "jpeg")
