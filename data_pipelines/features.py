@@ -76,6 +76,14 @@ class Feature:
         return int(self.data.shape[0])
 
 
+def _undecodable(kind: str, data: bytes, error: Exception) -> MediaError:
+    """The error for media that does not decode: truncated where the file's structure says so
+    (`schema.truncation`), with the decoder's words."""
+    cut = schema.truncation(data, schema.sniff_format(data))
+    cause = f"{type(error).__name__}: {error}"
+    return MediaError(f"corrupt_{kind}", f"{cut} ({cause})" if cut else f"{kind} does not decode ({cause})")
+
+
 def _open_image(data: bytes):
     from PIL import Image
 
@@ -84,7 +92,7 @@ def _open_image(data: bytes):
         image.load()
         return image.convert("RGB")
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        raise MediaError("corrupt_image", f"image does not decode ({type(e).__name__}: {e})") from e
+        raise _undecodable("image", data, e) from e
 
 
 def _view(image, size: int) -> np.ndarray:
@@ -110,17 +118,19 @@ def _video_frames(data: bytes, k: int) -> list:
         if count == 0:
             raise MediaError("corrupt_video", "the video has no frames")
         wanted = set(_uniform(count, k).tolist())
-        frames = []
+        last, frames = max(wanted), []
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1  # one FFmpeg thread per pipeline worker
             for i, frame in enumerate(container.decode(stream)):
                 if i in wanted:
                     frames.append(Image.fromarray(frame.to_ndarray(format="rgb24")))
+                if i == last:
+                    break
     except MediaError:
         raise
     except Exception as e:  # av.error.FFmpegError and friends
-        raise MediaError("corrupt_video", f"video does not decode ({type(e).__name__}: {e})") from e
+        raise _undecodable("video", data, e) from e
     if not frames:
         raise MediaError("corrupt_video", f"none of the video's {count} frames decodes")
     return frames
@@ -129,17 +139,44 @@ def _video_frames(data: bytes, k: int) -> list:
 def _waveform(data: bytes) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
+    cut = schema.truncation(data, schema.sniff_format(data))
+    if cut:  # a WAV's decoder reads what is there
+        raise MediaError("corrupt_audio", cut)
+    blocks, expected, rate, error = [], None, None, ""
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             expected, rate = f.frames, f.samplerate
-            samples = f.read(dtype="float32", always_2d=True)
+            for block in f.blocks(blocksize=4096, dtype="float32", always_2d=True):
+                blocks.append(block)
     except Exception as e:  # soundfile.LibsndfileError, RuntimeError
-        raise MediaError("corrupt_audio", f"audio does not decode ({type(e).__name__}: {e})") from e
-    if len(samples) == 0:
+        if expected is None:  # not even the header reads
+            raise _undecodable("audio", data, e) from e
+        error = f" ({type(e).__name__}: {e})"
+    samples = np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
+    if expected == 0:
         raise MediaError("corrupt_audio", "the audio has no samples")
     if len(samples) != expected:
-        raise MediaError("corrupt_audio", f"the audio is truncated: {len(samples)} of {expected} samples decode")
+        raise MediaError("corrupt_audio", f"truncated or damaged: {len(samples)} of the {expected} samples its "
+                                          f"header gives decode ({len(samples) / rate:.2f} s of {expected / rate:.2f} "
+                                          f"s){error}")
     return samples.mean(axis=1), rate
+
+
+def check_decodes(media: schema.Media) -> None:
+    """Raises `MediaError` saying what is wrong when `media` is cut short (`schema.truncation`) or does not
+    decode: an image whole, audio whole, a video's first frame."""
+    cut = schema.truncation(media.data, media.format)
+    if cut:
+        raise MediaError(f"corrupt_{media.kind}", cut)
+    if media.kind == "image":
+        _open_image(media.data)
+    elif media.kind == "audio":
+        _waveform(media.data)
+    elif media.format == "jpeg_frames":
+        for frame in media.data:
+            _open_image(frame)
+    else:
+        _video_frames(media.data, 1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,12 +21,16 @@ a row's slots hold its examples' items in segment order. The packer gives each s
 of its example; `FinishRow` turns the per-example item numbers into the row's (`*_item`, -1 for
 empty slots). Bins are emitted in order (no bin shuffle).
 
-Bad records (undecodable record or media, placeholders that do not match the media) are skipped
-and counted per reason (`BAD_REASONS`). When more than `max_bad_fraction * bad_window` of the last
-`bad_window` records were bad, the pipeline stops with `BadRecordsError` naming the shards and
-record indices. Over-long examples (more tokens than `seq_len`, more media than the slots, audio
-beyond `max_audio_chunks` windows) are dropped (`too_long='drop'`) or cut before the first item
-or token that does not fit (`'truncate'`; an example left with nothing to learn is dropped).
+Bad records (undecodable record or media, placeholders that do not match the media, a record whose chunk
+does not read) are skipped and counted per reason (`BAD_REASONS`). When more than `max_bad_fraction *
+bad_window` of the last `bad_window` records were bad, the pipeline stops with `BadRecordsError` naming the
+shards and record indices. A shard that does not open (truncated, not an ArrayRecord file) counts as bad
+records too, as many as its source's readable shards hold on average (a set's shards are written round-robin):
+the pipeline leaves it out, saying so in one line, while those stay within `max_bad_fraction` of all records,
+and otherwise stops with the shard's `omnijax.errors.DamagedFileError` (`open_sources`). Over-long examples
+(more tokens than `seq_len`, more media than the slots, audio beyond `max_audio_chunks` windows) are dropped
+(`too_long='drop'`) or cut before the first item or token that does not fit (`'truncate'`; an example left with
+nothing to learn is dropped).
 
 State. `Pipeline.get_state()` is JSON; restoring it needs the same worker count and the same
 process count and index (Grain's iterator state is per worker); the source weights may change
@@ -36,6 +40,7 @@ same batches.
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections.abc import Sequence
 
@@ -43,6 +48,7 @@ import grain
 import numpy as np
 
 from data_pipelines import features as features_lib
+from data_pipelines import schema
 from data_pipelines.prepare import Prepare
 from data_pipelines.records import Records
 from data_pipelines.self_kd import split_pairs
@@ -50,6 +56,7 @@ from data_pipelines.pipeline_config import (BAD_REASONS, COUNTERS, EXAMPLE_TEXT_
                                             TOO_LONG_POLICIES, BadRecordsError, PipelineConfig, Source)
 from data_pipelines.tokenizer import load_tokenizer
 from omnijax.batch import SLOT_FIELDS, batch_spec
+from omnijax.errors import DamagedFileError
 from omnijax.media_tokens import MODALITIES
 
 class Account(grain.IterDataset):
@@ -165,18 +172,53 @@ def _source_seed(seed: int, name: str) -> int:
     return int(np.random.SeedSequence([seed, zlib.crc32(name.encode())]).generate_state(1)[0])
 
 
-def build_dataset(config: PipelineConfig, tokenizer=None) -> grain.IterDataset:
+def open_sources(config: PipelineConfig, say=None) -> tuple[dict[str, Records], list[DamagedFileError]]:
+    """Each source's readable shards as `Records`, and the errors of the shards that do not open. A damaged
+    shard counts as bad records, as many as its source's readable shards hold on average; while the bad
+    records stay within `max_bad_fraction` of all records the shard is left out (`say`, default stderr, gets
+    one line for it), else its `DamagedFileError` is raised, its fix naming the `max_bad_fraction` that would
+    allow it. A source without a readable shard always stops the pipeline."""
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    records, damaged, lost = {}, [], []
+    for source in config.sources:
+        counts = {}
+        for path in source.paths:
+            try:
+                counts[path] = schema.num_records(path)
+            except DamagedFileError as e:
+                damaged.append(e)
+                lost.append(source.name)
+        if not counts:
+            raise damaged[-1]
+        records[source.name] = Records(tuple(counts), tuple(counts.values()))
+    total = sum(len(r) for r in records.values())
+    estimate = {name: len(r) / len(r.paths) for name, r in records.items()}  # records per shard
+    bad = sum(estimate[name] for name in lost)
+    fraction = bad / (total + bad) if damaged else 0.0
+    for e, name in zip(damaged, lost, strict=True):
+        share = f"about {estimate[name]:.0f} records of source {name!r}"
+        if fraction > config.max_bad_fraction:
+            raise DamagedFileError(e.path, e.what, f"{e.fix}; or train without it ({share}, with the other damaged "
+                                   f"shards {fraction:.1%} of the records): max_bad_fraction={fraction:.3g} or more "
+                                   f"in c.data.pipeline, now {config.max_bad_fraction}")
+        say(f"warning: {e.path}: {e.what}; left out, counted as {share} bad (damaged shards hold {fraction:.1%} of "
+            f"the records, max_bad_fraction={config.max_bad_fraction})")
+    return records, damaged
+
+
+def build_dataset(config: PipelineConfig, tokenizer=None, records: dict[str, Records] | None = None
+                  ) -> grain.IterDataset:
     """The pipeline as a Grain `IterDataset` of batches (each with a `stats [batch, counters]` field
-    next to the batch contract's fields)."""
+    next to the batch contract's fields); `records`: each source's shards (default: `open_sources`)."""
     tokenizer = tokenizer or load_tokenizer(config.tokenizer)
+    shards = records if records is not None else open_sources(config)[0]
     index, count = config.processes()
     read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.read_buffer)
     mixture = {}
     for source in config.sources:
-        records = Records(source.paths)
-        ds = grain.MapDataset.source(records).shuffle(seed=_source_seed(config.seed, source.name)).repeat()
+        ds = grain.MapDataset.source(shards[source.name]).shuffle(seed=_source_seed(config.seed, source.name)).repeat()
         ds = ds[index::count]
-        mixture[source.name] = ds.to_iter_dataset(read).map(Prepare(config, source, records, tokenizer))
+        mixture[source.name] = ds.to_iter_dataset(read).map(Prepare(config, source, shards[source.name], tokenizer))
     ds = grain.IterDataset.mix(mixture, {s.name: s.weight for s in config.sources})
     ds = Account(ds, config)
     modalities = [m for m in MODALITIES if config.budget.slots(m)]
@@ -207,14 +249,16 @@ class Pipeline:
     """Batches of one stage for this process: an iterator of dicts of numpy arrays with the fields of
     `spec` (`omnijax.batch.batch_spec`), resumable through `get_state`/`set_state` (JSON) and the
     trainer's checkpoint protocol (`checkpoint_handler`, `save_args`, `restore_args`, `restored`).
-    `metrics` counts records, examples, tokens, skips per reason, truncations and records per source."""
+    `metrics` counts records, examples, tokens, skips per reason, truncations and records per source, and the
+    damaged shards left out (`damaged`: their errors; `open_sources`)."""
 
     def __init__(self, config: PipelineConfig):
         self.config = config
         if not config.workers:
             features_lib.limit_blas_threads()  # the decode runs in this process, next to the train step
         self.tokenizer = load_tokenizer(config.tokenizer)
-        self.dataset = build_dataset(config, self.tokenizer)
+        records, self.damaged = open_sources(config)
+        self.dataset = build_dataset(config, self.tokenizer, records)
         self.spec = batch_spec(config.batch_size, config.seq_len, config.budget, config.layout,
                                config.self_kd)
         self.totals = dict.fromkeys(config.counters, 0)
@@ -236,10 +280,11 @@ class Pipeline:
 
     @property
     def metrics(self) -> dict[str, float]:
-        """The counters so far, plus `bad_fraction` (bad records / records)."""
+        """The counters so far, plus `bad_fraction` (bad records / records) and `damaged_shards`."""
         out = dict(self.totals)
         bad = sum(self.totals[r] for r in BAD_REASONS)
         out["bad_fraction"] = bad / max(self.totals["records"], 1)
+        out["damaged_shards"] = len(self.damaged)
         return out
 
     def get_state(self) -> dict:

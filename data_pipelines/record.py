@@ -77,6 +77,37 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+def truncation(data: bytes, fmt: str | None) -> str | None:
+    """How a file of format `fmt` is cut short, read from its own structure, or None where it looks whole: a JPEG
+    without its end-of-image marker, a PNG without its IEND chunk, a WAV shorter than its RIFF header says, an MP4
+    (ISO-BMFF) box running past the end. FLAC keeps no length to check (its decoder loses sync instead)."""
+    n = len(data)
+    if fmt == "jpeg" and not data.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
+        return f"truncated: the JPEG ends without its end-of-image marker ({n} bytes)"
+    if fmt == "png" and b"IEND" not in data[-12:]:
+        return f"truncated: the PNG ends without its IEND chunk ({n} bytes)"
+    if fmt == "wav" and data[:4] == b"RIFF":
+        riff = int.from_bytes(data[4:8], "little") + 8
+        if n < riff < 0xFFFFFFFF:
+            return f"truncated: {n} bytes of the {riff} its RIFF header gives"
+    if fmt == "mp4":
+        at = 0
+        while at + 8 <= n:
+            size, box = int.from_bytes(data[at:at + 4], "big"), data[at + 4:at + 8].decode("latin-1")
+            if size == 1:  # a 64-bit size follows the type
+                size = int.from_bytes(data[at + 8:at + 16], "big")
+            elif size == 0:  # the box runs to the end of the file
+                return None
+            if size < 8:
+                return None  # not a box layout this check reads; the decoder decides
+            if at + size > n:
+                return f"truncated: its {box!r} box runs to byte {at + size}, the file ends at byte {n}"
+            at += size
+        if at < n:
+            return f"truncated: the file ends inside a box header at byte {at} of {n}"
+    return None
+
+
 def placeholder_kinds(text: str) -> list[str]:
     """Kinds of the placeholders in `text`, in order: `"<audio> and <image>"` -> `["audio", "image"]`."""
     return [_KIND_OF_PLACEHOLDER[m] for m in _PLACEHOLDER_RE.findall(text)]

@@ -4,7 +4,8 @@ the ArrayRecord shards that hold the records.
 A shard is ``PREFIX.array_record-0000i-of-0000N`` (the TFDS naming, so ``PREFIX.array_record-*`` globs a
 set), written with ``group_size:1`` (one record per chunk: cheap random access for Grain). ``ShardWriter``
 writes examples round-robin into a set and moves each shard into place only when it is complete;
-``read_shard`` / ``read_shards`` give the examples back in order, ``num_records`` counts them.
+``read_shard`` / ``read_shards`` give the examples back in order, ``num_records`` counts them. A shard that
+does not read raises ``omnijax.errors.DamagedFileError`` naming it and what is wrong (``damaged_shard``).
 """
 
 from __future__ import annotations
@@ -15,13 +16,19 @@ from collections.abc import Iterator, Sequence
 from array_record.python import array_record_module
 
 from data_pipelines.record import (FORMATS, PLACEHOLDERS, ROLES, SCHEMA_VERSION, Example, Media, SchemaError,
-                                   SpokenQuestion, Turn, placeholder_kinds, sniff_format)
+                                   SpokenQuestion, Turn, placeholder_kinds, sniff_format, truncation)
+from omnijax.errors import DamagedFileError
 
 __all__ = ["ARRAY_RECORD_OPTIONS", "FORMATS", "PLACEHOLDERS", "ROLES", "SCHEMA_VERSION", "Example", "Media",
-           "SchemaError", "ShardWriter", "SpokenQuestion", "Turn", "num_records", "placeholder_kinds",
-           "read_shard", "read_shards", "shard_paths", "sniff_format"]
+           "SchemaError", "ShardWriter", "SpokenQuestion", "Turn", "damaged_shard", "num_records", "placeholder_kinds",
+           "read_shard", "read_shards", "shard_paths", "sniff_format", "truncation"]
 
 ARRAY_RECORD_OPTIONS = "group_size:1"  # one record per chunk: cheap random access for Grain
+RIEGELI_BLOCK = 1 << 16  # an ArrayRecord file is whole blocks of 64 KiB
+# the 64 bytes every Riegeli file starts with
+RIEGELI_SIGNATURE = bytes.fromhex("83af70d10d884a3f" + "00" * 8 + "40" + "00" * 7 + "91bac23c9287e1a9" + "00" * 8
+                                  + "e19f13c0e9b1c372" + "73" + "00" * 15)
+REBUILD = "rebuild the shard (python -m data_pipelines.build, or data_pipelines.synth) or copy it again"
 
 
 def shard_paths(path_prefix: str, num_shards: int) -> list[str]:
@@ -96,16 +103,33 @@ class ShardWriter:
             self.abort()
 
 
+def damaged_shard(path: str, cause: str) -> DamagedFileError:
+    """The error for a shard the ArrayRecord reader refuses (``cause``: the reader's words): not an ArrayRecord
+    file, truncated (not whole 64 KiB blocks, as ArrayRecord writes them), or damaged inside (a hash mismatch)."""
+    with open(path, "rb") as f:
+        head = f.read(len(RIEGELI_SIGNATURE))
+    size = os.path.getsize(path)
+    if head != RIEGELI_SIGNATURE:
+        what = "wrong format: not an ArrayRecord file (it does not start with the Riegeli file signature)"
+    elif size % RIEGELI_BLOCK:
+        what = (f"truncated: {size} bytes, not a whole number of the 64 KiB blocks ArrayRecord files are written in "
+                f"(the reader: {cause})")
+    else:
+        what = f"damaged: {cause}"
+    return DamagedFileError(path, what, REBUILD)
+
+
 def _open_reader(path: str) -> array_record_module.ArrayRecordReader:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no ArrayRecord shard at {path}")
-    reader = array_record_module.ArrayRecordReader(path)
-    if not reader.ok():
-        try:
+    try:
+        reader = array_record_module.ArrayRecordReader(path)
+        if not reader.ok():
             reader.close()  # raises the reader's error status
-        except RuntimeError as e:
-            raise SchemaError(f"{path} is not a readable ArrayRecord file: {e}") from e
-        raise SchemaError(f"{path} is not a readable ArrayRecord file")
+    except RuntimeError as e:
+        raise damaged_shard(path, str(e)) from e
+    if not reader.ok():
+        raise damaged_shard(path, "the reader is not ok")
     return reader
 
 
@@ -124,7 +148,13 @@ def read_shard(path: str, batch: int = 64) -> Iterator[Example]:
     try:
         total = reader.num_records()
         for start in range(0, total, batch):
-            for record in reader.read(start, min(start + batch, total)):
+            end = min(start + batch, total)
+            try:
+                records = reader.read(start, end)
+            except RuntimeError as e:  # a chunk that fails its hash
+                raise DamagedFileError(path, f"damaged: records {start} to {end - 1} of {total} do not read ({e})",
+                                       REBUILD) from e
+            for record in records:
                 yield Example.from_bytes(record)
     finally:
         reader.close()

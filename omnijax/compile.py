@@ -22,7 +22,9 @@ comma-separated and smallest first: each stage is compiled on them in turn until
 not fit stay in the table, with what they missed) -- which slice to book.
 
 Exit status: 0 every stage fits, 3 a stage does not fit (the message says how much is missing and
-which knobs would help), 2 a usage or config error (an unknown topology, a mesh the slice cannot hold).
+which knobs would help), 2 a usage or config error (an unknown topology, a mesh the slice cannot hold), in one
+line (``OMNIJAX_DEBUG=1`` for the traceback). A list or dict field takes a Python literal, as in
+``omnijax.train``: ``--config.trainable="[('llm/.*', None), ('.*', {'lr': 1e-3})]"``.
 """
 
 from __future__ import annotations
@@ -416,7 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     from absl import flags
     from ml_collections import config_flags
 
-    argv = list(sys.argv if argv is None else [sys.argv[0], *argv])
+    from omnijax.errors import report
+    from omnijax.training.config import config_flag_error, literal_overrides, override_literal
+
+    argv, literals = literal_overrides(list(sys.argv if argv is None else [sys.argv[0], *argv]))
     saved, sys.argv = sys.argv, argv  # config_flags finds the --config.* overrides in sys.argv
     fv = flags.FlagValues()
     config = config_flags.DEFINE_config_file("config", None, "stage config FILE[:arg]", flag_values=fv)
@@ -430,18 +435,28 @@ def main(argv: list[str] | None = None) -> int:
     markdown_flag = flags.DEFINE_string("markdown", None, "write the table of the stages here", flag_values=fv)
     set_flag = flags.DEFINE_multi_string("set", [], "KEY=VALUE for every stage (e.g. model.llm.attention=xla)",
                                          flag_values=fv)
+    if any(a in ("--help", "-help", "-h", "--helpshort", "--helpfull") for a in argv[1:]):
+        sys.argv = saved
+        print(f"{__doc__}\nflags:\n{fv.get_help(include_special_flags=False)}")
+        return 0
     try:
         fv(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        return report(e, message=config_flag_error(e, argv))
+    finally:
+        sys.argv = saved
+    try:
+        for key, text in literals:
+            if config.value is None:
+                raise ValueError(f"--config.{key} needs --config FILE:PRESET (a recipe's stages take --set KEY=VALUE)")
+            override_literal(config.value, key, text)
         if (config.value is None) == (recipe_flag.value is None) or not topo_flag.value:
-            raise ValueError("give --topology and one of --config FILE:PRESET or --recipe FILE:PRESET")
+            raise ValueError("give --topology and one of --config FILE:PRESET or --recipe FILE:PRESET; see --help")
         if save_flag.value and recipe_flag.value:
             raise ValueError("--save takes one stage (--config)")
         mesh = parse_mesh(mesh_flag.value) if mesh_flag.value else None
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        print(f"error: {e}\n\n{__doc__}", file=sys.stderr)
-        return 2
-    finally:
-        sys.argv = saved
+    except ValueError as e:
+        return report(e)
 
     import jax
 
@@ -454,15 +469,13 @@ def main(argv: list[str] | None = None) -> int:
         configs = [prepare(c, mesh, rules_flag.value)
                    for c in _stage_configs(config.value, recipe_flag.value, set_flag.value)]
     except (TopologyError, StageConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     reports, all_fit = [], True
     for c in configs:
         try:
             tried = smallest_fit(c, topos, save=save_flag.value, log=lambda *a: print(*a, flush=True))
         except (StageConfigError, ValueError) as e:
-            print(f"error: stage {c.name!r}: {e}", file=sys.stderr)
-            return 2
+            return report(e, message=f"stage {c.name!r}: {e}")
         reports += tried
         all_fit &= tried[-1].fits
     table = "\n".join([TABLE_HEADER] + [r.row() for r in reports])

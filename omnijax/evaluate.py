@@ -39,6 +39,7 @@ import time
 
 from data_pipelines import schema
 from data_pipelines.synth import COLOURS, NUMBER_WORDS, SHAPES
+from omnijax import errors
 from omnijax.checkpoint import assets_of, load_model
 from omnijax.eval import metrics, report
 from omnijax.eval.kinds import answer_of, choice_chance, evaluated_by_default, question_of, task_kind
@@ -187,9 +188,8 @@ def main(argv=None) -> int:
         tasks = tuple(t for t in args.tasks.split(",") if t) if args.tasks else default_tasks(args.data)
         templates = {}
         result = evaluate(args.ckpt, args.data, tasks, limit=args.limit, by_template=templates)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as e:  # damaged shards too (omnijax.errors)
+        return errors.report(e)
     for task, rows in templates.items():
         print(f"{task} by question template:")
         for template, row in rows.items():

@@ -2,13 +2,15 @@
 
 ``with atomic_dir(out, overwrite) as tmp:`` writes into a sibling temporary directory and moves it
 into place only when the block succeeds, so a failure or a kill never leaves a half-written export
-or checkpoint at ``out``. An existing non-empty ``out`` is refused unless ``overwrite``.
+or checkpoint at ``out``. An existing non-empty ``out`` is refused unless ``overwrite``. The directory gets the
+modes ``mkdir`` gives under the process's umask (0755 under the usual 022), as any folder the user makes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 
@@ -29,7 +31,8 @@ def atomic_dir(out: str, overwrite: bool = False):
     check_writable(out, overwrite)
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.normpath(out))}.partial-", dir=parent)
+    tmp = os.path.join(parent, f".{os.path.basename(os.path.normpath(out))}.partial-{secrets.token_hex(6)}")
+    os.mkdir(tmp)  # not tempfile.mkdtemp: its 0700 would become the output's mode
     try:
         yield tmp
     except BaseException:

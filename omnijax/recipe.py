@@ -43,11 +43,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections as mlc
 
+from data_pipelines.pipeline_config import BadRecordsError
+from omnijax import errors
 from omnijax.training.checkpointing import CheckpointError, latest_step, verify_final
+from omnijax.training.config import set_field
 from omnijax.training.stages import StageConfigError
 
 # What a user's mistake raises (the CLIs print these in one line and exit 2).
-USER_ERRORS = (FileNotFoundError, ValueError, StageConfigError, CheckpointError)
+USER_ERRORS = (FileNotFoundError, ValueError, StageConfigError, CheckpointError, BadRecordsError)  # damaged files too
 
 SETTINGS_FILE = "recipe.json"  # in the recipe's workdir: what shaped the run (seed, steps, overrides)
 EVAL_BY_TEMPLATE = "eval_by_template.json"  # in the stage workdir: accuracy per question template
@@ -136,30 +139,6 @@ def from_stages(stages: Sequence[tuple[str, mlc.ConfigDict]], *, name: str = "in
     _check_names([n for n, _ in stages], name)
     return Recipe(name, "tiny", tuple((n, c) for n, c in stages), None if eval_tasks is None else tuple(eval_tasks),
                   eval_data, prepare)
-
-
-def set_field(c: mlc.ConfigDict, key: str, value, where: str) -> None:
-    """``c.<dotted key> = value`` (list entries by index: ``data.sources.0.weight``); an unknown field is a
-    ``ValueError`` naming it and the fields there."""
-    parts = key.split(".")
-    target = c
-    for depth, part in enumerate(parts):
-        fields = (list(target.keys()) if isinstance(target, dict | mlc.ConfigDict)
-                  else list(range(len(target))) if isinstance(target, list | tuple) else [])
-        index = int(part) if part.isdigit() and isinstance(target, list | tuple) else part
-        if index not in fields:
-            shown = ", ".join(map(str, fields)) or "none (not a config group)"
-            raise ValueError(f"{where}: {key!r}: {part!r} is not a field of the stage config here; fields: {shown}")
-        if depth == len(parts) - 1:
-            break
-        target = target[index]
-    if isinstance(target, mlc.ConfigDict):
-        with target.ignore_type():
-            target[index] = value
-    elif isinstance(target, tuple):
-        raise ValueError(f"{where}: {key!r} is inside a tuple; override the whole field")
-    else:
-        target[index] = value
 
 
 def apply_overrides(c: mlc.ConfigDict, name: str, overrides: Mapping[str, Mapping] | None) -> None:
@@ -418,8 +397,7 @@ def main(argv=None) -> int:
                    steps=args.steps, evaluate=not args.no_eval, eval_limit=args.eval_limit, seed=args.seed,
                    roots={"corpus": args.corpus, "hf": args.hf_root, "data": args.data_root}, progress=None)
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return errors.report(e)
     if not args.no_eval and os.path.exists(os.path.join(args.workdir, "eval.md")):
         with open(os.path.join(args.workdir, "eval.md")) as f:
             print(f.read())

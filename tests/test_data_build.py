@@ -7,6 +7,7 @@ same pixels and samples as the source, with soundfile, PIL and PyAV as the oracl
 import io
 import json
 import os
+import re
 import sys
 
 import av
@@ -31,6 +32,7 @@ from data_pipelines.schema import (
     read_shards,
     shard_paths,
 )
+from omnijax.errors import DamagedFileError
 
 
 def writer_options(path):
@@ -276,12 +278,65 @@ def test_shard_writer_round_robin_group_size_one_and_atomic(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no ArrayRecord shard"):
         list(read_shard(str(tmp_path / "nothing.array_record-00000-of-00001")))
-    _write(str(tmp_path / "junk" / "bad"), b"not an array record file")
-    with pytest.raises(SchemaError, match="not a readable ArrayRecord file"):
-        num_records(str(tmp_path / "junk" / "bad"))
+    junk = str(tmp_path / "junk" / "bad")
+    _write(junk, b"not an array record file")
+    with pytest.raises(DamagedFileError, match=rf"^{re.escape(junk)}: wrong format: not an ArrayRecord file \(it does "
+                                               r"not start with the Riegeli file signature\); rebuild the shard"):
+        num_records(junk)
+
+
+def test_damaged_shards_are_named_with_what_is_wrong(tmp_path):
+    """A shard cut short (a copy that stopped) and one with a damaged record: the error names the file and says
+    truncated or which records fail their hash."""
+    with ShardWriter(str(tmp_path / "chat"), 1) as writer:
+        for i in range(40):
+            writer.write(_text_example(i))
+    path = writer.paths[0]
+    data = open(path, "rb").read()
+    assert len(data) % (1 << 16) == 0  # ArrayRecord writes whole 64 KiB blocks
+    cut = str(tmp_path / "cut")
+    _write(cut, data[: len(data) - 5000])
+    with pytest.raises(DamagedFileError, match=rf"^{re.escape(cut)}: truncated: {len(data) - 5000} bytes, not a whole "
+                                               r"number of the 64 KiB blocks .*hash mismatch.*; rebuild the shard"):
+        list(read_shard(cut))
+    flipped = bytearray(data)
+    flipped[1000] ^= 0xFF  # inside the records' chunks
+    damaged = str(tmp_path / "damaged")
+    _write(damaged, bytes(flipped))
+    assert num_records(damaged) == 40  # its index still reads
+    with pytest.raises(DamagedFileError, match=rf"^{re.escape(damaged)}: damaged: records 0 to 39 of 40 do not read "
+                                               r"\(Corrupted Riegeli/records file: chunk (data|header) hash mismatch"):
+        list(read_shard(damaged))
 
 
 # --- llava-json --------------------------------------------------------------------------------------
+
+
+def test_llava_json_skips_media_files_cut_short_naming_entry_and_file(tmp_path):
+    """JPEG, PNG, WAV and MP4 files are kept as they are, so one cut short is skipped here, not found in training."""
+    media = tmp_path / "media"
+    whole = {"a.jpg": _jpeg(), "b.png": _image_bytes(_pixels(1), "PNG"), "c.wav": _audio_bytes(_samples(2), "WAV"),
+             "d.mp4": _video_bytes(str(tmp_path / "v.mp4"), "mp4", "libx264")}
+    for name, data in whole.items():
+        _write(str(media / name), data[: len(data) // 2])
+    _write(str(media / "ok.jpg"), _jpeg())
+    kinds = {"jpg": "image", "png": "image", "wav": "audio", "mp4": "video"}
+    entries = [{"id": name, kinds[name.rsplit(".")[1]]: name,
+                "conversations": [{"from": "human", "value": f"<{kinds[name.rsplit('.')[1]]}>\nWhat?"},
+                                  {"from": "gpt", "value": "x"}]} for name in [*whole, "ok.jpg"]]
+    data = tmp_path / "cut.json"
+    data.write_text(json.dumps(entries))
+    prefix = str(tmp_path / "shards" / "cut")
+    assert build.main(["llava-json", str(data), "--media-root", str(media), "--out", prefix]) == 0
+    summary = _summary(prefix)
+    assert summary["written"] == 1 and summary["skipped"] == {"unreadable media": 4}
+    details = summary["skip_details"]["unreadable media"]
+    assert [d.split(": ")[1].split(" (")[0] for d in details] == [
+        "truncated", "truncated", "truncated", "truncated"], details
+    assert details[0] == (f"cut.json[0] image 'a.jpg': truncated: the JPEG ends without its end-of-image marker "
+                          f"({len(whole['a.jpg']) // 2} bytes)")
+    assert details[2].startswith("cut.json[2] audio 'c.wav': truncated: ") and "RIFF header" in details[2]
+    assert details[3].startswith("cut.json[3] video 'd.mp4': truncated: its ") and "box runs to byte" in details[3]
 
 
 def test_llava_json_converts_media_and_counts_skips(tmp_path):
@@ -421,7 +476,9 @@ def test_llava_json_converts_media_and_counts_skips(tmp_path):
         "malformed entry": 1,
         "spoken question": 1,
     }
-    assert str(media / "img" / "nope.jpg") in summary["skip_details"]["missing media file"][0]
+    missing = summary["skip_details"]["missing media file"][0]  # the entry, then the file
+    assert missing.startswith("ola_mix.json[10] image 'img/nope.jpg': ") and missing.endswith(
+        f"{media / 'img' / 'nope.jpg'} does not exist"), missing
     assert "1 video placeholder(s)" not in json.dumps(summary)  # the mismatch names the image count
     assert (
         "2 image placeholder(s) in the conversation but 1 file(s)" in summary["skip_details"]["placeholder mismatch"][0]

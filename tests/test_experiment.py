@@ -168,6 +168,8 @@ def test_two_corpora_in_one_process(corpus, tmp_path):  # noqa: F811
             assert "JAX_" in line, line
         elif path in ("omnijax/compile.py", "omnijax/tpu_slices.py"):  # libtpu's and JAX's platform settings
             assert "LIBTPU" in line or "JAX_PLATFORMS" in line, line
+        elif path == "omnijax/errors.py":  # the CLIs' traceback switch
+            assert "DEBUG_ENV" in line, line
         else:
             assert path in clis, f"{line}: only the CLIs' defaults may read the environment"
 

@@ -170,3 +170,56 @@ def test_existing_output_is_refused_unless_overwrite(hf_dir, tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "precious"
     assert convert.main(["export", "--ckpt", hf_dir[0], "--out", str(out), "--overwrite"]) == 0
     assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong format"])
+def test_damaged_safetensors_is_named_in_one_line(hf_dir, tmp_path, capsys, damage):
+    """A shard cut short (as a copy that stopped) or not safetensors at all: one line naming the file and what is
+    wrong, before any tensor is read; nothing written."""
+    bad = str(tmp_path / "bad")
+    _copy_dir(hf_dir[0], bad)
+    shard = os.path.join(bad, sorted(f for f in os.listdir(bad) if f.endswith(".safetensors"))[1])
+    data = open(shard, "rb").read()
+    with open(shard, "wb") as f:
+        f.write(data[: len(data) - 1000] if damage == "truncated" else b"PK\x03\x04 a zip, not tensors" * 10)
+    err = _import_error(bad, str(tmp_path / "out"), capsys)
+    assert err.count("\n") == 1 and err.startswith(f"error: {shard}: "), err
+    if damage == "truncated":
+        assert f"truncated: {len(data) - 1000} bytes, its header places tensor data up to byte {len(data)}" in err
+    else:
+        assert "wrong format or truncated: its first 8 bytes give a header of" in err and "longer than the file" in err
+    assert "download or copy the checkpoint again" in err
+
+
+def test_truncated_single_file_checkpoint_from_the_shell(tmp_path):
+    """The issue's case, a cut ``model.safetensors``, in a real process: exit 2, one line, no traceback; with
+    OMNIJAX_DEBUG=1 the traceback."""
+    src = str(tmp_path / "hf")
+    make_qwen2(src, "mha_untied_1e4")
+    weights = os.path.join(src, "model.safetensors")
+    size = os.path.getsize(weights)
+    os.truncate(weights, size // 2)
+    r = _run("omnijax.hf.convert", "import", "--hf", src, "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert r.stderr == (f"error: {weights}: truncated: {size // 2} bytes, its header places tensor data up to byte "
+                        f"{size}; download or copy the checkpoint again (or export it again)\n"), r.stderr
+    env = dict(os.environ, JAX_PLATFORMS="cpu", OMNIJAX_DEBUG="1")
+    r = subprocess.run([sys.executable, "-m", "omnijax.hf.convert", "import", "--hf", src, "--out",
+                        str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1 and "Traceback" in r.stderr and r.stderr.rstrip().endswith(
+        f"DamagedFileError: {weights}: truncated: {size // 2} bytes, its header places tensor data up to byte {size}; "
+        "download or copy the checkpoint again (or export it again)"), r.stderr
+
+
+def test_exported_folders_follow_the_umask(hf_dir, tmp_path):
+    """Import and export write folders as mkdir does (0755 under umask 022), not tempfile's 0700."""
+    old = os.umask(0o022)
+    try:
+        ckpt, out = str(tmp_path / "ckpt"), str(tmp_path / "hf_out")
+        assert convert.main(["import", "--hf", hf_dir[0], "--out", ckpt]) == 0
+        assert convert.main(["export", "--ckpt", ckpt, "--out", out]) == 0
+    finally:
+        os.umask(old)
+    for top in (ckpt, out):
+        modes = {os.path.relpath(d, tmp_path): oct(os.stat(d).st_mode & 0o777) for d, _, _ in os.walk(top)}
+        assert set(modes.values()) == {"0o755"}, modes

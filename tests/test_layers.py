@@ -5,7 +5,8 @@ read with ``ast``; every import it makes -- at module level or inside a function
 ``from x import y`` and relative imports -- is checked against the layer order below. A module may import
 its own layer and the layers under it, never one above. ``data_pipelines`` is a column beside ``models``
 and ``training``: it sees only the batch contract and the token counts (``omnijax.batch``,
-``omnijax.media_tokens``, ``omnijax.media_layouts``), and only the layers from ``hf`` up see it (the entry points wire a pipeline to
+``omnijax.media_tokens``, ``omnijax.media_layouts``) and the damaged-file error (``omnijax.errors``), and only
+the layers from ``hf`` up see it (the entry points wire a pipeline to
 the trainer). No two modules import each other, directly or round a longer loop, even inside functions.
 """
 
@@ -20,7 +21,8 @@ PACKAGES = ("omnijax", "data_pipelines", "experiments", "tools")
 # Lowest first; a module belongs to the layer of its longest matching prefix.
 LAYERS = (
     ("base contract", ("omnijax", "omnijax.batch", "omnijax.media_tokens", "omnijax.media_layouts",
-                       "omnijax.sharding", "omnijax.outdir", "omnijax.hlo_cost", "omnijax.tpu_slices")),
+                       "omnijax.sharding", "omnijax.outdir", "omnijax.hlo_cost", "omnijax.tpu_slices",
+                       "omnijax.errors")),
     ("models", ("omnijax.models",)),
     ("training", ("omnijax.training",)),
     ("hf", ("omnijax.hf",)),
@@ -33,7 +35,8 @@ LAYERS = (
     ("demo", ("omnijax.demo",)),
 )
 DATA = "data_pipelines"
-DATA_SEES = ("omnijax.batch", "omnijax.media_tokens", "omnijax.media_layouts")  # the batch contract, the token counts
+# the batch contract, the token counts, the damaged-file error and the CLIs' error line
+DATA_SEES = ("omnijax.batch", "omnijax.media_tokens", "omnijax.media_layouts", "omnijax.errors")
 DATA_SEEN_FROM = "hf"  # the lowest layer that may import data_pipelines
 
 

@@ -24,8 +24,9 @@ from transformers.models.siglip.image_processing_pil_siglip import SiglipImagePr
 
 from data_pipelines import schema, synth, tokenizer as tok
 from data_pipelines.pipeline import (BAD_REASONS, BadRecordsError, Pipeline, PipelineConfig, Prepare, Records,
-                                     Source)
+                                     Source, open_sources)
 from omnijax import media_tokens
+from omnijax.errors import DamagedFileError
 from omnijax.batch import MediaBudget, check_batch
 from omnijax.media_layouts import AnyResLayout, MediaLayout, OlaLayout, Qwen2AudioLayout
 from training_fixtures import corpus
@@ -438,6 +439,59 @@ def test_too_many_bad_records_stop_the_run_naming_shard_and_record(corpus, bad_s
     named = {int(i) for i in re.findall(rf"shard {re.escape(paths[0])} record (\d+)", message)}
     assert len(named) == 2 and named <= set(bad), message
     assert "2 of the last 100 records were bad" in message
+
+
+@pytest.fixture(scope="module")
+def four_shards(tmp_path_factory):
+    """40 text examples written round-robin into 4 shards (10 each), the third cut short as a copy that stopped."""
+    prefix = str(tmp_path_factory.mktemp("damaged") / "text")
+    with schema.ShardWriter(prefix, 4) as writer:
+        for i in range(40):
+            writer.write(text_example(i, "t", f"Good question {i}?", f"good {i}"))
+    os.truncate(writer.paths[2], os.path.getsize(writer.paths[2]) - 3000)
+    return tuple(writer.paths)
+
+
+def test_a_damaged_shard_stops_the_pipeline_unless_max_bad_fraction_allows_it(corpus, four_shards, capsys):
+    """The cut shard counts as its source's 10 records a shard, 25% of 40: the default max_bad_fraction (1%)
+    stops with one line naming the shard, what is wrong and both fixes; 0.3 leaves it out, saying so."""
+    config = omni_config(corpus, sources=(Source("text", four_shards),))
+    with pytest.raises(DamagedFileError) as error:
+        Pipeline(config)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{four_shards[2]}: truncated: ") and message.endswith(
+        "; rebuild the shard (python -m data_pipelines.build, or data_pipelines.synth) or copy it again; or train "
+        "without it (about 10 records of source 'text', with the other damaged shards 25.0% of the records): "
+        "max_bad_fraction=0.25 or more in c.data.pipeline, now 0.01"), message
+    allowed = dataclasses.replace(config, max_bad_fraction=0.3)
+    records, damaged = open_sources(allowed, say=lambda line: None)
+    assert records["text"].paths == four_shards[:2] + four_shards[3:] and len(records["text"]) == 30
+    assert [e.path for e in damaged] == [four_shards[2]]
+    capsys.readouterr()
+    with Pipeline(allowed) as pipeline:
+        check_batch(next(pipeline), model_cfg(allowed))
+        assert pipeline.metrics["damaged_shards"] == 1
+    warning = capsys.readouterr().err
+    assert warning.startswith(f"warning: {four_shards[2]}: truncated: ") and warning.endswith(
+        "; left out, counted as about 10 records of source 'text' bad (damaged shards hold 25.0% of the records, "
+        "max_bad_fraction=0.3)\n") and warning.count("\n") == 1, warning
+
+
+def test_a_record_that_does_not_read_is_a_bad_record(corpus, tmp_path):
+    """A byte flipped inside a shard: the shard opens, the record whose chunk fails its hash is skipped as a
+    bad record naming the shard and record, the others read."""
+    paths = write_records(str(tmp_path / "flipped"), [text_example(i, "t", f"Question {i}?", f"answer {i}")
+                                                      for i in range(20)])
+    data = bytearray(open(paths[0], "rb").read())
+    data[1000] ^= 0xFF
+    open(paths[0], "wb").write(bytes(data))
+    config = omni_config(corpus, sources=(Source("flipped", paths),))
+    prep, records, _ = prepare(config, config.sources[0])
+    out = [prep(records[i]) for i in range(len(records))]
+    skipped = [o for o in out if "skip" in o]
+    assert len(skipped) == 1 and len(out) == 20, skipped
+    assert skipped[0]["skip"] == "bad_record" and skipped[0]["where"].startswith(f"shard {paths[0]} record ")
+    assert skipped[0]["detail"].startswith("the record does not read (Corrupted Riegeli/records file: chunk ")
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 tiny omni-synth corpus, 4 steps straight = 2 steps + restart (a new ``run`` on the same workdir) + 2
 steps, per-step losses bitwise: the pipeline's iterator state goes through the trainer's checkpoint."""
 
+import glob
 import os
 
 import ml_collections as mlc
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from training_fixtures import compile_once, corpus
 
-from data_pipelines import synth, tokenizer as tok
+from data_pipelines import schema, synth, tokenizer as tok
 from omnijax import launch
 from omnijax.training import trainer
 from omnijax.training.config import base_config
@@ -105,3 +106,42 @@ def test_grain_config_errors(corpus):
     stage = trainer.setup(c)
     with pytest.raises(StageConfigError, match="no shard matches"):
         launch.build_data(stage)
+
+
+def get_config(arg: str = "") -> mlc.ConfigDict:
+    """For ``python -m omnijax.train --config tests/test_training_grain.py --corpus DIR --data-root DIR``: the
+    stage above, one step, its captions read from ``@data/caption/shards*``."""
+    c = grain_config("@corpus")
+    c.data.sources[0]["paths"] = "@data/caption/shards*"
+    c.num_steps = 1
+    return c
+
+
+def test_train_cli_stops_on_a_truncated_shard_or_leaves_it_out_when_allowed(corpus, tmp_path, capsys):
+    """The captions as 4 shards, one cut short: ``omnijax.train`` stops with one line naming the shard (exit 2);
+    with ``max_bad_fraction`` above the shard's share (``--config.data.pipeline={...}``) it says it leaves the
+    shard out and trains."""
+    from omnijax import train
+
+    captions = list(schema.read_shards(glob.glob(synth.task_shards(corpus, "train")["image_caption"] + "*")))
+    with schema.ShardWriter(str(tmp_path / "data" / "caption" / "shards"), 4) as writer:
+        for example in captions:
+            writer.write(example)
+    cut = writer.paths[1]
+    os.truncate(cut, os.path.getsize(cut) - 3000)
+    argv = ["--config", os.path.abspath(__file__), "--workdir", str(tmp_path / "w"), "--corpus", corpus,
+            "--data-root", str(tmp_path / "data")]
+    assert train.main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert out == "" and len(lines) == 1 and lines[0] == err.splitlines()[-1], err
+    readable = len(captions) - writer.counts[1]
+    asr = sum(schema.num_records(p) for p in glob.glob(synth.task_shards(corpus, "train")["asr"] + "*"))
+    share = readable / 3 / (readable + asr + readable / 3)  # the cut shard as its set's mean records a shard
+    assert lines[0].startswith(f"error: {cut}: truncated: ") and lines[0].endswith(
+        f"max_bad_fraction={share:.3g} or more in c.data.pipeline, now 0.01"), (lines, share)
+    allow = "--config.data.pipeline={'too_long': 'truncate', 'max_bad_fraction': 0.3}"
+    assert train.main([*argv, allow]) == 0
+    out, err = capsys.readouterr()
+    assert f"warning: {cut}: truncated: " in err and "; left out, counted as about " in err, err
+    assert out.endswith(f"stage 'tiny_grain': finished at step 1 ({tmp_path / 'w'})\n"), out

@@ -49,7 +49,7 @@ def _asr_item(folder: str, where: str, line: str, source: str, task: str, prompt
         path = next((p for p in candidates if os.path.exists(p)), None)
         if path is None:
             raise Skip("missing media file", f"{where}: {candidates[0]} does not exist")
-        audio = audio_media(read_bytes(path), path)
+        audio = audio_media(read_bytes(path, where), path)
         turns = [Turn("user", f"{PLACEHOLDERS['audio']}\n{prompt}", (0,)), Turn("assistant", transcript)]
         return Example(utt_id, source, task, turns, [audio])
 

@@ -67,10 +67,10 @@ class _LlavaEntry:
     def _path(self, ref: str) -> str:
         return ref if os.path.isabs(ref) else os.path.join(self.media_root, ref)
 
-    def _patch_bytes(self, ref: dict) -> bytes | list[bytes]:
+    def _patch_bytes(self, ref: dict, what: str) -> bytes | list[bytes]:
         """Ola's patch reference: `size` bytes (or consecutive sizes) from `start_num` in file `patch`."""
         if "img_path" in ref:
-            return read_bytes(self._path(ref["img_path"]))
+            return read_bytes(self._path(ref["img_path"]), what)
         try:
             path, start, sizes = self._path(ref["patch"]), int(ref["start_num"]), ref["size"]
             many = isinstance(sizes, list)
@@ -95,7 +95,7 @@ class _LlavaEntry:
     def media(self, kind: str, ref: Any) -> Media:
         what = f"{self.where} {kind} {ref!r}"
         if isinstance(ref, dict):
-            data = self._patch_bytes(ref)
+            data = self._patch_bytes(ref, what)
             if isinstance(data, list):
                 if kind != "video":
                     raise Skip("malformed entry", f"{what}: a list of sizes is for video frames only")
@@ -104,7 +104,7 @@ class _LlavaEntry:
             path = self._path(ref)
             if kind == "video" and os.path.isdir(path):
                 return frame_folder_media(path, what)
-            data = read_bytes(path)
+            data = read_bytes(path, what)
         else:
             raise Skip("malformed entry", f"{self.where}: {kind} reference must be a path or a patch, got {ref!r}")
         return {"image": image_media, "video": video_media, "audio": audio_media}[kind](data, what)

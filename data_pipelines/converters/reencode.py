@@ -5,7 +5,8 @@ MP4, recognised by their signature, not their name) and re-encoded otherwise: ot
 (lossless; the first frame of an animation); other audio (MP3, OGG, M4A, ...) -> decoded to 16-bit
 PCM and stored as FLAC at its own sampling rate; other video containers (WebM, AVI, MKV, ...) and
 folders of frames -> `jpeg_frames` (every frame, JPEG quality 95; JPEG frames are kept as they are).
-Headers are probed (size, sampling rate, fps) so unreadable files are skipped here, not in training.
+Headers are probed (size, sampling rate, fps) and kept files checked for being cut short (`schema.truncation`:
+JPEG, PNG, WAV, MP4), so unreadable files are skipped here, not in training.
 """
 
 from __future__ import annotations
@@ -20,33 +21,43 @@ import soundfile
 from PIL import Image, UnidentifiedImageError
 
 from data_pipelines.converters.writer import Skip
-from data_pipelines.schema import Media, sniff_format
+from data_pipelines.schema import Media, sniff_format, truncation
 
 JPEG_QUALITY = 95
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 _FRAME_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-def read_bytes(path: str) -> bytes:
+def read_bytes(path: str, what: str) -> bytes:
+    """The file at `path`; `what` names the entry it belongs to in the skip details."""
     if not os.path.exists(path):
-        raise Skip("missing media file", f"{path} does not exist")
+        raise Skip("missing media file", f"{what}: {path} does not exist")
     try:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise Skip("unreadable media", f"{path}: {e}") from e
+        raise Skip("unreadable media", f"{what}: {path}: {e}") from e
 
 
 def _unreadable(what: str, error: Exception) -> Skip:
     return Skip("unreadable media", f"{what}: {type(error).__name__}: {error}")
 
 
+def _whole(data: bytes, fmt: str, what: str) -> None:
+    """A file kept as it is must not be cut short (`schema.truncation`): training would only find out later."""
+    cut = truncation(data, fmt)
+    if cut:
+        raise Skip("unreadable media", f"{what}: {cut}")
+
+
 def image_media(data: bytes, what: str) -> Media:
-    """JPEG and PNG bytes as they are; any other image PIL reads -> PNG (first frame)."""
+    """JPEG and PNG bytes as they are (when whole); any other image PIL reads -> PNG (first frame)."""
+    fmt = sniff_format(data)
+    if fmt in ("jpeg", "png"):
+        _whole(data, fmt, what)
     try:
         image = Image.open(io.BytesIO(data))
         size = image.size
-        fmt = sniff_format(data)
         if fmt in ("jpeg", "png"):
             return Media("image", fmt, data, size=size)
         image.load()
@@ -101,9 +112,11 @@ def frames_media(frames: Sequence[bytes], what: str, fps: float | None = None) -
 
 
 def video_media(data: bytes, what: str) -> Media:
-    """MP4 (any ISO-BMFF file) as it is, probed for fps and size; other containers -> `jpeg_frames`."""
+    """MP4 (any ISO-BMFF file) as it is (when whole), probed for fps and size; other containers -> `jpeg_frames`."""
     import av  # only video needs PyAV
 
+    if sniff_format(data) == "mp4":
+        _whole(data, "mp4", what)
     try:
         with av.open(io.BytesIO(data)) as container:
             if not container.streams.video:
@@ -135,13 +148,14 @@ def frame_folder_media(folder: str, what: str) -> Media:
         raise Skip(
             "missing media file", f"{what}: folder {folder} holds no frames ({', '.join(sorted(_FRAME_SUFFIXES))})"
         )
-    return frames_media([read_bytes(os.path.join(folder, n)) for n in names], what)
+    return frames_media([read_bytes(os.path.join(folder, n), what) for n in names], what)
 
 
 def audio_media(data: bytes, what: str) -> Media:
-    """FLAC and WAV bytes as they are (when libsndfile reads them); other audio -> 16-bit FLAC."""
+    """FLAC and WAV bytes as they are (when libsndfile reads them, a WAV whole); other audio -> 16-bit FLAC."""
     fmt = sniff_format(data)
     if fmt in ("flac", "wav"):
+        _whole(data, fmt, what)
         try:
             info = soundfile.info(io.BytesIO(data))
             return Media("audio", fmt, data, sampling_rate=int(info.samplerate))

@@ -10,7 +10,8 @@ CKPT is an omnijax model directory, a finished omni stage workdir or a HF model 
 ``LlavaOnevisionForConditionalGeneration`` / ``Qwen2AudioForConditionalGeneration`` when it is exactly
 one (else an error naming why). The tokenizer files come along (a stage's: ``c.data.tokenizer``).
 
-Both refuse an existing non-empty output (unless ``--overwrite``) and write it whole or not at all.
+Both refuse an existing non-empty output (unless ``--overwrite``) and write it whole or not at all. A weights
+file cut short or not safetensors is named in one line (exit status 2; ``OMNIJAX_DEBUG=1`` for the traceback).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 import sys
 
 from omnijax.checkpoint import assets_of, load_model, save_model_dir
+from omnijax.errors import report
 from omnijax.hf.exporter import DEFAULT_SHARD_BYTES, save_hf
 from omnijax.hf.importer import load_hf
 from omnijax.hf.omni import PARTS, part
@@ -77,9 +79,8 @@ def main(argv=None) -> int:
             import_model(args.hf, args.out, args.overwrite)
         else:
             export_model(args.ckpt, args.out, args.part, args.dtype, args.max_shard_size, args.overwrite)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, FileExistsError, FileNotFoundError) as e:  # damaged files too (omnijax.errors)
+        return report(e)
     print(f"wrote {args.out}")
     return 0
 

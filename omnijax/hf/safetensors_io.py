@@ -2,7 +2,9 @@
 
 The format is an 8-byte little-endian header length, a JSON header (dtype, shape, byte offsets per
 tensor) and the raw little-endian data. Reading memory-maps each file, so a tensor is read from disk
-only when asked for (tensor by tensor: a 7B checkpoint never has to fit in host memory).
+only when asked for (tensor by tensor: a 7B checkpoint never has to fit in host memory). A file cut short or not
+in this format is refused when the directory is opened (``omnijax.errors.DamagedFileError``), before any tensor is
+read.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Iterable, Mapping
 import ml_dtypes
 import numpy as np
 
+from omnijax.errors import DamagedFileError
+
 DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
@@ -27,15 +31,35 @@ SINGLE_FILE = "model.safetensors"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
+REFETCH = "download or copy the checkpoint again (or export it again)"
+
+
 class CheckpointError(ValueError):
     """A checkpoint directory that cannot be read as asked; the message names the fix."""
 
 
 def _read_header(path: str) -> tuple[dict, int]:
+    """(tensor name -> dtype, shape, data_offsets; where the data starts); a ``DamagedFileError`` for a file that is
+    cut short or not safetensors."""
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    header.pop("__metadata__", None)
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise DamagedFileError(path, f"truncated: {size} bytes, not even the 8-byte header length", REFETCH)
+        (n,) = struct.unpack("<Q", raw)
+        if 8 + n > size:
+            raise DamagedFileError(path, f"wrong format or truncated: its first 8 bytes give a header of {n} bytes, "
+                                         f"longer than the file ({size} bytes)", REFETCH)
+        try:
+            header = json.loads(f.read(n))
+            header.pop("__metadata__", None)
+            end = max((int(info["data_offsets"][1]) for info in header.values()), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:  # JSON, or not a tensor table
+            raise DamagedFileError(path, f"wrong format: the header is not a safetensors tensor table ({e})",
+                                   REFETCH) from None
+    if 8 + n + end > size:
+        raise DamagedFileError(path, f"truncated: {size} bytes, its header places tensor data up to byte {8 + n + end}",
+                               REFETCH)
     return header, 8 + n
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from data_pipelines import media as media_codec
 from data_pipelines import schema
 from omnijax.checkpoint import assets_of, load_model as load_params
+from omnijax.errors import DamagedFileError
 from omnijax.inference.omni import OmniGenerator, generation_config, media_unsupported, stage_prompt_options
 from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig
@@ -64,9 +65,14 @@ def chat_example(items: Sequence[tuple[str, schema.Media]], prompt: str | None =
 
 
 def image_media(image) -> schema.Media:
-    """A PIL image or a uint8 array ``[h, w]`` / ``[h, w, 3]`` (RGB) -> a PNG item."""
+    """A PIL image or a uint8 array ``[h, w]`` / ``[h, w, 3]`` (RGB) -> a PNG item. A PIL image of a file that is
+    cut short or damaged raises ``DamagedFileError`` naming the file."""
     if hasattr(image, "convert"):  # PIL
-        image = np.asarray(image.convert("RGB"))
+        try:
+            image = np.asarray(image.convert("RGB"))  # PIL reads an opened file's pixels here
+        except OSError as e:
+            raise DamagedFileError(getattr(image, "filename", "") or "image=", f"the image does not decode ({e})",
+                                   "open a whole image file (copy or export it again)") from e
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
         raise ValueError(f"image=: give a PIL image or a uint8 array [height, width] or [height, width, 3]; got "

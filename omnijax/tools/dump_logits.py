@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from omnijax.checkpoint import load_model
+from omnijax.errors import report
 
 
 def main(argv=None) -> int:
@@ -32,8 +33,7 @@ def main(argv=None) -> int:
         loaded = load_model(args.model, dtype=args.dtype)
         out = np.asarray(loaded.arch.hf_forward(loaded.module, loaded.params, inputs), np.float32)
     except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     np.save(args.out, out)
     print(f"wrote {args.out} {out.shape} float32")
     return 0

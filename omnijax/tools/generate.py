@@ -23,7 +23,8 @@ spoken queries). The prompt is prepared as the training pipeline prepares exampl
 sentence with eSpeak NG into ``DIR/sentence_000.wav``, ... (16 kHz mono).
 
 PATH is a HF model directory, an omnijax model directory or a finished omni stage workdir; the
-tokenizer is the one it carries (``--tokenizer`` to choose another).
+tokenizer is the one it carries (``--tokenizer`` to choose another). A media file that is cut short or does not
+decode is refused in one line naming it (exit status 2; ``OMNIJAX_DEBUG=1`` for the traceback).
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ import sys
 import jax
 
 from data_pipelines import schema
+from data_pipelines.features import MediaError, check_decodes
 from data_pipelines.speech import SpeechSynthesisError
 from omnijax.checkpoint import assets_of, load_model
+from omnijax.errors import DamagedFileError, report
 from omnijax.inference import generate
 from omnijax.inference.chat import DEFAULT_MAX_PROMPT_LEN, Model, chat_example
 
@@ -78,7 +81,13 @@ def _media(kind: str, path: str, flag: str) -> schema.Media:
     if found not in formats:
         raise ValueError(f"{flag} {path}: {kind} files must be {' or '.join(formats)}, this one is "
                          f"{found or 'of no known format'}; convert it first")
-    return schema.Media(kind, found, data)
+    media = schema.Media(kind, found, data)
+    try:
+        check_decodes(media)
+    except MediaError as e:
+        raise DamagedFileError(path, str(e), f"{flag} takes a whole {' or '.join(formats)} file: copy or export it "
+                                             "again") from e
+    return media
 
 
 def build_example(media: list[tuple[str, str]], prompt: str | None = None,
@@ -86,7 +95,7 @@ def build_example(media: list[tuple[str, str]], prompt: str | None = None,
     """The example the chat flags describe (``omnijax.inference.chat.chat_example``): one user turn with the
     media placeholders in the flags' order, a newline and ``prompt``; with ``spoken_question`` (a WAV/FLAC
     path) instead of ``prompt``, the question as speech. ``media``: (kind, path) pairs. Raises
-    FileNotFoundError or ValueError naming the flag."""
+    FileNotFoundError or ValueError naming the flag, ``DamagedFileError`` naming a file that does not decode."""
     if (prompt is None) == (spoken_question is None):
         raise ValueError("give the question as --prompt TEXT or as --spoken-question WAV (one of them)")
     items = [(kind, _media(kind, path, f"--{kind}")) for kind, path in media]
@@ -143,8 +152,7 @@ def main(argv=None) -> int:
         try:
             return _chat(args)
         except (ValueError, FileNotFoundError, SpeechSynthesisError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return report(e)
     if args.media or args.speak_dir:
         parser.error("--image/--audio/--video and --speak-dir go with --prompt or --spoken-question, not --input-ids")
     try:
@@ -154,8 +162,7 @@ def main(argv=None) -> int:
                        stop_token_ids=stop, temperature=args.temperature, top_p=args.top_p,
                        rng=jax.random.key(args.seed))
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     print(" ".join(str(t) for t in out.tokens[0, : out.lengths[0]]))
     return 0
 

@@ -44,7 +44,9 @@ machine's folders and two runs in one process can read two corpora.
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 
 import ml_collections as mlc
 
@@ -124,6 +126,93 @@ def resolve_roots(c: mlc.ConfigDict, roots: dict[str, str] | None = None) -> mlc
     if unknown:
         raise StageConfigError(f"unknown roots {unknown}; roots are {', '.join(ROOTS)}")
     return _resolve(c, {**ROOTS, **{k: v for k, v in (roots or {}).items() if v is not None}})
+
+
+def set_field(c: mlc.ConfigDict, key: str, value, where: str) -> None:
+    """``c.<dotted key> = value`` (list entries by index: ``data.sources.0.weight``); an unknown field is a
+    ``ValueError`` naming it and the fields there."""
+    parts = key.split(".")
+    target = c
+    for depth, part in enumerate(parts):
+        fields = (list(target.keys()) if isinstance(target, dict | mlc.ConfigDict)
+                  else list(range(len(target))) if isinstance(target, list | tuple) else [])
+        index = int(part) if part.isdigit() and isinstance(target, list | tuple) else part
+        if index not in fields:
+            shown = ", ".join(map(str, fields)) or "none (not a config group)"
+            raise ValueError(f"{where}: {key!r}: {part!r} is not a field of the stage config here; fields: {shown}")
+        if depth == len(parts) - 1:
+            break
+        target = target[index]
+    if isinstance(target, mlc.ConfigDict):
+        with target.ignore_type():
+            target[index] = value
+    elif isinstance(target, tuple):
+        raise ValueError(f"{where}: {key!r} is inside a tuple; override the whole field")
+    else:
+        target[index] = value
+
+
+# ``--config.KEY=[...]`` / ``--config.KEY={...}``: ml_collections' flags override numbers, strings, booleans and
+# tuples; a list (c.trainable, c.data.sources, c.init_from) or a dict (c.data.pipeline) is read as a Python literal.
+_LITERAL_FLAG = re.compile(r"--config\.([\w.]+)=(\s*[\[{].*)", re.DOTALL)
+
+
+def literal_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """``argv`` without its ``--config.KEY=[...]`` and ``--config.KEY={...}`` flags, and those as (KEY, text),
+    in order, for ``override_literal`` once the config is loaded."""
+    rest, literals = [], []
+    for arg in argv:
+        m = _LITERAL_FLAG.fullmatch(arg)
+        if m:
+            literals.append((m.group(1), m.group(2)))
+        else:
+            rest.append(arg)
+    return rest, literals
+
+
+def override_literal(c: mlc.ConfigDict, key: str, text: str) -> None:
+    """``c.<key>`` = the Python literal ``text``, a list for a field holding a list, tuple or None, a dict for a
+    field holding a dict; a ``ValueError`` naming the flag otherwise."""
+    where = f"--config.{key}"
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError) as e:
+        raise ValueError(f"{where}: {text.strip()!r} is not a Python literal ({type(e).__name__}: {e}); write e.g. "
+                         f"--config.trainable=\"[('vision_connector/.*', {{'lr': 1e-3}}), ('.*', None)]\"") from None
+    current = c
+    for part in key.split("."):
+        try:
+            current = current[int(part) if isinstance(current, list | tuple) else part]
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            current = None  # set_field names the unknown field
+            break
+    kinds = (list, tuple) if isinstance(value, list | tuple) else (dict, mlc.ConfigDict)
+    if current is not None and not isinstance(current, kinds):
+        raise ValueError(f"{where}: a {type(value).__name__} for a field that holds {type(current).__name__} "
+                         f"{current!r}; give it as {where}=VALUE")
+    set_field(c, key, value, where)
+
+
+def config_flag_error(error: Exception, argv: list[str]) -> str:
+    """One line for an error of the ``--config`` flags in ``argv``; ml_collections reports a field that is not
+    there as ``AttributeError(KeyError("'num_stepz'\\nDid you mean \\"num_steps\\" ..."))``."""
+    cause = error.args[0] if error.args and isinstance(error.args[0], KeyError) else error
+    if not isinstance(cause, KeyError):
+        return f"{error} (see --help; a --config.* flag names a field of the stage config, with a value of its type)"
+    text = str(cause.args[0]) if cause.args else ""
+    name = text.split("\n")[0].strip("'\"")
+    for arg in argv:
+        parts = arg.split("=")[0].removeprefix("--config.").split(".")
+        if arg.startswith("--config.") and name in parts:
+            parts = parts[: parts.index(name)]
+            break
+    else:
+        parts = []
+    where = "c." + ".".join(parts) if parts else "the stage config"
+    flag = ".".join(["--config", *parts, name])
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    hint = f"; did you mean {'.'.join(['--config', *parts, suggestion.group(1)])}?" if suggestion else ""
+    return f"{flag}: {where} has no field {name!r}{hint}"
 
 
 def _unresolved(value, where: str = "c") -> tuple[str, str] | None:
