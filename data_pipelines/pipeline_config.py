@@ -63,7 +63,6 @@ class PipelineConfig:
     video_frames: int = 8  # frames sampled per video
     image_tiling: str = "resize"  # ola layout: 'resize' or 'dynamic' (features.MediaFeatures)
     max_image_tiles: int = 9
-    max_audio_chunks: int = 25  # Ola: 25 x 30 s
     too_long: str = "drop"  # or 'truncate'
     max_bad_fraction: float = 0.01
     bad_window: int = 1000  # records
