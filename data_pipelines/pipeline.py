@@ -25,8 +25,10 @@ Bad records (undecodable record or media, placeholders that do not match the med
 and counted per reason (`BAD_REASONS`). When more than `max_bad_fraction * bad_window` of the last
 `bad_window` records were bad, the pipeline stops with `BadRecordsError` naming the shards and
 record indices. Over-long examples (more tokens than `seq_len`, more media than the slots, audio
-beyond `max_audio_chunks` windows) are dropped (`too_long='drop'`) or cut before the first item
-or token that does not fit (`'truncate'`; an example left with nothing to learn is dropped).
+beyond the model's `max_audio_windows` windows) are dropped (`too_long='drop'`) or cut before the first
+item or token that does not fit (`'truncate'`; an example left with nothing to learn is dropped); the
+reasons say the sizes in seconds of audio, frames of video and views of images, and the drops and cuts
+are counted per source (`length_report`, the line a stage ends with).
 
 State. `Pipeline.get_state()` is JSON; restoring it needs the same worker count and the same
 process count and index (Grain's iterator state is per worker); the source weights may change
@@ -46,8 +48,9 @@ from data_pipelines import features as features_lib
 from data_pipelines.prepare import Prepare
 from data_pipelines.records import Records
 from data_pipelines.self_kd import split_pairs
-from data_pipelines.pipeline_config import (BAD_REASONS, COUNTERS, EXAMPLE_TEXT_FIELDS, STATE_VERSION,  # noqa: F401
-                                            TOO_LONG_POLICIES, BadRecordsError, PipelineConfig, Source)
+from data_pipelines.pipeline_config import (BAD_REASONS, COUNTERS, EXAMPLE_TEXT_FIELDS, PER_SOURCE,  # noqa: F401
+                                            STATE_VERSION, TOO_LONG_POLICIES, BadRecordsError, PipelineConfig,
+                                            Source)
 from data_pipelines.tokenizer import load_tokenizer
 from omnijax.batch import SLOT_FIELDS, batch_spec
 from omnijax.media_tokens import MODALITIES
@@ -79,12 +82,15 @@ class _AccountIterator(grain.DatasetIterator):
         while True:
             element = next(self._parent)
             self.seen += 1
+            source = element.pop("source")
             stats[self.index["records"]] += 1
-            stats[self.index[f"records/{element.pop('source')}"]] += 1
+            stats[self.index[f"records/{source}"]] += 1
             reason = element.get("skip")
             if reason is None:
                 break
             stats[self.index[reason]] += 1
+            if reason == "dropped_too_long":
+                stats[self.index[f"dropped_too_long/{source}"]] += 1
             if reason in BAD_REASONS:
                 self.bad.append((self.seen, f"{element['where']}: {reason} ({element['detail']})"))
                 self.check()
@@ -95,7 +101,9 @@ class _AccountIterator(grain.DatasetIterator):
         stats[self.index["examples"]] += 1
         stats[self.index["tokens"]] += len(element["input_ids"])
         stats[self.index["loss_tokens"]] += int(np.count_nonzero(element["loss_weights"]))
-        stats[self.index["truncated"]] += element.pop("truncated")
+        truncated = element.pop("truncated")
+        stats[self.index["truncated"]] += truncated
+        stats[self.index[f"truncated/{source}"]] += truncated
         element["stats"] = stats
         return element
 
@@ -241,6 +249,19 @@ class Pipeline:
         bad = sum(self.totals[r] for r in BAD_REASONS)
         out["bad_fraction"] = bad / max(self.totals["records"], 1)
         return out
+
+    def length_report(self) -> str:
+        """One line: per source, the records dropped (and the examples cut, `too_long='truncate'`) for length so
+        far, and the limits in the units a user thinks in (tokens, seconds of audio, frames, views)."""
+        c, t = self.config, self.totals
+        per = ", ".join(f"{s.name} {t[f'dropped_too_long/{s.name}']} of {t[f'records/{s.name}']}"
+                        + (f" (cut {t[f'truncated/{s.name}']})" if t[f"truncated/{s.name}"] else "")
+                        for s in c.sources)
+        limits = [f"{c.seq_len} tokens"] + [f"{c.budget.describe(m)} of {m}" for m in MODALITIES if c.budget.slots(m)]
+        item = (f"; an audio item at most {c.budget.max_audio_seconds:g} s (model.max_audio_windows="
+                f"{c.budget.max_audio_windows})" if c.budget.audio_slots else "")
+        return (f"data: records dropped for length (too_long={c.too_long!r}) per source: {per}; a row holds "
+                f"{', '.join(limits)}{item}")
 
     def get_state(self) -> dict:
         index, count = self.config.processes()
