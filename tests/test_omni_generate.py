@@ -431,4 +431,4 @@ def test_audio_over_the_models_limit_is_refused_in_seconds(long_audio_model, tmp
     code, _, err = run_cli([*args, "--audio", clip, "--max-prompt-len", "200"])
     assert code == 2 and "Traceback" not in err, err
     assert "item 0 (audio of 40.0 s) takes tokens" in err and "; 28 s of audio fit with the rest" in err
-    assert "[the prompt's seq_len is max_prompt_len=200 tokens]" in err
+    assert "[the prompt's seq_len is max_prompt_len=200 tokens, of the model's 32768 positions]" in err

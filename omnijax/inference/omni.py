@@ -194,7 +194,8 @@ class OmniGenerator:
         except ValueError as e:
             if "seq_len" not in str(e):  # a media item: its own message names it and its limit
                 raise
-            raise ValueError(f"{e} [the prompt's seq_len is max_prompt_len={self.max_prompt_len} tokens]") from None
+            raise ValueError(f"{e} [the prompt's seq_len is max_prompt_len={self.max_prompt_len} tokens, of the "
+                             f"model's {self.cfg.llm.max_position_embeddings} positions]") from None
 
     def batch(self, prompts: Sequence[tuple[np.ndarray, list[Feature]]], rows: int) -> dict[str, np.ndarray]:
         """Prepared prompts as one left-padded batch of ``rows`` rows (the batch contract's ``input_ids``,
