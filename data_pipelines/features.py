@@ -16,8 +16,8 @@ model will produce for it, from the shared count functions (the layout, `omnijax
   (`audio.whisper_log_mel`) and its valid frames (`audio.chunk_valid_frames`).
 
 Broken media raise `MediaError` with a reason (`corrupt_image`, `corrupt_video`, `corrupt_audio`)
-for the pipeline's skip counters; an audio clip needing more than `max_audio_chunks` windows raises
-`TooLongError` (the pipeline's over-long policy decides).
+for the pipeline's skip counters; an audio clip longer than the model takes (the budget's
+`max_audio_windows` windows) raises `TooLongError`, in seconds (the pipeline's over-long policy decides).
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ class MediaError(ValueError):
 
 
 class TooLongError(ValueError):
-    """A media item longer than the pipeline accepts (audio beyond `max_audio_chunks` windows)."""
+    """A media item longer than the model takes (audio beyond the budget's `max_audio_windows` windows); the
+    message is a predicate in seconds ('is 812.0 s; this model takes at most ...'), after the item's name."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +70,19 @@ class Feature:
     tokens: int
     valid_frames: np.ndarray | None = None
     plan: tuple[int, ...] | None = None
-    trimmed: bool = False  # audio cut to max_audio_chunks windows
+    trimmed: bool = False  # audio cut to the budget's max_audio_windows windows
+    seconds: float | None = None  # audio: the clip's length (before any cut)
 
     @property
     def slots(self) -> int:
         return int(self.data.shape[0])
+
+    def describe(self) -> str:
+        """The item in the units a user thinks in: 'audio of 40.0 s', 'video of 8 frames', 'image of 5 views
+        or tiles'."""
+        if self.kind == "audio":
+            return f"audio of {self.seconds:.1f} s"
+        return f"video of {self.slots} frames" if self.kind == "video" else f"image of {self.slots} views or tiles"
 
 
 def _undecodable(kind: str, data: bytes, error: Exception) -> MediaError:
@@ -189,13 +198,12 @@ class MediaFeatures:
     video_frames: int = 8
     image_tiling: str = "resize"  # ola layout: 'resize' (one view) or 'dynamic' (thumbnail + tiles)
     max_image_tiles: int = 9
-    max_audio_chunks: int = 25
 
     def __post_init__(self):
         if self.image_tiling not in IMAGE_TILINGS:
             raise ValueError(f"image_tiling {self.image_tiling!r} is not one of {IMAGE_TILINGS}")
-        if self.video_frames < 1 or self.max_image_tiles < 1 or self.max_audio_chunks < 1:
-            raise ValueError("video_frames, max_image_tiles and max_audio_chunks must be at least 1")
+        if self.video_frames < 1 or self.max_image_tiles < 1:
+            raise ValueError("video_frames and max_image_tiles must be at least 1")
         if self.layout.image_plans and self.budget.image_slots and \
                 self.budget.image_size != self.layout.base_image_size:
             raise ValueError(f"budget image_size {self.budget.image_size} differs from the AnyRes tile size "
@@ -208,7 +216,7 @@ class MediaFeatures:
 
     def item(self, media: schema.Media, *, multi_image: bool = False, trim_audio: bool = False) -> Feature:
         """The features of one media item. `multi_image`: the example holds several images (AnyRes
-        tiles only single images); `trim_audio`: keep the first `max_audio_chunks` windows of a longer
+        tiles only single images); `trim_audio`: keep the first `max_audio_windows` windows of a longer
         clip instead of raising `TooLongError`."""
         if media.kind == "image":
             return self.image(_open_image(media.data), multi_image=multi_image)
@@ -248,16 +256,18 @@ class MediaFeatures:
         waveform, rate = _waveform(media.data)
         waveform = audio_features.resample_to_16k(waveform, rate)
         rate = audio_features.SAMPLING_RATE
-        window = round(self.chunk_seconds * rate)
-        trimmed = len(waveform) > self.max_audio_chunks * window
+        window, most = round(self.chunk_seconds * rate), self.budget.max_audio_windows
+        seconds = len(waveform) / rate
+        trimmed = len(waveform) > most * window
         if trimmed:
             if not trim:
-                raise TooLongError(f"audio of {len(waveform) / rate:.1f} s needs more than max_audio_chunks="
-                              f"{self.max_audio_chunks} windows of {self.chunk_seconds} s")
-            waveform = waveform[: self.max_audio_chunks * window]
-        chunks = audio_features.split_into_chunks(waveform, rate, self.chunk_seconds, self.max_audio_chunks)
+                raise TooLongError(f"is {seconds:.1f} s; this model takes at most {self.budget.max_audio_seconds:g} s "
+                                   f"({most} windows of {self.chunk_seconds:g} s): cut it or raise "
+                                   "model.max_audio_windows")
+            waveform = waveform[: most * window]
+        chunks = audio_features.split_into_chunks(waveform, rate, self.chunk_seconds, most)
         mels = np.stack([audio_features.whisper_log_mel(c, rate, self.budget.n_mels, self.chunk_seconds)
                          for c in chunks])
         valid = np.array([audio_features.chunk_valid_frames(len(c), self.chunk_seconds) for c in chunks], np.int32)
         tokens = self.layout.audio_tokens(len(chunks), valid_frames=valid.tolist())
-        return Feature("audio", mels, tokens, valid_frames=valid, trimmed=trimmed)
+        return Feature("audio", mels, tokens, valid_frames=valid, trimmed=trimmed, seconds=seconds)

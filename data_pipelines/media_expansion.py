@@ -7,6 +7,7 @@ not fit), and the example's slot arrays for the packer.
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,36 +30,38 @@ class MediaExpansion:
         self.truncate = config.too_long == "truncate"
         self.features = features_lib.MediaFeatures(
             config.budget, config.layout, video_frames=config.video_frames, image_tiling=config.image_tiling,
-            max_image_tiles=config.max_image_tiles, max_audio_chunks=config.max_audio_chunks)
+            max_image_tiles=config.max_image_tiles)
         self.modalities = tuple(m for m in MODALITIES if config.budget.slots(m))
         self.pad_ids = {m: config.layout.token_id(m) for m in self.modalities}
         self.plan = config.layout.image_plans and "image" in self.modalities
 
-    def media(self, example: schema.Example, order: list[int]) -> tuple[list[features_lib.Feature], bool]:
-        """The features of the media items in placeholder order, and whether an audio clip was cut."""
+    def media(self, example: schema.Example, order: list[int],
+              names: Sequence[str] | None = None) -> tuple[list[features_lib.Feature], bool]:
+        """The features of the media items in placeholder order, and whether an audio clip was cut.
+        ``names``: how errors name each item of ``example.media`` (default ``media[i] (kind)``)."""
         multi_image = sum(example.media[i].kind == "image" for i in order) > 1
         items = []
         for i in order:
+            name = names[i] if names else f"media[{i}] ({example.media[i].kind})"
             try:
                 items.append(self.features.item(example.media[i], multi_image=multi_image, trim_audio=self.truncate))
             except features_lib.MediaError as e:
-                raise Skip(e.reason, f"media[{i}]: {e}") from e
+                raise Skip(e.reason, f"{name}: {e}") from e
             except features_lib.TooLongError as e:
-                raise Skip("dropped_too_long", f"media[{i}]: {e}") from e
+                raise Skip("dropped_too_long", f"{name} {e}") from e
         return items, any(f.trimmed for f in items)
 
     def expand(self, ids, learn, items):
         """Each placeholder token -> its item's run of placeholder tokens; then the over-long policy.
         Returns (ids, learn, items, truncated)."""
         ids, learn, run_starts, run_ends = self.runs(ids, learn, items)
-        cut, kept = self.fit(len(ids), run_starts, run_ends, items)
+        cut, kept, why = self.fit(len(ids), run_starts, run_ends, items)
         if cut == len(ids) and kept == len(items):
             return ids, learn, items, False
         if not self.truncate:
-            raise Skip("dropped_too_long", f"{len(ids)} tokens for seq_len {self.seq_len}, or more media than the "
-                                           "slots hold")
+            raise Skip("dropped_too_long", why)
         if not learn[1:cut].any():
-            raise Skip("dropped_too_long", f"nothing to learn is left in the first {cut} tokens")
+            raise Skip("dropped_too_long", f"{why}; cut to fit, nothing to learn is left in the first {cut} tokens")
         return ids[:cut], learn[:cut], items[:kept], True
 
     def runs(self, ids, learn, items):
@@ -73,15 +76,34 @@ class MediaExpansion:
         learn &= ~np.isin(ids, pads)
         return ids, learn, ends - reps[positions], ends
 
-    def fit(self, n: int, run_starts, run_ends, items) -> tuple[int, int]:
-        """(tokens, items) of the example that fit the row: cut before the first item whose tokens
-        pass `seq_len` or whose slots pass the budget."""
+    def fit(self, n: int, run_starts, run_ends, items) -> tuple[int, int, str]:
+        """(tokens, items) of the example that fit the row, and why the rest does not, in the units a user
+        thinks in: cut before the first item whose tokens pass `seq_len` or whose slots pass the budget."""
         cut, used = min(n, self.seq_len), collections.Counter()
         for k, item in enumerate(items):
             used[item.kind] += item.slots
-            if run_ends[k] > cut or used[item.kind] > self.budget.slots(item.kind):
-                return min(cut, int(run_starts[k])), k
-        return cut, len(items)
+            if used[item.kind] > self.budget.slots(item.kind):
+                slots = self.budget.slots(item.kind)
+                return min(cut, int(run_starts[k])), k, (
+                    f"its {item.kind} up to item {k} ({item.describe()}) takes "
+                    f"{self.budget.describe(item.kind, used[item.kind])}, more than a row holds: "
+                    f"{self.budget.describe(item.kind)} ({item.kind}_slots={slots})")
+            if run_ends[k] > cut:
+                start, end = int(run_starts[k]), int(run_ends[k])
+                room = ""
+                if item.kind == "audio":  # the tokens the rest of the example leaves it
+                    room = f"; {self.audio_fitting(self.seq_len - (n - (end - start)))} of audio fit with the rest"
+                return min(cut, start), k, (f"{n} tokens for seq_len {self.seq_len}: item {k} ({item.describe()}) "
+                                            f"takes tokens {start}..{end}{room}")
+        return cut, len(items), f"{n} tokens for seq_len {self.seq_len}"
+
+    def audio_fitting(self, tokens: int) -> str:
+        """The most audio whose tokens fit in ``tokens`` (whole windows, at most the model's limit), e.g. '8 s'."""
+        layout, frames, windows = self.features.layout, self.budget.audio_frames, 0
+        while windows < self.budget.max_audio_windows and \
+                layout.audio_tokens(windows + 1, valid_frames=[frames] * (windows + 1)) <= tokens:
+            windows += 1
+        return f"{windows * self.budget.window_seconds:g} s"
 
     def slots(self, items: list[features_lib.Feature]) -> dict[str, np.ndarray]:
         """Per modality the example's slot arrays `[slots, ...]` and each slot's item number in the example."""

@@ -28,9 +28,11 @@ shards and record indices. A shard that does not open (truncated, not an ArrayRe
 records too, as many as its source's readable shards hold on average (a set's shards are written round-robin):
 the pipeline leaves it out, saying so in one line, while those stay within `max_bad_fraction` of all records,
 and otherwise stops with the shard's `omnijax.errors.DamagedFileError` (`open_sources`). Over-long examples
-(more tokens than `seq_len`, more media than the slots, audio beyond `max_audio_chunks` windows) are dropped
-(`too_long='drop'`) or cut before the first item or token that does not fit (`'truncate'`; an example left with
-nothing to learn is dropped).
+(more tokens than `seq_len`, more media than the slots, audio beyond the model's `max_audio_windows` windows)
+are dropped (`too_long='drop'`) or cut before the first item or token that does not fit (`'truncate'`; an
+example left with nothing to learn is dropped); the reasons say the sizes in seconds of audio, frames of video
+and views of images, and the drops and cuts are counted per source (`length_report`, the line a stage ends
+with).
 
 State. `Pipeline.get_state()` is JSON; restoring it needs the same worker count and the same
 process count and index (Grain's iterator state is per worker); the source weights may change
@@ -52,8 +54,9 @@ from data_pipelines import schema
 from data_pipelines.prepare import Prepare
 from data_pipelines.records import Records
 from data_pipelines.self_kd import split_pairs
-from data_pipelines.pipeline_config import (BAD_REASONS, COUNTERS, EXAMPLE_TEXT_FIELDS, STATE_VERSION,  # noqa: F401
-                                            TOO_LONG_POLICIES, BadRecordsError, PipelineConfig, Source)
+from data_pipelines.pipeline_config import (BAD_REASONS, COUNTERS, EXAMPLE_TEXT_FIELDS, PER_SOURCE,  # noqa: F401
+                                            STATE_VERSION, TOO_LONG_POLICIES, BadRecordsError, PipelineConfig,
+                                            Source)
 from data_pipelines.tokenizer import load_tokenizer
 from omnijax.batch import SLOT_FIELDS, batch_spec
 from omnijax.errors import DamagedFileError
@@ -86,12 +89,15 @@ class _AccountIterator(grain.DatasetIterator):
         while True:
             element = next(self._parent)
             self.seen += 1
+            source = element.pop("source")
             stats[self.index["records"]] += 1
-            stats[self.index[f"records/{element.pop('source')}"]] += 1
+            stats[self.index[f"records/{source}"]] += 1
             reason = element.get("skip")
             if reason is None:
                 break
             stats[self.index[reason]] += 1
+            if reason == "dropped_too_long":
+                stats[self.index[f"dropped_too_long/{source}"]] += 1
             if reason in BAD_REASONS:
                 self.bad.append((self.seen, f"{element['where']}: {reason} ({element['detail']})"))
                 self.check()
@@ -102,7 +108,9 @@ class _AccountIterator(grain.DatasetIterator):
         stats[self.index["examples"]] += 1
         stats[self.index["tokens"]] += len(element["input_ids"])
         stats[self.index["loss_tokens"]] += int(np.count_nonzero(element["loss_weights"]))
-        stats[self.index["truncated"]] += element.pop("truncated")
+        truncated = element.pop("truncated")
+        stats[self.index["truncated"]] += truncated
+        stats[self.index[f"truncated/{source}"]] += truncated
         element["stats"] = stats
         return element
 
@@ -286,6 +294,19 @@ class Pipeline:
         out["bad_fraction"] = bad / max(self.totals["records"], 1)
         out["damaged_shards"] = len(self.damaged)
         return out
+
+    def length_report(self) -> str:
+        """One line: per source, the records dropped (and the examples cut, `too_long='truncate'`) for length so
+        far, and the limits in the units a user thinks in (tokens, seconds of audio, frames, views)."""
+        c, t = self.config, self.totals
+        per = ", ".join(f"{s.name} {t[f'dropped_too_long/{s.name}']} of {t[f'records/{s.name}']}"
+                        + (f" (cut {t[f'truncated/{s.name}']})" if t[f"truncated/{s.name}"] else "")
+                        for s in c.sources)
+        limits = [f"{c.seq_len} tokens"] + [f"{c.budget.describe(m)} of {m}" for m in MODALITIES if c.budget.slots(m)]
+        item = (f"; an audio item at most {c.budget.max_audio_seconds:g} s (model.max_audio_windows="
+                f"{c.budget.max_audio_windows})" if c.budget.audio_slots else "")
+        return (f"data: records dropped for length (too_long={c.too_long!r}) per source: {per}; a row holds "
+                f"{', '.join(limits)}{item}")
 
     def get_state(self) -> dict:
         index, count = self.config.processes()

@@ -14,6 +14,7 @@ from omnijax.media_tokens import MODALITIES
 TOO_LONG_POLICIES = ("drop", "truncate")
 BAD_REASONS = ("bad_record", "placeholder_mismatch", "corrupt_image", "corrupt_video", "corrupt_audio")
 COUNTERS = ("records", "examples", "tokens", "loss_tokens", "truncated", "dropped_too_long", *BAD_REASONS)
+PER_SOURCE = ("records", "dropped_too_long", "truncated")  # counted per source too: `records/asr`, ...
 EXAMPLE_TEXT_FIELDS = ("input_ids", "targets", "loss_weights", "task_ids")  # per example; the packer adds the rest
 STATE_VERSION = 1
 
@@ -63,7 +64,6 @@ class PipelineConfig:
     video_frames: int = 8  # frames sampled per video
     image_tiling: str = "resize"  # ola layout: 'resize' or 'dynamic' (features.MediaFeatures)
     max_image_tiles: int = 9
-    max_audio_chunks: int = 25  # Ola: 25 x 30 s
     too_long: str = "drop"  # or 'truncate'
     max_bad_fraction: float = 0.01
     bad_window: int = 1000  # records
@@ -104,8 +104,9 @@ class PipelineConfig:
 
     @property
     def counters(self) -> tuple[str, ...]:
-        """Names of the pipeline's counters (`Pipeline.metrics`)."""
-        return COUNTERS + tuple(f"records/{s.name}" for s in self.sources)
+        """Names of the pipeline's counters (`Pipeline.metrics`): `COUNTERS`, then per source its records and
+        the examples dropped and cut for length (`records/asr`, `dropped_too_long/asr`, `truncated/asr`)."""
+        return COUNTERS + tuple(f"{c}/{s.name}" for s in self.sources for c in PER_SOURCE)
 
     def processes(self) -> tuple[int, int]:
         if self.process_index is not None and self.process_count is not None:

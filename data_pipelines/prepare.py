@@ -6,6 +6,7 @@ generation prompt the same way (`omnijax.inference.omni`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -63,16 +64,18 @@ class Prepare:
         out["source"] = self.source.name
         return out
 
-    def prompt(self, example: schema.Example) -> tuple[np.ndarray, list[features_lib.Feature]]:
+    def prompt(self, example: schema.Example,
+               names: Sequence[str] | None = None) -> tuple[np.ndarray, list[features_lib.Feature]]:
         """A generation prompt (inference), prepared as training prepares examples: the turns before the
         first assistant turn as ChatML, then the assistant's header `<|im_start|>assistant\\n`, each
         placeholder expanded to its item's tokens. Returns (input_ids int32 `[n]`, the media features in
-        placeholder order). Raises `ValueError` naming the example when a media item does not decode or
-        the prompt does not fit `seq_len` or the budget's slots (a `too_long='drop'` config)."""
+        placeholder order). Raises `ValueError` when a media item does not decode or is longer than the model
+        takes, or the prompt does not fit `seq_len` or the budget's slots (a `too_long='drop'` config), naming
+        the example, or only the item when the caller names them (``names``: one per ``example.media``)."""
         try:
             ids, learn, order = self.chat.tokens(example, generation=True)
-            items, _ = self.expansion.media(example, order)
+            items, _ = self.expansion.media(example, order, names)
             ids, _, items, _ = self.expansion.expand(ids, learn, items)
         except records_lib.Skip as skip:
-            raise ValueError(f"example {example.id!r}: {skip} ({skip.reason})") from None
+            raise ValueError(str(skip) if names else f"example {example.id!r}: {skip} ({skip.reason})") from None
         return ids.astype(np.int32), items

@@ -52,8 +52,10 @@ def pair(example: schema.Example, chat: ChatTemplate, expansion: MediaExpansion,
     for item in items:
         used[item.kind] += item.slots
     if n > expansion.seq_len or any(used[m] > expansion.budget.slots(m) for m in used):
-        raise Skip("dropped_too_long", f"the Self-KD pair takes {n} tokens for seq_len {expansion.seq_len} and "
-                                       f"slots {dict(used)}; pairs are never cut")
+        media = "; ".join(f"{m}: {expansion.budget.describe(m, used[m])} of {expansion.budget.describe(m)}"
+                          for m in used)
+        raise Skip("dropped_too_long", f"the Self-KD pair takes {n} tokens for seq_len {expansion.seq_len}"
+                                       f"{' and ' + media if media else ''}; pairs are never cut")
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     out.update(expansion.slots(items), truncated=trimmed)
     return out

@@ -100,8 +100,9 @@ def omni_model(preset: str, *, vision_connector: str | None = "ola", audio_conne
         model.update(vision=dict(VISION[preset]), vision_connector=vision_connector, image_token_id=ids["image"],
                      video_token_id=ids["video"])
     if audio_connector is not None:
+        # An audio item takes at most Ola's 25 windows: 25 x 30 s = 12.5 min (`7b`), 25 x 4 s = 100 s (`tiny`).
         model.update(audio=dict(AUDIO[preset], variant=audio_variant), audio_connector=audio_connector,
-                     audio_token_id=ids["audio"])
+                     audio_token_id=ids["audio"], max_audio_windows=25)
         if audio_connector == "frame_stack":
             model.update(FRAME_STACK[preset])
     model.update(extra)

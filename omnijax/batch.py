@@ -66,7 +66,7 @@ import jax
 import numpy as np
 
 from omnijax.media_layouts import MediaLayout
-from omnijax.media_tokens import MODALITIES
+from omnijax.media_tokens import MEL_FRAMES_PER_SECOND, MODALITIES
 
 TEXT_FIELDS = {
     "input_ids": np.int32, "segment_ids": np.int32, "positions": np.int32,
@@ -81,7 +81,8 @@ _WHAT = {"image": "image slots (views/tiles)", "video": "video slots (frames)", 
 @dataclasses.dataclass(frozen=True)
 class MediaBudget:
     """Static media slots per row. Zero slots = the modality is absent from the stage's batches.
-    ``OmniConfig.budget`` builds it from a model config (sizes from the towers)."""
+    ``OmniConfig.budget`` builds it from a model config (sizes from the towers). ``max_audio_windows``:
+    the most windows one audio item may take (the model's limit, ``OmniConfig.max_audio_windows``)."""
 
     image_slots: int = 0
     image_size: int = 384
@@ -90,9 +91,28 @@ class MediaBudget:
     audio_slots: int = 0
     n_mels: int = 128
     audio_frames: int = 3000
+    max_audio_windows: int = 25
 
     def slots(self, modality: str) -> int:
         return getattr(self, f"{modality}_slots")
+
+    @property
+    def window_seconds(self) -> float:
+        """Seconds of audio per window (slot): its mel frames at 100 per second."""
+        return self.audio_frames / MEL_FRAMES_PER_SECOND
+
+    @property
+    def max_audio_seconds(self) -> float:
+        """The longest audio item the model takes: ``max_audio_windows`` windows."""
+        return self.max_audio_windows * self.window_seconds
+
+    def describe(self, modality: str, slots: int | None = None) -> str:
+        """``slots`` (default: the row's) of ``modality`` in the units a user thinks in: '16 s (4 windows of
+        4 s)' of audio, '8 frames' of video, '4 views or tiles' of images."""
+        n = self.slots(modality) if slots is None else slots
+        if modality == "audio":
+            return f"{n * self.window_seconds:g} s ({n} windows of {self.window_seconds:g} s)"
+        return f"{n} frames" if modality == "video" else f"{n} views or tiles"
 
 
 def batch_spec(batch_size: int, seq_len: int, budget: MediaBudget = MediaBudget(),

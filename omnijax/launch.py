@@ -10,7 +10,8 @@ The trainer reads no data format and no model directory; this module, above both
 - the workdir of a stage that trains an omni model becomes a model directory
   (``omnijax.checkpoint.describe_stage``), so ``load_model(workdir)`` opens the finished stage.
 
-``run(c, workdir)`` is what ``python -m omnijax.train`` and the recipe runner call.
+``run(c, workdir)`` is what ``python -m omnijax.train`` and the recipe runner call; a stage fed by the Grain
+pipeline ends with its ``length_report``: per source, the records dropped (and cut) for length.
 """
 
 from __future__ import annotations
@@ -121,7 +122,11 @@ def run(c, workdir: str, *, data=None, progress: bool | None = None) -> trainer.
         if jax.process_index() == 0:
             os.makedirs(workdir, exist_ok=True)
             describe_stage(c, stage.task, workdir)  # an omni stage's workdir is then a model directory
-        return trainer.run(c, workdir, stage=stage, data=data, progress=progress)
+        result = trainer.run(c, workdir, stage=stage, data=data, progress=progress)
+        if jax.process_index() == 0 and isinstance(data, Pipeline):
+            share = f" (process 0's share of {jax.process_count()})" if jax.process_count() > 1 else ""
+            print(f"stage {c.name!r}: {data.length_report()}{share}", flush=True)
+        return result
     finally:
         if own and hasattr(data, "close"):
             data.close()  # the pipeline's workers

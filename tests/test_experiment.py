@@ -21,6 +21,7 @@ from data_pipelines import media, synth
 from experiments import common
 from omnijax import evaluate as evaluator
 from omnijax import experiment
+from omnijax.inference.chat import question_example
 from omnijax.tools import generate
 
 matplotlib.use("Agg")
@@ -261,3 +262,19 @@ def test_ask_errors_name_the_argument(omni_stage):
         model.ask("q", image=np.zeros((8, 8, 3), np.float32))
     with pytest.raises(ValueError, match="H.264 needs an even width"):
         model.ask("q", video=[np.zeros((7, 8, 3), np.uint8)] * 2)
+
+
+def test_the_demo_model_answers_long_audio_and_refuses_it_in_seconds(omni_stage):
+    """The issue's case: 40 s of speech to Ola's stage 3b (tiny preset: 4 s windows, audio_slots=4, seq_len 256)
+    is answered, its slots grown to 16 and its prompt past the stage's seq_len; 3 min is over the model's 25
+    windows of 4 s, refused in seconds."""
+    model = experiment.load_model(omni_stage)
+    t = np.arange(40 * 16000, dtype=np.float32) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    assert isinstance(model.ask(synth.ASR_PROMPT, audio=(tone, 16000), max_new_tokens=4), str)
+    gen = model.generator(1, 4)
+    ids, items = gen.prepare(question_example(synth.ASR_PROMPT, audio=(tone, 16000)))
+    assert items[0].slots == 10 and len(ids) > 510 and gen.batch([(ids, items)], 1)["audio"].shape[1] == 16
+    with pytest.raises(ValueError, match=r"^the audio is 180\.0 s; this model takes at most 100 s \(25 windows of "
+                                         r"4 s\): cut it or raise model\.max_audio_windows$"):
+        model.ask(synth.ASR_PROMPT, audio=(np.tile(tone, 9)[:180 * 16000], 16000), max_new_tokens=4)

@@ -271,6 +271,21 @@ def test_generation_config_gives_slots_to_the_modalities_a_stage_trained_without
     assert stage.answer([examples[t] for t in tasks], NEW) == gen.answer([examples[t] for t in tasks], NEW)
 
 
+def test_slots_and_widths_grow_to_the_input_in_rounded_steps(corpus, gen):
+    """8 frames per video on a model with video_slots=4: the batch's video slots grow to 8; slots and prompt
+    widths are rounded up (powers of two; widths bucket * 2**k) so few shapes compile."""
+    _, examples, _ = corpus
+    eight = OmniGenerator(CFG, gen.params, corpus[0], max_prompt_len=MAX_PROMPT, batch_size=1)
+    ids, items = eight.prepare(examples["video_audio_qa"])
+    batch = eight.batch([(ids, items)], 1)
+    assert [f.slots for f in items if f.kind == "video"] == [8] and batch["videos"].shape[1] == 8
+    assert [omni_gen.grown_slots(n, 4) for n in (0, 3, 4, 5, 8, 9, 40, 180)] == [4, 4, 4, 8, 8, 16, 64, 256]
+    wide = OmniGenerator(CFG, gen.params, corpus[0], max_prompt_len=1000, batch_size=1, bucket=64,
+                         video_frames=FRAMES)
+    widths = [wide.batch([(np.ones(n, np.int32), [])], 1)["input_ids"].shape[1] for n in (10, 64, 65, 129, 300, 999)]
+    assert widths == [64, 64, 128, 256, 512, 1000]
+
+
 def test_clear_errors(corpus, gen):
     tokenizer_dir, examples, _ = corpus
     with pytest.raises(ValueError, match="unknown prompt options .'seq_len'."):
@@ -288,8 +303,6 @@ def test_clear_errors(corpus, gen):
         short.prepare(examples["image_qa"])
     with pytest.raises(ValueError, match="has no spoken_question"):
         gen.answer([examples["image_qa"]], spoken=True)
-    with pytest.raises(ValueError, match="video_frames=8 is more than the budget's video_slots=4"):
-        OmniGenerator(CFG, gen.params, tokenizer_dir, max_prompt_len=64)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         OmniGenerator(CFG, gen.params, tokenizer_dir, max_prompt_len=32760, video_frames=FRAMES).answer(
             [examples["image_qa"]], max_new_tokens=16)
@@ -361,3 +374,61 @@ def test_command_line_streams_and_speaks(planted, corpus, tmp_path, monkeypatch)
     monkeypatch.setattr(chat, "load_params", lambda path, **kw: deaf)
     code, _, err = run_cli([*base, "--spoken-question", str(tmp_path / "wav" / "sentence_000.wav")])
     assert code == 2 and "--spoken-question: the model has no audio tower; leave out --spoken-question" in err
+
+
+# ---- long audio: the slots grow to the input, up to the model's limit in seconds ----
+
+LONG_LIMIT = 200  # windows of 1 s (CFG's audio window): 200 s
+
+
+def write_tone(path, seconds, rate=16000):
+    t = np.arange(int(seconds * rate), dtype=np.float32) / rate
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate, subtype="FLOAT")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def long_audio_model(planted, corpus, tmp_path_factory):
+    """The planted model saved with a limit of LONG_LIMIT windows of 1 s (its params do not depend on it)."""
+    cfg = CFG.replace(max_audio_windows=LONG_LIMIT)
+    model_dir = str(tmp_path_factory.mktemp("long_audio") / "model")
+    save_model_dir(model_dir, Loaded(OMNI, OmniModel(cfg), cfg, planted.params, OMNI.hf_config(cfg)),
+                   assets_dir=corpus[0])
+    return model_dir
+
+
+@pytest.mark.parametrize("seconds", [40, 180])
+def test_long_audio_is_answered_with_slots_grown_to_it(long_audio_model, tmp_path, seconds):
+    """40 s and 3 min of audio (40 and 180 windows; the model's budget is audio_slots=4) are answered
+    through the command line: the audio slots grow to the next power of two (64, 256)."""
+    wav = write_tone(tmp_path / "long.wav", seconds)
+    code, out, err = run_cli(["--model", long_audio_model, "--video-frames", str(FRAMES), "--max-new-tokens",
+                              str(NEW), "--audio", wav, "--prompt", "What is said?"])
+    assert (code, out) == (0, PLANTED + "\n"), err
+    model = chat.Model(long_audio_model, video_frames=FRAMES)
+    gen = model.generator(1, NEW)
+    example = cli.build_example([("audio", wav)], prompt="What is said?")
+    ids, items = gen.prepare(example)
+    batch = gen.batch([(ids, items)], 1)
+    assert items[0].slots == seconds and items[0].seconds == seconds
+    assert batch["audio"].shape[1] == {40: 64, 180: 256}[seconds]
+    assert (batch["audio_item"][0] == 0).sum() == seconds and batch["input_ids"].shape[1] in (512, 2048)
+
+
+def test_audio_over_the_models_limit_is_refused_in_seconds(long_audio_model, tmp_path):
+    too_long = write_tone(tmp_path / "too_long.wav", LONG_LIMIT + 40)
+    model = ["--model", long_audio_model, "--video-frames", str(FRAMES)]
+    args = [*model, "--prompt", "What is said?"]
+    code, out, err = run_cli([*args, "--audio", too_long])
+    assert (code, out) == (2, "")
+    assert err == (f"error: audio {too_long!r} is 240.0 s; this model takes at most 200 s (200 windows of 1 s): "
+                   "cut it or raise model.max_audio_windows\n")
+    clip = write_tone(tmp_path / "clip.wav", 40)
+    code, _, err = run_cli([*args, "--audio", clip, "--max-audio-windows", "30"])
+    assert code == 2 and f"audio {clip!r} is 40.0 s; this model takes at most 30 s (30 windows of 1 s)" in err
+    code, _, err = run_cli([*model, "--spoken-question", clip, "--max-audio-windows", "30"])
+    assert code == 2 and f"spoken question {clip!r} is 40.0 s" in err
+    code, _, err = run_cli([*args, "--audio", clip, "--max-prompt-len", "200"])
+    assert code == 2 and "Traceback" not in err, err
+    assert "item 0 (audio of 40.0 s) takes tokens" in err and "; 28 s of audio fit with the rest" in err
+    assert "[the prompt's seq_len is max_prompt_len=200 tokens, of the model's 32768 positions]" in err

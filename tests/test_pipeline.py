@@ -522,6 +522,12 @@ def test_over_long_examples_follow_the_policy(corpus, long_shard, policy):
         metrics = pipeline.metrics
     assert not any("LONGQUESTION" in t for t in texts)  # nothing to learn left: dropped either way
     assert metrics["dropped_too_long"] > 0 and metrics["bad_fraction"] == 0
+    assert metrics["dropped_too_long/long"] == metrics["dropped_too_long"]  # counted per source too
+    assert metrics["truncated/long"] == metrics["truncated"] and metrics["records/long"] == metrics["records"]
+    cut = f" (cut {metrics['truncated']})" if policy == "truncate" else ""
+    assert pipeline.length_report() == (
+        f"data: records dropped for length (too_long={policy!r}) per source: long {metrics['dropped_too_long']} of "
+        f"{metrics['records']}{cut}; a row holds 64 tokens")
     if policy == "drop":
         assert metrics["truncated"] == 0 and not any("LONGANSWER" in t for t in texts)
         with Pipeline(dataclasses.replace(config, seq_len=8)) as pipeline, pytest.raises(ValueError, match="over-long"):
@@ -530,6 +536,43 @@ def test_over_long_examples_follow_the_policy(corpus, long_shard, policy):
         cut = [t for t in texts if "LONGANSWER" in t]
         assert metrics["truncated"] == len(cut) > 0
         assert all(len(tokenizer(t, add_special_tokens=False)["input_ids"]) == 64 for t in cut)
+
+
+def test_over_long_audio_is_dropped_with_its_seconds_and_counted_per_source(corpus, tmp_path):
+    """12 s of audio (1 s windows): over a row's 8 audio slots, over a model limit of 10 windows, over seq_len;
+    each drop reason says the seconds, and the stage's report counts the drops per source."""
+    t = np.arange(12 * 16000, dtype=np.float32) / 16000
+    buffer = io.BytesIO()
+    sf.write(buffer, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000, format="WAV", subtype="FLOAT")
+    long_clip = schema.Example("long/0", "long", "asr", [schema.Turn("user", "<audio>\nTranscribe.", [0]),
+                                                         schema.Turn("assistant", "a tone")],
+                               [schema.Media("audio", "wav", buffer.getvalue())])
+    paths = write_records(str(tmp_path / "long_audio"), [long_clip])
+    short = (Source("short", task_shards(corpus, "image_qa")),)
+
+    def skip(**kw):
+        config = omni_config(corpus, sources=(Source("long", paths),) + short, too_long="drop", **kw)
+        out = prepare(config, config.sources[0])[0](prepare(config, config.sources[0])[1][0])
+        assert out["skip"] == "dropped_too_long" and out["source"] == "long"
+        return out["detail"]
+
+    assert skip() == ("its audio up to item 0 (audio of 12.0 s) takes 12 s (12 windows of 1 s), more than a row "
+                      "holds: 8 s (8 windows of 1 s) (audio_slots=8)")
+    assert skip(budget=dataclasses.replace(BUDGET, max_audio_windows=10)) == (
+        "media[0] (audio) is 12.0 s; this model takes at most 10 s (10 windows of 1 s): cut it or raise "
+        "model.max_audio_windows")
+    assert skip(budget=dataclasses.replace(BUDGET, audio_slots=16), seq_len=60) == (
+        "107 tokens for seq_len 60: item 0 (audio of 12.0 s) takes tokens 14..88; 4 s of audio fit with the rest")
+    config = omni_config(corpus, sources=(Source("long", paths, weight=0.2),) + short, too_long="drop")
+    with Pipeline(config) as pipeline:
+        batches(pipeline, 2)
+        metrics = pipeline.metrics
+        report = pipeline.length_report()
+    assert metrics["dropped_too_long/long"] == metrics["records/long"] > 0 and metrics["dropped_too_long/short"] == 0
+    assert report == (f"data: records dropped for length (too_long='drop') per source: long {metrics['records/long']} "
+                      f"of {metrics['records/long']}, short 0 of {metrics['records/short']}; a row holds 256 tokens, "
+                      "4 views or tiles of image, 8 frames of video, 8 s (8 windows of 1 s) of audio; an audio item "
+                      "at most 25 s (model.max_audio_windows=25)")
 
 
 def test_truncation_cuts_before_the_first_media_item_that_does_not_fit(corpus, tmp_path):

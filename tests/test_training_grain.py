@@ -4,6 +4,7 @@ steps, per-step losses bitwise: the pipeline's iterator state goes through the t
 
 import glob
 import os
+import re
 
 import ml_collections as mlc
 import numpy as np
@@ -61,9 +62,21 @@ def losses(result) -> list[float]:
     return [r["loss"] for r in result.metrics]
 
 
-def test_grain_pipeline_resumes_through_the_trainer_checkpoint(corpus, tmp_path):
+def length_report(capsys) -> str:
+    """The line a stage on the pipeline ends with: records dropped for length per source."""
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("stage 'tiny_grain': data: ")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_grain_pipeline_resumes_through_the_trainer_checkpoint(corpus, tmp_path, capsys):
     c = grain_config(corpus)
     straight = launch.run(c, str(tmp_path / "straight"))
+    report = length_report(capsys)
+    assert re.fullmatch(r"stage 'tiny_grain': data: records dropped for length \(too_long='truncate'\) per source: "
+                        r"image_caption 0 of \d+, asr 0 of \d+; a row holds 128 tokens, 2 views or tiles of image, "
+                        r"4 s \(4 windows of 1 s\) of audio; an audio item at most 25 s "
+                        r"\(model.max_audio_windows=25\)", report), report
     assert straight.status == "finished" and straight.step == 4
     want = losses(straight)
     assert len(want) == 4 and all(np.isfinite(want)), want
@@ -71,8 +84,10 @@ def test_grain_pipeline_resumes_through_the_trainer_checkpoint(corpus, tmp_path)
     split = str(tmp_path / "split")
     first = launch.run(_with_steps(c, 2), split)
     assert first.step == 2 and losses(first) == want[:2]
+    length_report(capsys)
     second = launch.run(c, split)  # a new run on the same workdir: resumes params, optimizer and pipeline
     assert second.step == 4
+    assert length_report(capsys) == report  # the counts of the whole stage, through the checkpoint
     got = losses(first) + losses(second)
     assert got == want, (got, want)  # bitwise
 

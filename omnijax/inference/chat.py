@@ -30,7 +30,6 @@ from omnijax.inference.omni import OmniGenerator, generation_config, media_unsup
 from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig
 
-DEFAULT_MAX_PROMPT_LEN = 2048
 VIDEO_FPS = 4.0  # the rate written into a video made from frames (the pipeline samples frames uniformly)
 
 
@@ -120,6 +119,13 @@ def video_items(video) -> list[tuple[str, schema.Media]]:
     return items
 
 
+def item_names(example: schema.Example) -> list[str]:
+    """How errors name each media item of a question: 'the audio', or 'audio 2 of 3' when there are several."""
+    kinds = [m.kind for m in example.media]
+    return [f"the {k}" if kinds.count(k) == 1 else f"{k} {kinds[:i + 1].count(k)} of {kinds.count(k)}"
+            for i, k in enumerate(kinds)]
+
+
 def _many(value) -> list:
     return list(value) if isinstance(value, list) else [value]
 
@@ -140,27 +146,32 @@ def question_example(prompt: str | None = None, *, image=None, audio=None, video
 class Model:
     """A trained model to ask questions (module docstring). ``path``: a finished stage workdir, an omnijax
     model directory or a HF directory; the tokenizer is the one it carries (``tokenizer=`` another). Prompts
-    are prepared with the stage's pipeline options (frames per video, ...) and at most its sequence length
-    (``max_prompt_len``, default the stage's ``seq_len``, else 2048, within the model's positions)."""
+    are prepared with the stage's pipeline options (frames per video, ...), as long as the input makes them:
+    at most ``max_prompt_len`` tokens (default: the model's positions less the new tokens), the media slots
+    grown to the input (``OmniGenerator``), an audio item at most ``max_audio_windows`` windows (default:
+    the model's, ``OmniConfig.max_audio_windows``; Ola's 25 of 30 s)."""
 
     def __init__(self, path: str, *, dtype: str = "float32", tokenizer: str | None = None,
-                 max_prompt_len: int | None = None, video_frames: int | None = None):
+                 max_prompt_len: int | None = None, video_frames: int | None = None,
+                 max_audio_windows: int | None = None):
         self.path = path
         self.tokenizer = tokenizer or assets_of(path)
         if not self.tokenizer:
             raise ValueError(f"{path} carries no tokenizer: pass tokenizer=DIR (a HF tokenizer directory)")
         self.loaded = load_params(path, dtype=dtype, progress=False)
-        self.options, self.seq_len = stage_prompt_options(path)  # a stage workdir: prompts as its batches were
+        self.options, _ = stage_prompt_options(path)  # a stage workdir: prompts as its batches were
         if video_frames is not None:
             self.options["video_frames"] = video_frames
-        self.cfg = generation_config(chat_config(self.loaded.module), self.options.get("video_frames"))
+        cfg = chat_config(self.loaded.module)
+        if max_audio_windows is not None:
+            cfg = cfg.replace(max_audio_windows=max_audio_windows)
+        self.cfg = generation_config(cfg, self.options.get("video_frames"))
         self.max_prompt_len = max_prompt_len
         self._generators: dict[tuple[int, int], OmniGenerator] = {}
 
     def generator(self, batch_size: int = 1, max_new_tokens: int = 32) -> OmniGenerator:
         """The ``OmniGenerator`` for ``batch_size`` rows (built once per size)."""
-        room = self.cfg.llm.max_position_embeddings - max_new_tokens
-        max_prompt_len = self.max_prompt_len or min(self.seq_len or DEFAULT_MAX_PROMPT_LEN, room)
+        max_prompt_len = self.max_prompt_len or self.cfg.llm.max_position_embeddings - max_new_tokens
         key = (batch_size, max_prompt_len)
         if key not in self._generators:
             self._generators[key] = OmniGenerator(self.cfg, self.loaded.params, self.tokenizer,
@@ -179,10 +190,13 @@ class Model:
 
     def stream(self, example: schema.Example, max_new_tokens: int = 32,
                on_sentence: Callable[[int, str], object] | None = None, *,
-               names: dict[str, str] | None = None) -> Iterator[str]:
-        """The answer to ``example`` sentence by sentence as it is written (``OmniGenerator.stream``)."""
+               names: dict[str, str] | None = None, items: Sequence[str] | None = None) -> Iterator[str]:
+        """The answer to ``example`` sentence by sentence as it is written (``OmniGenerator.stream``). Errors
+        name a kind of media as ``names`` does (kind -> how the caller gave it) and an item as ``items`` does
+        (one per ``example.media``; default ``item_names``)."""
         self.check_media(example, names)
-        return self.generator(1, max_new_tokens).stream(example, max_new_tokens, on_sentence)
+        return self.generator(1, max_new_tokens).stream(example, max_new_tokens, on_sentence,
+                                                        names=items or item_names(example))
 
     def ask(self, prompt: str | None = None, *, image=None, audio=None, video=None, spoken_question=None,
             max_new_tokens: int = 32) -> str:

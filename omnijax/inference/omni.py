@@ -18,11 +18,13 @@ Batch. One example per row, left-padded (``generate.left_pad``: segment id 0 on 
 positions from 0 at each prompt's first token, as in training), the row's media in the slots of the
 model's budget (``cfg.budget``: ``image_slots``, ``video_slots``, ``audio_slots`` per row; a stage
 trains with the slots of its own modalities only, so ``generation_config`` gives a modality the model
-has a tower for but no slots ``GENERATION_SLOTS`` of them, ``video_frames`` for videos). Static
-shapes, so that one compilation serves an eval set: ``batch_size`` rows (a short last batch is filled
-with copies of its first row), the prompt width rounded up to a multiple of ``bucket`` (at most
-``max_prompt_len``), the slot fields of the modalities some row of the batch has (an image-only
-batch runs no audio tower).
+has a tower for but no slots ``GENERATION_SLOTS`` of them, ``video_frames`` for videos). The slots grow
+to the input: a batch whose media need more (a 3-minute clip is 45 windows of 4 s) gets the next power
+of two of them (``grown_slots``); what bounds an item is the model's limit (``max_audio_windows`` windows
+per audio item, ``video_frames``, ``max_image_tiles``) and the prompt length. Rounded shapes, so that one
+compilation serves many questions: ``batch_size`` rows (a short last batch is filled with copies of its
+first row), the prompt width rounded up to ``bucket`` times a power of two (at most ``max_prompt_len``),
+the slot fields of the modalities some row of the batch has (an image-only batch runs no audio tower).
 
 Decoding. ``OmniModel.prefill`` runs the spliced embeddings into the KV cache; then greedy tokens by
 ``generate.decode_loop`` until ``<|im_end|>`` or ``<|endoftext|>``. ``stream`` decodes one token per
@@ -53,7 +55,7 @@ from omnijax.media_tokens import MODALITIES
 from omnijax.models.llm import init_cache
 from omnijax.models.omni import OmniConfig, OmniModel
 
-PROMPT_OPTIONS = ("system_prompt", "video_frames", "image_tiling", "max_image_tiles", "max_audio_chunks")
+PROMPT_OPTIONS = ("system_prompt", "video_frames", "image_tiling", "max_image_tiles")
 
 
 def stage_prompt_options(path: str) -> tuple[dict, int | None]:
@@ -83,6 +85,12 @@ def generation_config(cfg: OmniConfig, video_frames: int | None = None) -> OmniC
         if tower is not None and getattr(cfg, f"{kind}_token_id") is not None and not cfg.budget.slots(kind):
             extra[f"{kind}_slots"] = slots
     return cfg.replace(**extra) if extra else cfg
+
+
+def grown_slots(needed: int, slots: int) -> int:
+    """The slots of a batch whose rows need at most ``needed`` of a modality whose budget is ``slots``: the
+    budget, or the next power of two above it when the input needs more (so that few shapes compile)."""
+    return slots if needed <= slots else 1 << (needed - 1).bit_length()
 
 
 def media_unsupported(cfg: OmniConfig, kind: str) -> str | None:
@@ -134,7 +142,8 @@ class OmniGenerator:
       tokenizer_dir: the HF tokenizer directory the model was trained with.
       max_prompt_len: most tokens in a prompt, placeholders expanded (the pipeline's ``seq_len``).
       batch_size: rows per generation call (``answer`` splits longer lists).
-      bucket: prompt widths are rounded up to a multiple of it; ``bucket=max_prompt_len`` compiles once.
+      bucket: prompt widths are rounded up to ``bucket`` times a power of two; ``bucket=max_prompt_len``
+        compiles once.
       **prompt_options: ``PROMPT_OPTIONS`` fields of ``PipelineConfig`` (``system_prompt``,
         ``video_frames``, ...), as in training; the defaults are the pipeline's.
     """
@@ -155,20 +164,24 @@ class OmniGenerator:
         if len(self.tokenizer) > cfg.vocab_size:
             raise ValueError(f"the tokenizer {tokenizer_dir} has {len(self.tokenizer)} tokens, more than the model's "
                              f"vocabulary ({cfg.vocab_size}): it is not the model's tokenizer")
+        # Slots grow to the input (``batch``): a prompt's media are bounded by the items' limits and its length.
+        budget = dataclasses.replace(cfg.budget, **{f"{m}_slots": max(cfg.budget.slots(m), max_prompt_len)
+                                                    for m in MODALITIES if cfg.budget.slots(m)})
         config = PipelineConfig(sources=(Source("prompts", ("<examples>",)),), tokenizer=tokenizer_dir, batch_size=1,
-                                seq_len=max_prompt_len, budget=cfg.budget, layout=cfg.media_layout,
-                                **prompt_options)
+                                seq_len=max_prompt_len, budget=budget, layout=cfg.media_layout, **prompt_options)
         self._prepare = Prepare(config, config.sources[0], None, self.tokenizer)
         special = self.tokenizer.added_tokens_encoder
         self.stop_token_ids = tuple(sorted({special[t] for t in (IM_END, ENDOFTEXT) if t in special}))
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = special[IM_END] if pad is None else pad
 
-    def prepare(self, example: schema.Example, *, spoken: bool = False) -> tuple[np.ndarray, list[Feature]]:
+    def prepare(self, example: schema.Example, *, spoken: bool = False,
+                names: Sequence[str] | None = None) -> tuple[np.ndarray, list[Feature]]:
         """The example's prompt as training prepares it -> (input_ids int32 ``[n]``, media features in
         placeholder order). ``spoken``: of its spoken form (it needs a ``spoken_question``). Raises
-        ``ValueError`` naming the example: media the model does not take, a media item that does not
-        decode, a prompt over ``max_prompt_len`` tokens or the model's slots."""
+        ``ValueError`` naming the example (or the item, by ``names``, one per ``example.media``): media the
+        model does not take, a media item that does not decode or is longer than the model takes (audio
+        in seconds), a prompt over ``max_prompt_len`` tokens."""
         if spoken:
             example = example.spoken_view()
         for kind in sorted({m.kind for m in example.media}):
@@ -177,11 +190,12 @@ class OmniGenerator:
                 article = "an" if kind[0] in "aeiou" else "a"
                 raise ValueError(f"example {example.id!r} has {article} {kind}, but {reason}")
         try:
-            return self._prepare.prompt(example)
+            return self._prepare.prompt(example, names)
         except ValueError as e:
-            slots = ", ".join(f"{m}_slots={self.cfg.budget.slots(m)}" for m in MODALITIES if self.cfg.budget.slots(m))
-            raise ValueError(f"{e} [prompts take max_prompt_len={self.max_prompt_len} tokens and the model's "
-                             f"{slots or 'no media slots'}]") from None
+            if "seq_len" not in str(e):  # a media item: its own message names it and its limit
+                raise
+            raise ValueError(f"{e} [the prompt's seq_len is max_prompt_len={self.max_prompt_len} tokens, of the "
+                             f"model's {self.cfg.llm.max_position_embeddings} positions]") from None
 
     def batch(self, prompts: Sequence[tuple[np.ndarray, list[Feature]]], rows: int) -> dict[str, np.ndarray]:
         """Prepared prompts as one left-padded batch of ``rows`` rows (the batch contract's ``input_ids``,
@@ -189,10 +203,11 @@ class OmniGenerator:
         prompts repeat the first."""
         prompts = list(prompts) + [prompts[0]] * (rows - len(prompts))
         longest = max(len(ids) for ids, _ in prompts)
-        width = min(-(-longest // self.bucket) * self.bucket, self.max_prompt_len)
+        width = min(self.bucket << (-(-longest // self.bucket) - 1).bit_length(), self.max_prompt_len)
         ids, segment_ids, positions = left_pad([p for p, _ in prompts], self.pad_token_id, width)
-        present = {f.kind for _, items in prompts for f in items}
-        budget = dataclasses.replace(self.cfg.budget, **{f"{m}_slots": 0 for m in MODALITIES if m not in present})
+        needed = {m: max(sum(f.slots for f in items if f.kind == m) for _, items in prompts) for m in MODALITIES}
+        budget = dataclasses.replace(self.cfg.budget, **{
+            f"{m}_slots": grown_slots(needed[m], self.cfg.budget.slots(m)) if needed[m] else 0 for m in MODALITIES})
         media = media_slots([[[MediaItem(f.kind, f.data, f.valid_frames, f.plan) for f in items]]
                              for _, items in prompts], budget, self.cfg.media_layout)
         return {"input_ids": ids, "segment_ids": segment_ids, "positions": positions, **media}
@@ -236,13 +251,15 @@ class OmniGenerator:
         return [self.decode(row[:n]) for row, n in zip(out.tokens, out.lengths, strict=True)]
 
     def stream(self, example: schema.Example, max_new_tokens: int = 32,
-               on_sentence: Callable[[int, str], object] | None = None, *, spoken: bool = False) -> Iterator[str]:
+               on_sentence: Callable[[int, str], object] | None = None, *, spoken: bool = False,
+               names: Sequence[str] | None = None) -> Iterator[str]:
         """The greedy answer to one example, sentence by sentence while it is generated
         (``sentences.sentences``); the sentences concatenate to ``answer([example])[0]``.
         ``on_sentence(index, sentence)`` is called on each before it is yielded (e.g. ``espeak_callback``).
-        The prompt is prepared (and its errors raised) before the first sentence."""
+        The prompt is prepared (and its errors raised, media items named by ``names``) before the first
+        sentence."""
         self._check_length(max_new_tokens)
-        batch = self.batch([self.prepare(example, spoken=spoken)], 1)
+        batch = self.batch([self.prepare(example, spoken=spoken, names=names)], 1)
         texts = self._texts(batch, max_new_tokens)
         return self._emit(sentences(texts), on_sentence)
 

@@ -74,6 +74,7 @@ class OmniConfig:
     image_slots: int = 0
     video_slots: int = 0
     audio_slots: int = 0
+    max_audio_windows: int = 25  # most windows one audio item takes (Ola: 25 of 30 s = 12.5 min)
     anyres_pinpoints: tuple[tuple[int, int], ...] = LLAVA_ONEVISION_GRID_PINPOINTS
     anyres_max_num_patches: int = 9  # N of 'anyres_max_N'
 
@@ -95,6 +96,8 @@ class OmniConfig:
                 raise ValueError(f"{m}_token_id {tid} is outside the vocabulary [0, {self.llm.vocab_size})")
             if getattr(self, f"{m}_slots") < 0 or (getattr(self, f"{m}_slots") and tid is None):
                 raise ValueError(f"{m}_slots={getattr(self, f'{m}_slots')}: slots need a {m}_token_id (and >= 0)")
+        if self.max_audio_windows < 1:
+            raise ValueError(f"max_audio_windows={self.max_audio_windows}: an audio item takes at least one window")
         ids = [t for t in (self.image_token_id, self.video_token_id, self.audio_token_id) if t is not None]
         if len(set(ids)) != len(ids):
             raise ValueError(f"placeholder token ids {ids} must differ per modality")
@@ -138,7 +141,7 @@ class OmniConfig:
         return MediaBudget(image_slots=self.image_slots, image_size=v.image_size if v else 0,
                            video_slots=self.video_slots, video_size=v.image_size if v else 0,
                            audio_slots=self.audio_slots, n_mels=a.num_mel_bins if a else 0,
-                           audio_frames=a.frames if a else 0)
+                           audio_frames=a.frames if a else 0, max_audio_windows=self.max_audio_windows)
 
     @property
     def mm_embed_names(self) -> tuple[str, ...]:

@@ -14,12 +14,15 @@ sentence as it is written:
     python -m omnijax.tools.generate --model PATH [--image a.png] [--audio b.wav] [--video c.mp4]
            (--prompt "What is in the picture?" | --spoken-question q.wav)
            [--max-new-tokens N] [--speak-dir DIR] [--tokenizer DIR] [--max-prompt-len L] [--video-frames K]
+           [--max-audio-windows W]
 
 The user turn is the media placeholders (``<image>``, ``<audio>``, ``<video>``, in the order of the
 flags, each repeatable), a newline and the prompt; ``--spoken-question`` asks the question as speech
 instead (the turn ends in ``<audio>`` with the recording, as ``Example.spoken_view`` writes Ola's
 spoken queries). The prompt is prepared as the training pipeline prepares examples
-(``omnijax.inference.omni``), with the model's media slots per row. ``--speak-dir`` speaks each
+(``omnijax.inference.omni``), the media slots grown to the files (an audio file may be as long as the
+model takes: ``max_audio_windows`` windows, Ola's 25 of 30 s = 12.5 min; ``--max-audio-windows`` to change
+it; a longer one is refused in seconds, exit status 2). ``--speak-dir`` speaks each
 sentence with eSpeak NG into ``DIR/sentence_000.wav``, ... (16 kHz mono).
 
 PATH is a HF model directory, an omnijax model directory or a finished omni stage workdir; the
@@ -42,7 +45,7 @@ from data_pipelines.speech import SpeechSynthesisError
 from omnijax.checkpoint import assets_of, load_model
 from omnijax.errors import DamagedFileError, report
 from omnijax.inference import generate
-from omnijax.inference.chat import DEFAULT_MAX_PROMPT_LEN, Model, chat_example
+from omnijax.inference.chat import Model, chat_example
 
 
 def _ids(text: str) -> list[int]:
@@ -111,12 +114,15 @@ def _chat(args) -> int:
                          "and stops at <|im_end|>")
     example = build_example(args.media or [], args.prompt, args.spoken_question)
     model = Model(args.model, dtype=args.dtype, tokenizer=args.tokenizer, max_prompt_len=args.max_prompt_len,
-                  video_frames=args.video_frames)
+                  video_frames=args.video_frames, max_audio_windows=args.max_audio_windows)
+    items = [f"{kind} {path!r}" for kind, path in args.media or []]
+    if args.spoken_question:
+        items.append(f"spoken question {args.spoken_question!r}")
     names = {kind: f"--{kind}" for kind, _ in args.media or []}
     if args.spoken_question:
         names["audio"] = names.get("audio", "--spoken-question")
     speak = espeak_callback(args.speak_dir) if args.speak_dir else None
-    for sentence in model.stream(example, args.max_new_tokens, on_sentence=speak, names=names):
+    for sentence in model.stream(example, args.max_new_tokens, on_sentence=speak, names=names, items=items):
         print(sentence, end="", flush=True)
     print()
     return 0
@@ -143,10 +149,13 @@ def main(argv=None) -> int:
     parser.add_argument("--speak-dir", metavar="DIR", help="speak each sentence into DIR/sentence_000.wav, ...")
     parser.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model's)")
     parser.add_argument("--max-prompt-len", type=int,
-                        help="most prompt tokens, media tokens included (default: a stage's seq_len, else "
-                             f"{DEFAULT_MAX_PROMPT_LEN}, within the model's positions)")
+                        help="most prompt tokens, media tokens included (default: the model's positions less "
+                             "--max-new-tokens)")
     parser.add_argument("--video-frames", type=int,
                         help="frames sampled per video (default: the stage's, else the pipeline's)")
+    parser.add_argument("--max-audio-windows", type=int, metavar="W",
+                        help="most windows an audio file may take (default: the model's max_audio_windows; "
+                             "Ola: 25 of 30 s = 12.5 min)")
     args = parser.parse_args(argv)
     if args.input_ids is None:
         try:

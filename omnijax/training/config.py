@@ -19,9 +19,13 @@ A stage file (``experiments/<recipe>/<stage>.py``) has ``get_config(arg)``, star
     c.rules             logical-axis rules preset (``omnijax.sharding.RULES``)
     c.batch_size        global batch (rows); c.microbatches: gradient accumulation steps
     c.seq_len           tokens per row
-    c.media             media slots per row: image_slots, video_slots, audio_slots (the slot sizes
-                        are the model's: ``omnijax.batch.MediaBudget``), at most; a kind that no source
-                        of the mixture holds gets none (``media_slots``) unless always=(kinds) keeps it
+    c.media             media slots per row: image_slots (views or tiles), video_slots (frames),
+                        audio_slots (windows of the audio tower's length: 30 s for Whisper, 4 s in the
+                        tiny preset, so audio_slots=8 is 4 min of audio per row; the slot sizes are the
+                        model's: ``omnijax.batch.MediaBudget``), at most; a kind that no source of the
+                        mixture holds gets none (``media_slots``) unless always=(kinds) keeps it. An
+                        audio item's own limit is c.model.max_audio_windows (Ola: 25 windows). What the
+                        stage dropped or cut for length is its last line, per source
     c.num_tasks         task ids in the batches (per-task losses); c.task_names: their names
     c.data              source: 'random' (in-memory random rows, ``data_source.RandomBatches``) or
                         'grain' (``data_pipelines.pipeline.Pipeline``); seed (both); for 'grain':

@@ -13,6 +13,9 @@ trainer ``Task``: ``c.model.name = 'omni'``.
                                                                      # (models.connector_configs)
     c.model.layout = 'ola'                                           # 'llava_onevision', 'qwen2_audio'
     c.model.image_token_id = ...                                     # and video_/audio_token_id
+    c.model.max_audio_windows = 25                                   # an audio item's most windows (Ola:
+                                                                     # 25 x 30 s = 12.5 min); longer ones
+                                                                     # are cut or dropped (too_long)
 
 and ``c.objective`` its loss terms (``omnijax.training.objective``), bound here to the stage's tasks, towers
 and tokenizer; with a Self-KD term the stage's batches carry ``kd_part`` and its Self-KD sources
