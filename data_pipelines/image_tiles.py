@@ -19,6 +19,11 @@ alone with ``thumbnail=False``). With ``base=448``, ``max_tiles=9`` this handles
 paper states; the 2x2 compression is the connector's business. Each tile is one view of the Ola
 layout, so the image's tokens are ``OlaLayout.image_tokens(len(tiles))``.
 
+**Native resolution** (``native_patches``, ``pack_native``): Ola's OryxViT keeps each image's size; its
+pixels are zero-padded at the bottom and right to multiples of the patch and cut into patches row-major
+(``omnijax.media_tokens.native_patch_grid``), and several images and video frames share one row of
+fixed-size patch slots, each under its own segment id (``omnijax.models.oryx_vit``).
+
 Sizes are ``(height, width)`` throughout, tiles NHWC float32 (HF processors give NCHW).
 """
 
@@ -30,7 +35,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, check_size, select_best_resolution
+from omnijax.media_tokens import (LLAVA_ONEVISION_GRID_PINPOINTS, check_size, native_patch_grid,
+                                  select_best_resolution)
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
@@ -107,3 +113,46 @@ def dynamic_pixel_tiles(image, *, base_size: int = 448, max_tiles: int = 9, thum
     tiles += [big[i * base_size:(i + 1) * base_size, j * base_size:(j + 1) * base_size]
               for i in range(rows) for j in range(cols)]
     return _normalize(tiles, mean, std)
+
+
+def native_patches(pixels: np.ndarray, patch_size: int = 16) -> tuple[np.ndarray, tuple[int, int]]:
+    """One image or frame ``[H, W, C]`` (normalised float) -> ``([rows*cols, p, p, C]`` patches row-major,
+    ``(rows, cols))``: the image zero-padded at the bottom and right to multiples of ``p``, as OryxViT
+    pads it (``forward_features_list``)."""
+    if pixels.ndim != 3:
+        raise ValueError(f"an image has shape {pixels.shape}; expected [height, width, channels]")
+    h, w, c = pixels.shape
+    rows, cols = native_patch_grid((h, w), patch_size)
+    p = patch_size
+    padded = np.zeros((rows * p, cols * p, c), np.float32)
+    padded[:h, :w] = pixels
+    return padded.reshape(rows, p, cols, p, c).transpose(0, 2, 1, 3, 4).reshape(rows * cols, p, p, c), (rows, cols)
+
+
+def pack_native(images: Sequence[np.ndarray], *, slots: int, max_images: int,
+                patch_size: int = 16) -> dict[str, np.ndarray]:
+    """Images and video frames (each ``[H, W, C]``, normalised float, any size) packed into one row of
+    ``slots`` patch slots, one after another: ``patches [slots, p, p, C]`` float32, ``segment_ids
+    [slots]`` int32 (image ``i`` is segment ``i + 1``; 0 = empty slot, at the end), ``grids [max_images, 2]``
+    int32 (each image's ``(rows, cols)``; ``(0, 0)`` for unused entries). The input of ``OryxViT`` for one
+    batch row."""
+    if len(images) > max_images:
+        raise ValueError(f"{len(images)} images do not fit a row of max_images={max_images}: raise max_images "
+                         "or put the rest in another row")
+    cut = [native_patches(np.asarray(x, np.float32), patch_size) for x in images]
+    used = sum(len(p) for p, _ in cut)
+    if used > slots:
+        sizes = ", ".join(f"{r}x{c}" for _, (r, c) in cut)
+        raise ValueError(f"images of {sizes} patches need {used} patch slots, the row has slots={slots}: raise "
+                         "slots, downscale the images, or put some in another row")
+    channels = cut[0][0].shape[-1] if cut else 3
+    patches = np.zeros((slots, patch_size, patch_size, channels), np.float32)
+    segment_ids = np.zeros((slots,), np.int32)
+    grids = np.zeros((max_images, 2), np.int32)
+    start = 0
+    for i, (p, grid) in enumerate(cut):
+        patches[start:start + len(p)] = p
+        segment_ids[start:start + len(p)] = i + 1
+        grids[i] = grid
+        start += len(p)
+    return {"patches": patches, "segment_ids": segment_ids, "grids": grids}

@@ -163,6 +163,13 @@ def anyres_plan_tokens(plan, side: int):
     return side * side + plan[..., 6] * (plan[..., 7] + 1)
 
 
+def native_patch_grid(image_size: Sequence[int], patch_size: int = 16) -> tuple[int, int]:
+    """``(rows, cols)`` of patches of an image kept at its own size (Ola's OryxViT): each side padded
+    up to a multiple of ``patch_size``."""
+    h, w = check_size(image_size)
+    return -(-h // patch_size), -(-w // patch_size)
+
+
 # ---- audio: Whisper / Qwen2-Audio / Ola (integer formulas work on ints and numpy / jax int arrays) ----
 
 MEL_FRAMES_PER_SECOND = 100  # Whisper log-mel: 16 kHz, hop 160

@@ -114,10 +114,27 @@ class Permute(Transform):
         return a.transpose(np.argsort(self.perm))
 
 
+@dataclasses.dataclass(frozen=True)
+class LeadingOne(Transform):
+    """A HF tensor with a leading axis of 1 (timm's ``pos_embed [1, n, D]``) <-> the array without it."""
+
+    name: str = "leading_one"
+
+    def hf_shape(self, shape):
+        return (1, *shape)
+
+    def to_ours(self, t, shape):
+        return t.reshape(shape)
+
+    def to_hf(self, a):
+        return a[None]
+
+
 SAME = Same()
 LINEAR = Linear(n_in=1)
 LINEAR_IN2 = Linear(n_in=2)
 BIAS_SPLIT = Reshape(hf_rank=1)
+LEADING_ONE = LeadingOne()
 
 
 def conv_permute(spatial_dims: int) -> Permute:
