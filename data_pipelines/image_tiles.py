@@ -35,8 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from omnijax.media_tokens import (LLAVA_ONEVISION_GRID_PINPOINTS, check_size, native_patch_grid,
-                                  select_best_resolution)
+from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, check_size, native_patch_grid, select_best_resolution
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 

@@ -250,3 +250,29 @@ def ola_audio_tokens(chunks: int, *, chunk_tokens: int) -> int:
     speech_end]`` (151 tokens per 30 s window at 150 tokens per window; no length masking)."""
     return sum(ola_audio_slot_tokens(chunk_tokens, i == 0, i == chunks - 1) for i in _slots(chunks, "chunk"))
 
+
+
+def ola_native_grid(image_size: Sequence[int], patch_size: int = 16) -> tuple[int, int]:
+    """Token grid of one native-resolution view in Ola's layout: its OryxViT patch grid
+    (``native_patch_grid``) pooled 2x2 by OlaMLP's pooler; an odd side rounds up (omnijax's
+    ``LocalGlobalAttentionPool`` repeats the last row / column; Ola's processor makes sides even)."""
+    rows, cols = native_patch_grid(image_size, patch_size)
+    return -(-rows // 2), -(-cols // 2)
+
+
+def ola_native_image_tokens(view_sizes: Sequence[Sequence[int]], patch_size: int = 16) -> int:
+    """Ola image whose views keep their own sizes (``(height, width)`` pixels each; Ola's lowres then
+    highres): ``[begin, view rows each + newline, (sep, next view ...), end]``."""
+    last = len(_slots(len(view_sizes), "view")) - 1
+    return sum(ola_image_slot_tokens(ola_native_grid(s, patch_size), i == 0, i == last)
+               for i, s in enumerate(view_sizes))
+
+
+def ola_native_image_newlines(view_sizes: Sequence[Sequence[int]], patch_size: int = 16) -> list[int]:
+    """Positions of the ``newline`` tokens within the image's ``ola_native_image_tokens`` tokens."""
+    out, start = [], 1  # after begin
+    for size in view_sizes:
+        rows, cols = ola_native_grid(size, patch_size)
+        out += [start + r * (cols + 1) + cols for r in range(rows)]
+        start += ola_tile_tokens((rows, cols)) + 1  # the view, then sep (or end)
+    return out

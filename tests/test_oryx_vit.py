@@ -6,6 +6,7 @@ state dict (``model.safetensors``, the release's key names) and its features for
 two-frame video (``golden.npz``).
 """
 
+import json
 import os
 
 import jax
@@ -17,10 +18,11 @@ from flax import linen as nn
 from safetensors.numpy import load_file
 
 from data_pipelines.image_tiles import native_patches, pack_native
+from omnijax import media_tokens as mt
 from omnijax.hf import architectures
 from omnijax.hf.exporter import save_hf
 from omnijax.hf.importer import load_hf
-from omnijax.media_tokens import native_patch_grid
+from omnijax.models.connectors import pooled_grid
 from omnijax.models.oryx_vit import OryxViT, OryxViTConfig, OryxViTModel, example_inputs
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "oryx_vit_tiny")
@@ -104,7 +106,7 @@ def test_positions_are_torch_bilinear_without_antialias(loaded):
 def test_native_patches_pad_and_cut_row_major():
     x = np.arange(20 * 35 * 3, dtype=np.float32).reshape(20, 35, 3) + 1
     patches, grid = native_patches(x, patch_size=16)
-    assert grid == native_patch_grid((20, 35)) == (2, 3) and patches.shape == (6, 16, 16, 3)
+    assert grid == mt.native_patch_grid((20, 35)) == (2, 3) and patches.shape == (6, 16, 16, 3)
     np.testing.assert_array_equal(patches[1], x[:16, 16:32])  # row 0, col 1
     np.testing.assert_array_equal(patches[5, :4, :3], x[16:, 32:])  # the last patch: image corner, then zeros
     assert patches[5, 4:].max() == 0 and patches[5, :, 3:].max() == 0
@@ -141,3 +143,21 @@ def test_bad_inputs_and_configs_are_named():
         cfg.replace(attention="splash")
     with pytest.raises(ValueError, match=r"hidden_size \(30\) must be a multiple of num_heads \(4\)"):
         OryxViTConfig(hidden_size=30, num_heads=4)
+
+
+def test_ola_layout_of_native_images_matches_ola_projector():
+    """Token count and newline positions of images of three aspect ratios (two views each: lowres, sep,
+    highres) equal what Ola's OlaMLP lays out (``ola_layout.json``)."""
+    with open(os.path.join(GOLDEN, "ola_layout.json")) as f:
+        cases = json.load(f)["cases"]
+    for case in cases:
+        views = [tuple(v) for v in case["view_sizes"]]
+        assert [list(mt.native_patch_grid(v)) for v in views] == case["patch_grids"]
+        assert mt.ola_native_image_tokens(views) == case["tokens"], views
+        assert mt.ola_native_image_newlines(views) == case["newline_positions"], views
+        assert [1 + mt.ola_tile_tokens(mt.ola_native_grid(views[0]))] == case["sep_positions"], views
+    assert [c["tokens"] for c in cases] == [59, 68, 21]
+    for size in [(48, 80), (96, 32), (150, 40), (17, 33)]:  # odd patch grids: the pooler's ceil
+        assert mt.ola_native_grid(size) == pooled_grid(*mt.native_patch_grid(size))
+    with pytest.raises(ValueError, match="at least one view"):
+        mt.ola_native_image_tokens([])
