@@ -75,9 +75,11 @@ def test_beats_encoder_equals_reference(tiny, golden):
     """Waveforms (one with a zero-padded tail) -> fbank -> imported random-weight encoder, against
     ``BEATs.extract_features`` of the reference with the same weights."""
     assert tiny.arch is BEATS and tiny.cfg.encoder_layers == 2 and tiny.cfg.deep_norm
-    got = encode(tiny, golden["waveform"])
+    got = np.asarray(BEATS.hf_forward(tiny.module, tiny.params, {"source": pcm(golden["waveform"])}))
     assert got.shape == golden["output"].shape == (2, 96, 32)  # 198 frames -> 12 x 8 patches
     assert rel_err(got, golden["output"]) < TOL
+    with pytest.raises(ValueError, match=r"inputs \['input_features'\] are not used by BEATs; expected source"):
+        BEATS.hf_forward(tiny.module, tiny.params, {"input_features": got})
 
 
 def test_beats_param_tree_and_logical_names():
@@ -149,3 +151,15 @@ def test_beats_config_errors():
         BEATsTower(cfg).init(jax.random.key(0), jnp.zeros((1, 128, 98)))
     with pytest.raises(ValueError, match="15 frames, fewer than one 16-frame patch; pad the clip to at least 2800"):
         BEATsTower(cfg).init(jax.random.key(0), jnp.zeros((1, 15, 128)))
+
+
+def test_beats_bfloat16_runs_and_trains_the_shared_table(golden):
+    """bfloat16 compute with remat stays near the float32 reference, and the relative position table that all
+    layers share gets a gradient (it is one parameter, as in the reference)."""
+    loaded = load_beats(TINY_DIR, dtype="bfloat16", remat="full")
+    fbank = jnp.asarray(np.stack([beats_fbank(pcm(w)) for w in golden["waveform"]]))
+    out = loaded.module.apply({"params": loaded.params}, fbank)
+    assert out.dtype == jnp.bfloat16 and rel_err(out.astype(jnp.float32), golden["output"]) < 3e-2
+    grads = jax.grad(lambda p: jnp.mean(loaded.module.apply({"params": p}, fbank).astype(jnp.float32) ** 2))(
+        loaded.params)
+    assert float(jnp.abs(grads["beats"]["encoder"]["relative_attention_bias"]["embedding"]).max()) > 0
