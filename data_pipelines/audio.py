@@ -1,9 +1,10 @@
-"""Audio front end: resampling, 30 s chunking and Whisper log-mel features, built on librosa.
+"""Audio front end: resampling, 30 s chunking, Whisper log-mel and BEATs fbank features, built on librosa.
 
 `whisper_log_mel` reproduces `transformers.WhisperFeatureExtractor` (`input_features[0]`), and
 `chunk_valid_frames` reproduces the sum of its `attention_mask` (with `return_attention_mask=True`).
 The window length is configuration: `chunk_seconds` (default 30 s -> 3000 frames; 4 s -> 400 frames)
-plays the role of the extractor's `chunk_length`.
+plays the role of the extractor's `chunk_length`. `kaldi_fbank` reproduces `torchaudio.compliance.kaldi.fbank`
+and `beats_fbank` the input of the BEATs music encoder (`BEATs.preprocess` in microsoft/unilm `beats/BEATs.py`).
 """
 
 from __future__ import annotations
@@ -164,3 +165,73 @@ def whisper_log_mel(
     log_mel = np.log10(np.maximum(mel, 1e-10))
     log_mel = np.maximum(log_mel, log_mel.max() - 8.0)
     return ((log_mel + 4.0) / 4.0).astype(np.float32)
+
+
+# torchaudio.compliance.kaldi.fbank at its defaults, as BEATs calls it (frame_length 25 ms, frame_shift 10 ms).
+KALDI_WINDOW = 400  # 25 ms at 16 kHz
+KALDI_PADDED_WINDOW = 512  # round_to_power_of_two
+KALDI_PREEMPHASIS = 0.97
+KALDI_LOW_FREQ = 20.0  # high_freq 0 -> Nyquist
+FLOAT32_EPSILON = float(np.finfo(np.float32).eps)  # Kaldi's floor under the mel energies before the log
+BEATS_MEL_BINS = 128
+BEATS_FBANK_MEAN = 15.41663  # BEATs.extract_features' fbank_mean / fbank_std defaults
+BEATS_FBANK_STD = 6.55582
+
+
+def _kaldi_mel(freq):
+    return 1127.0 * np.log(1.0 + np.asarray(freq) / 700.0)
+
+
+@functools.lru_cache(maxsize=4)
+def _kaldi_mel_banks(n_mels: int) -> np.ndarray:
+    """Kaldi's triangular mel filters (``get_mel_banks``: 20 Hz - 8 kHz, equal steps on ``1127 ln(1 + f / 700)``)
+    with the zero column for the Nyquist bin, float64 ``[n_mels, 257]``."""
+    if n_mels < 4:
+        raise ValueError(f"n_mels must be at least 4 for Kaldi's mel banks, got {n_mels!r}")
+    low, high = _kaldi_mel(KALDI_LOW_FREQ), _kaldi_mel(SAMPLING_RATE / 2)
+    delta = (high - low) / (n_mels + 1)
+    left = low + np.arange(n_mels)[:, None] * delta
+    center, right = left + delta, left + 2 * delta
+    mel = _kaldi_mel(SAMPLING_RATE / KALDI_PADDED_WINDOW * np.arange(KALDI_PADDED_WINDOW // 2))[None, :]
+    banks = np.maximum(0.0, np.minimum((mel - left) / (center - left), (right - mel) / (right - center)))
+    return np.pad(banks, ((0, 0), (0, 1)))
+
+
+@functools.lru_cache(maxsize=1)
+def _povey() -> np.ndarray:
+    """Kaldi's Povey window: the symmetric Hann window to the power 0.85."""
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(KALDI_WINDOW) / (KALDI_WINDOW - 1))) ** 0.85
+
+
+def kaldi_fbank(waveform: np.ndarray, n_mels: int = 23) -> np.ndarray:
+    """Kaldi log mel filterbank of a 16 kHz mono clip ``[samples]`` -> float32 ``[frames, n_mels]``.
+
+    ``torchaudio.compliance.kaldi.fbank(waveform[None], num_mel_bins=n_mels)`` at its defaults: frames of 400
+    samples every 160 that fit whole (``1 + (samples - 400) // 160``), no dither, each frame's mean removed,
+    pre-emphasis 0.97 (the first sample repeated), Povey window, zero padding to 512, power spectrum, Kaldi
+    mel banks 20-8000 Hz, ``log(max(energy, float32 eps))``. The samples are used as given (Kaldi scale is
+    ``int16``: ``beats_fbank`` multiplies by ``2 ** 15``). Computed in float64.
+    """
+    array = _check_waveform(waveform, SAMPLING_RATE).astype(np.float64)
+    if array.size < KALDI_WINDOW:
+        raise ValueError(f"waveform has {array.size} samples, fewer than one Kaldi frame ({KALDI_WINDOW} samples "
+                         f"= 25 ms at {SAMPLING_RATE} Hz); pad the clip to at least {KALDI_WINDOW} samples")
+    frames = np.lib.stride_tricks.sliding_window_view(array, KALDI_WINDOW)[::HOP_LENGTH]
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    frames = frames - KALDI_PREEMPHASIS * np.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
+    spectrum = np.fft.rfft(frames * _povey(), n=KALDI_PADDED_WINDOW, axis=-1)
+    energies = (np.abs(spectrum) ** 2) @ _kaldi_mel_banks(n_mels).T
+    return np.log(np.maximum(energies, FLOAT32_EPSILON)).astype(np.float32)
+
+
+def beats_fbank(waveform: np.ndarray, sampling_rate: float = SAMPLING_RATE, mean: float = BEATS_FBANK_MEAN,
+                std: float = BEATS_FBANK_STD) -> np.ndarray:
+    """BEATs' input features of one mono clip ``[samples]`` -> float32 ``[frames, 128]``, ``frames = 1 + (samples
+    at 16 kHz - 400) // 160``.
+
+    ``BEATs.preprocess`` (microsoft/unilm ``beats/BEATs.py``): the waveform in [-1, 1] (resampled to 16 kHz with
+    soxr first) times ``2 ** 15``, ``kaldi_fbank`` with 128 bins, then ``(fbank - mean) / (2 * std)``.
+    """
+    array = _resample(_check_waveform(waveform, sampling_rate), sampling_rate)
+    fbank = kaldi_fbank(array.astype(np.float64) * 2**15, n_mels=BEATS_MEL_BINS)
+    return ((fbank - mean) / (2 * std)).astype(np.float32)

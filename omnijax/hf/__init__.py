@@ -1,5 +1,6 @@
 """HF import/export. Importing this package registers every supported architecture."""
 
+from omnijax.hf import beats  # noqa: F401  (registers BEATs)
 from omnijax.hf import llava_onevision  # noqa: F401  (registers LlavaOnevisionForConditionalGeneration)
 from omnijax.hf import omni  # noqa: F401  (registers OmnijaxOmniModel)
 from omnijax.hf import oryx_vit  # noqa: F401  (registers OryxViT)

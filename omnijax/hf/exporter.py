@@ -54,8 +54,9 @@ def _plan(arch: Architecture, cfg: Any, params: dict, dtype, max_shard_bytes: in
         leaf = get_path(abstract, e.path)
         per_layer = leaf.shape[1:] if e.stacked else leaf.shape
         for i in range(leaf.shape[0]) if e.stacked else [None]:
-            keys[e.hf_key(i)] = nbytes(e.transform.hf_shape(per_layer), dtype or leaf.dtype)
-            entry_of[e.hf_key(i)] = (e, i)
+            for key in (e.hf_key(i), *e.tied):
+                keys[key] = nbytes(e.transform.hf_shape(per_layer), dtype or leaf.dtype)
+                entry_of[key] = (e, i)
     return plan_shards(keys, max_shard_bytes), entry_of
 
 

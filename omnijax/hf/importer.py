@@ -115,7 +115,7 @@ def resolve_keys(arch: Architecture, reader: SafetensorsDir, table: list[Entry],
     if problems:
         shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise CheckpointError(f"{source} does not match its config.json ({arch.name}):\n  {shown}")
-    used = {k for ks in resolved.values() for k in ks}
+    used = {k for ks in resolved.values() for k in ks} | {k for e in table for k in e.tied}
     unused = [k for k in reader.keys() if k not in used and not k.endswith(_IGNORED_SUFFIXES)]
     unexpected = [k for k in unused if not k.startswith(arch.expected_unused)]
     if len(unused) > len(unexpected):

@@ -148,6 +148,9 @@ class Entry:
     hf: str
     path: str
     transform: Transform = SAME
+    # Further HF keys of the same tensor, for a module the reference model shares (BEATs' relative position
+    # table, registered in every layer): export writes each, import reads ``hf`` and counts these as used.
+    tied: tuple[str, ...] = ()
 
     @property
     def stacked(self) -> bool:
@@ -159,4 +162,5 @@ class Entry:
 
 def prefixed(entries: Sequence[Entry], hf_prefix: str = "", path_prefix: str = "") -> list[Entry]:
     """The same entries under another HF key prefix and omnijax path prefix (sub-models)."""
-    return [dataclasses.replace(e, hf=hf_prefix + e.hf, path=path_prefix + e.path) for e in entries]
+    return [dataclasses.replace(e, hf=hf_prefix + e.hf, path=path_prefix + e.path,
+                                tied=tuple(hf_prefix + k for k in e.tied)) for e in entries]
