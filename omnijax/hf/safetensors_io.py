@@ -120,7 +120,8 @@ class SafetensorsDir:
         shape = tuple(info["shape"])
         if end == start:
             return np.zeros(shape, dtype)
-        mm = np.memmap(os.path.join(self.dir, name), dtype=np.uint8, mode="r", offset=base + start, shape=(end - start,))
+        mm = np.memmap(os.path.join(self.dir, name), dtype=np.uint8, mode="r", offset=base + start,
+                       shape=(end - start,))
         return np.array(mm.view(dtype).reshape(shape))
 
 

@@ -209,8 +209,9 @@ class Attention(nn.Module):
         q = dense((cfg.num_heads, cfg.head_dim), ("heads", "head_dim"), True, "q_proj")(x)
         k = dense((cfg.num_kv_heads, cfg.head_dim), ("kv_heads", "head_dim"), True, "k_proj")(x)
         v = dense((cfg.num_kv_heads, cfg.head_dim), ("kv_heads", "head_dim"), True, "v_proj")(x)
-        q = nn.with_logical_constraint(rope(q, positions, cfg.rope_theta),
-                                       ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
+        q = nn.with_logical_constraint(
+            rope(q, positions, cfg.rope_theta),
+            ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
         k = rope(k, positions, cfg.rope_theta)
 
         if kv_cache is None:
