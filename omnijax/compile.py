@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -145,10 +146,16 @@ class Report:
         return "\n".join(lines)
 
     def row(self) -> str:
+        """The table row; a figure the compiler did not give (no estimate, or no program when the memory ran out
+        first) is '--'."""
+        def cell(value: float, fmt: str) -> str:
+            return "--" if math.isnan(value) else format(value, fmt)
+
         return (f"| {self.stage} | {self.topology} | {'x'.join(str(v) for v in self.mesh.values())} | "
-                f"{self.attention.get('llm', '')} | {self.compile_seconds:.0f} | {self.peak_bytes / GIB:.1f} | "
-                f"{self.model_flops / self.chips:.3g} | {self.compiler_flops * self.loop_factor:.3g} | "
-                f"{self.step_seconds:.3g} | {self.roofline_seconds:.3g} | {100 * self.mfu:.0f}% | "
+                f"{self.attention.get('llm', '') or '--'} | {self.compile_seconds:.0f} | {self.peak_bytes / GIB:.1f} | "
+                f"{cell(self.model_flops / self.chips, '.3g')} | {cell(self.compiler_flops * self.loop_factor, '.3g')}"
+                f" | {cell(self.step_seconds, '.3g')} | {cell(self.roofline_seconds, '.3g')} | "
+                f"{cell(100 * self.mfu, '.0f')}{'' if math.isnan(self.mfu) else '%'} | "
                 f"{'yes' if self.fits else 'no'} |")
 
 

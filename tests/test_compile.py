@@ -176,6 +176,7 @@ def test_a_negative_compiler_estimate_is_not_reported_as_a_time():
     bound = 1.32e14 * 19.3 / 459e12 + 1e14 / 459e12
     assert r.roofline_seconds == pytest.approx(bound)
     assert f"at least {bound:.3g} s a step" in text and r.fits
+    assert r.row().endswith(f"| 1.69e+15 | 2.55e+15 | -- | {bound:.3g} | -- | yes |"), r.row()
 
 
 def test_the_slices_are_tried_smallest_first_until_one_fits(monkeypatch, capsys):
