@@ -14,9 +14,10 @@ import soundfile
 
 from data_pipelines.audio import beats_fbank
 from data_pipelines.features import MediaFeatures
+from data_pipelines.pipeline import Pipeline
 from data_pipelines.record import Media
 from omnijax import launch
-from omnijax.batch import MediaItem, media_slots
+from omnijax.batch import MediaBudget, MediaItem, check_batch, media_slots
 from omnijax.checkpoint import save_model_dir
 from omnijax.hf.beats import load_beats
 from omnijax.hf.importer import Loaded
@@ -27,6 +28,9 @@ from omnijax.models.dual_audio import DualAudioEncoder, align_frames
 from omnijax.models.omni import OmniConfig, OmniModel, init_params
 from omnijax.training.config import base_config
 from omnijax.training.omni_task import omni_config
+from test_pipeline import model_cfg
+from test_pipeline import omni_config as omni_config_of
+from training_fixtures import corpus  # noqa: F401  (fixture)
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 TOL = 1e-4  # max |diff| <= TOL * max |value|, float32
@@ -161,3 +165,18 @@ def test_stage_trains_beats_with_whisper_frozen(tmp_path):
     trained = beats | {k for k in before if k.startswith("['audio_connector']")}
     assert beats and moved == trained
     assert any(k.startswith("['audio']['whisper']") for k in before)
+
+
+def test_pipeline_batches_carry_each_windows_fbank(corpus):  # noqa: F811
+    """The grain pipeline of a budget with BEATs packs audio_fbank beside the log-mel windows: the batches pass
+    ``check_batch``, every used window's fbank is BEATs' (finite, non-zero), every empty slot's zero."""
+    budget = MediaBudget(audio_slots=8, n_mels=80, audio_frames=100, audio_fbank_frames=98)
+    config = omni_config_of(corpus, tasks=("asr", "text_instruct"), budget=budget)
+    with Pipeline(config) as pipeline:
+        batch = next(pipeline)
+    check_batch(batch, model_cfg(config))
+    used = batch["audio_item"] >= 0
+    assert used.any() and batch["audio_fbank"].shape == (4, 8, 98, 128)
+    fbank = batch["audio_fbank"]
+    assert np.isfinite(fbank).all() and (np.abs(fbank[used]).reshape(used.sum(), -1).max(-1) > 0).all()
+    assert not fbank[~used].any()
