@@ -17,6 +17,7 @@ from data_pipelines.features import MediaFeatures
 from data_pipelines.pipeline import Pipeline
 from data_pipelines.record import Media
 from omnijax import launch
+from omnijax.compile import model_flops
 from omnijax.batch import MediaBudget, MediaItem, check_batch, media_slots
 from omnijax.checkpoint import save_model_dir
 from omnijax.hf.beats import load_beats
@@ -180,3 +181,13 @@ def test_pipeline_batches_carry_each_windows_fbank(corpus):  # noqa: F811
     fbank = batch["audio_fbank"]
     assert np.isfinite(fbank).all() and (np.abs(fbank[used]).reshape(used.sum(), -1).max(-1) > 0).all()
     assert not fbank[~used].any()
+
+
+def test_model_flops_count_beats_attention():
+    """``compile.model_flops`` adds BEATs' attention products (forward only when nothing trains): 4 x windows x
+    rows^2 x width x layers = 4 x (2 rows x 2 slots) x 50^2 x 16 x 1."""
+    cfg = dual_config()
+    abstract = jax.eval_shape(lambda: init_params(OmniModel(cfg), jax.random.key(0)))
+    frozen = dict.fromkeys(abstract, False)
+    dual = model_flops(cfg, abstract, frozen, batch_size=2, seq_len=16)
+    assert dual - model_flops(cfg.replace(beats=None), abstract, frozen, batch_size=2, seq_len=16) == 4 * 4 * 50**2 * 16
