@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import soundfile
 
+from data_pipelines import schema
+from data_pipelines import tokenizer as tok
 from data_pipelines.audio import beats_fbank
 from data_pipelines.features import MediaFeatures
 from data_pipelines.pipeline import Pipeline
@@ -24,12 +26,13 @@ from omnijax.hf.beats import load_beats
 from omnijax.hf.importer import Loaded
 from omnijax.hf.omni import OMNI
 from omnijax.hf.openai_whisper import load_openai_whisper
+from omnijax.inference.omni import OmniGenerator
 from omnijax.models.connectors import FrameStackProjector
 from omnijax.models.dual_audio import DualAudioEncoder, align_frames
 from omnijax.models.omni import OmniConfig, OmniModel, init_params
 from omnijax.training.config import base_config
 from omnijax.training.omni_task import omni_config
-from test_pipeline import model_cfg
+from test_pipeline import AUDIO_ID, model_cfg, task_shards
 from test_pipeline import omni_config as omni_config_of
 from training_fixtures import corpus  # noqa: F401  (fixture)
 
@@ -91,8 +94,9 @@ def test_align_frames_pads_the_shorter_side_with_zero_rows():
 
 def dual_config(**kw) -> OmniConfig:
     c = base_config()
-    c.model = mlc.ConfigDict(dict(name="omni", llm=LLM, audio=WHISPER, beats=BEATS, audio_connector="frame_stack",
-                                  frame_stack_hidden=32, layout="ola", audio_token_id=AUDIO, **kw))
+    model = dict(name="omni", llm=LLM, audio=WHISPER, beats=BEATS, audio_connector="frame_stack",
+                 frame_stack_hidden=32, layout="ola", audio_token_id=AUDIO)
+    c.model = mlc.ConfigDict({**model, **kw})
     c.media.update(audio_slots=2)
     return omni_config(c)
 
@@ -191,3 +195,21 @@ def test_model_flops_count_beats_attention():
     frozen = dict.fromkeys(abstract, False)
     dual = model_flops(cfg, abstract, frozen, batch_size=2, seq_len=16)
     assert dual - model_flops(cfg.replace(beats=None), abstract, frozen, batch_size=2, seq_len=16) == 4 * 4 * 50**2 * 16
+
+
+def test_generator_feeds_beats_the_fbank_of_each_window(corpus):  # noqa: F811
+    """Generation with the dual encoder: the prompt's audio comes with its windows' fbank in the batch, the fbank
+    reaches the logits, and greedy generation runs."""
+    cfg = dual_config(llm=dict(LLM, vocab_size=tok.DEFAULT_VOCAB_SIZE), audio_token_id=AUDIO_ID)
+    example = next(iter(schema.read_shard(task_shards(corpus, "asr")[0])))
+    tokenizer = os.path.join(corpus, tok.SYNTH_TOKENIZER_DIR)
+    params = jax.tree.map(np.asarray, init_params(OmniModel(cfg), jax.random.key(2)))
+    gen = OmniGenerator(cfg, params, tokenizer, max_prompt_len=128, batch_size=1)
+    ids, items = gen.prepare(example)
+    batch = gen.batch([(ids, items)], 1)
+    windows = items[0].slots
+    np.testing.assert_array_equal(batch["audio_fbank"][0, :windows], items[0].fbank)
+    forward = jax.jit(lambda b: gen.model.apply({"params": params}, b, method="forward")[:, -1])
+    silent = dict(batch, audio_fbank=np.zeros_like(batch["audio_fbank"]))
+    assert np.abs(np.asarray(forward(batch)) - np.asarray(forward(silent))).max() > 1e-4
+    assert gen.generate([example], 4).tokens.shape == (1, 4)
