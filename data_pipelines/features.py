@@ -63,7 +63,8 @@ class TooLongError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Feature:
     """One media item ready for the slots: `data` `[slots, ...]` float32, `tokens` placeholder tokens,
-    `valid_frames` (audio, per window) and `plan` (llava_onevision images, AnyRes plan)."""
+    `valid_frames` (audio, per window), `fbank` (audio of a model with BEATs: BEATs' fbank per window) and
+    `plan` (llava_onevision images, AnyRes plan)."""
 
     kind: str
     data: np.ndarray
@@ -72,6 +73,7 @@ class Feature:
     plan: tuple[int, ...] | None = None
     trimmed: bool = False  # audio cut to the budget's max_audio_windows windows
     seconds: float | None = None  # audio: the clip's length (before any cut)
+    fbank: np.ndarray | None = None
 
     @property
     def slots(self) -> int:
@@ -270,4 +272,7 @@ class MediaFeatures:
                          for c in chunks])
         valid = np.array([audio_features.chunk_valid_frames(len(c), self.chunk_seconds) for c in chunks], np.int32)
         tokens = self.layout.audio_tokens(len(chunks), valid_frames=valid.tolist())
-        return Feature("audio", mels, tokens, valid_frames=valid, trimmed=trimmed, seconds=seconds)
+        fbank = None
+        if self.budget.audio_fbank_frames:  # BEATs reads the same window, zero-padded as Ola pads it
+            fbank = np.stack([audio_features.beats_fbank(np.pad(c, (0, window - len(c)))) for c in chunks])
+        return Feature("audio", mels, tokens, valid_frames=valid, trimmed=trimmed, seconds=seconds, fbank=fbank)

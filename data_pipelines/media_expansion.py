@@ -16,7 +16,7 @@ from data_pipelines import features as features_lib
 from data_pipelines import schema
 from data_pipelines.records import Skip
 from omnijax.batch import ANYRES_PLAN, SLOT_FIELDS, MediaBudget
-from omnijax.media_tokens import MODALITIES
+from omnijax.media_tokens import BEATS_FBANK_BINS, MODALITIES
 
 if TYPE_CHECKING:
     from data_pipelines.pipeline_config import PipelineConfig
@@ -115,6 +115,9 @@ class MediaExpansion:
             out[f"{m}_item"] = np.repeat(np.arange(len(mine), dtype=np.int32), [f.slots for f in mine])
             if m == "audio":
                 out["audio_valid_frames"] = np.concatenate([f.valid_frames for f in mine] or [np.zeros(0, np.int32)])
+                if self.budget.audio_fbank_frames:
+                    empty = np.zeros((0, self.budget.audio_fbank_frames, BEATS_FBANK_BINS), np.float32)
+                    out["audio_fbank"] = np.concatenate([f.fbank for f in mine] or [empty])
             if m == "image" and self.plan:
                 plans = [np.tile(np.asarray(f.plan, np.int32), (f.slots, 1)) for f in mine]
                 out["image_plan"] = np.concatenate(plans) if plans else np.zeros((0, ANYRES_PLAN), np.int32)

@@ -157,6 +157,8 @@ class FinishRow:
             out[item] = np.where(seg > 0, local + offset[np.maximum(seg - 1, 0)], -1).astype(np.int32)
             if m == "audio":
                 out["audio_valid_frames"] = row["audio_valid_frames"]
+                if "audio_fbank" in row:
+                    out["audio_fbank"] = row["audio_fbank"]
             if m == "image" and "image_plan" in row:
                 out["image_plan"] = row["image_plan"]
         out["stats"] = np.sum(row["stats"], axis=0) if len(row["stats"]) else np.zeros(self.num_counters, np.int64)
@@ -236,6 +238,8 @@ def build_dataset(config: PipelineConfig, tokenizer=None, records: dict[str, Rec
         lengths[SLOT_FIELDS[m]] = lengths[f"{m}_item"] = slots
         if m == "audio":
             lengths["audio_valid_frames"] = slots
+            if config.budget.audio_fbank_frames:
+                lengths["audio_fbank"] = slots
         if m == "image" and config.layout.image_plans:
             lengths["image_plan"] = slots
     ds = grain.experimental.FirstFitPackIterDataset(

@@ -46,6 +46,9 @@ the rest are ``-1`` (empty, their pixels/features are ignored):
 ``audio``               [B, A, n_mels, frames]        float32  log-mel windows (one encoder window each)
 ``audio_item``          [B, A]                        int32    item (clip) of each window slot (-1 empty)
 ``audio_valid_frames``  [B, A]                        int32    valid mel frames of each window
+``audio_fbank``         [B, A, frames - 2, 128]       float32  models with BEATs only (Ola's dual encoder):
+                                                               BEATs' fbank of each window (the same
+                                                               zero-padded samples as its log-mel)
 ======================  ============================  =======  =========================================
 
 The k-th item of a modality in a row takes the row's placeholder tokens of that modality number
@@ -66,7 +69,7 @@ import jax
 import numpy as np
 
 from omnijax.media_layouts import MediaLayout
-from omnijax.media_tokens import MEL_FRAMES_PER_SECOND, MODALITIES
+from omnijax.media_tokens import BEATS_FBANK_BINS, MEL_FRAMES_PER_SECOND, MODALITIES
 
 TEXT_FIELDS = {
     "input_ids": np.int32, "segment_ids": np.int32, "positions": np.int32,
@@ -82,7 +85,9 @@ _WHAT = {"image": "image slots (views/tiles)", "video": "video slots (frames)", 
 class MediaBudget:
     """Static media slots per row. Zero slots = the modality is absent from the stage's batches.
     ``OmniConfig.budget`` builds it from a model config (sizes from the towers). ``max_audio_windows``:
-    the most windows one audio item may take (the model's limit, ``OmniConfig.max_audio_windows``)."""
+    the most windows one audio item may take (the model's limit, ``OmniConfig.max_audio_windows``).
+    ``audio_fbank_frames``: BEATs' fbank frames per window for a model with BEATs
+    (``media_tokens.beats_fbank_frames``), 0 for none: the batches then carry no ``audio_fbank``."""
 
     image_slots: int = 0
     image_size: int = 384
@@ -92,6 +97,7 @@ class MediaBudget:
     n_mels: int = 128
     audio_frames: int = 3000
     max_audio_windows: int = 25
+    audio_fbank_frames: int = 0
 
     def slots(self, modality: str) -> int:
         return getattr(self, f"{modality}_slots")
@@ -139,6 +145,8 @@ def batch_spec(batch_size: int, seq_len: int, budget: MediaBudget = MediaBudget(
         spec["audio"] = jax.ShapeDtypeStruct((b, n, budget.n_mels, budget.audio_frames), np.float32)
         spec["audio_item"] = jax.ShapeDtypeStruct((b, n), np.int32)
         spec["audio_valid_frames"] = jax.ShapeDtypeStruct((b, n), np.int32)
+        if budget.audio_fbank_frames:
+            spec["audio_fbank"] = jax.ShapeDtypeStruct((b, n, budget.audio_fbank_frames, BEATS_FBANK_BINS), np.float32)
     return spec
 
 
@@ -149,13 +157,15 @@ class MediaItem:
     ``data``: image views/tiles ``[n, S, S, 3]``, video frames ``[f, S, S, 3]`` or audio windows
     ``[c, n_mels, frames]``; ``valid_frames``: audio only, valid mel frames per window ``[c]``
     (default: whole windows); ``plan``: images of a layout with ``image_plans`` only,
-    ``media_tokens.anyres_plan``.
+    ``media_tokens.anyres_plan``; ``fbank``: audio of a model with BEATs only, BEATs' fbank per window
+    ``[c, fbank_frames, 128]``.
     """
 
     kind: str
     data: np.ndarray
     valid_frames: Sequence[int] | None = None
     plan: Sequence[int] | None = None
+    fbank: np.ndarray | None = None
 
     def __post_init__(self):
         if self.kind not in MODALITIES:
@@ -194,6 +204,13 @@ def media_slots(rows: Sequence[Sequence[Sequence[MediaItem]]], budget: MediaBudg
                 if m == "audio":
                     valid = budget.audio_frames if item.valid_frames is None else item.valid_frames
                     out["audio_valid_frames"][b, sl] = valid
+                    if "audio_fbank" in out:
+                        want = (n, *out["audio_fbank"].shape[2:])
+                        if item.fbank is None or np.shape(item.fbank) != want:
+                            got = None if item.fbank is None else list(np.shape(item.fbank))
+                            raise ValueError(f"row {b}, example {e}: the model's BEATs needs each audio window's fbank "
+                                             f"{list(want)} (data_pipelines.audio.beats_fbank), got {got}")
+                        out["audio_fbank"][b, sl] = item.fbank
                 if m == "image" and "image_plan" in out:
                     if item.plan is None:
                         raise ValueError(f"row {b}, example {e}: layout {layout.name!r} needs each image's "

@@ -197,6 +197,18 @@ def whisper_frames_per_chunk(chunk_seconds: float = 30.0) -> int:
     return round(mel) // 2
 
 
+
+BEATS_FBANK_BINS = 128  # BEATs' kaldi fbank bins (BEATs.preprocess)
+
+
+def beats_fbank_frames(mel_frames: int) -> int:
+    """BEATs fbank frames of the window whose Whisper log-mel has ``mel_frames`` frames (``mel_frames * 160``
+    samples at 16 kHz; kaldi's 400-sample frames every 160 samples, whole frames only): ``mel_frames - 2``,
+    2998 for 30 s."""
+    if mel_frames < 3:
+        raise ValueError(f"a window of {mel_frames} mel frames holds no 25 ms fbank frame; give it at least 3")
+    return 1 + (mel_frames * 160 - 400) // 160
+
 # ---- Ola's layout (Ola-Omni/Ola: OlaMLP image/video tokens, EncoderProjectorConcat speech tokens) ----
 #
 # Each media item fills consecutive slots of its modality (image tiles or views, video frames, audio

@@ -20,6 +20,8 @@ Tensor keys (sharded safetensors, legacy Hub layout, torch layouts)::
                          post_layernorm.*, head.* (vision_use_head only)                   -> vision/
     audio_tower.*        WhisperEncoder / Qwen2AudioEncoder keys: conv1.*, conv2.*,
                          embed_positions.weight, layers.{i}.*, layer_norm.*                -> audio/
+                         (-> audio/whisper/ for a model with BEATs)
+    beats_tower.*        BEATs reference state_dict keys (``omnijax.hf.beats``), with BEATs only -> audio/beats/
     vision_connector.*   omnijax-native (no stock transformers class)                      -> vision_connector/
     audio_connector.*    omnijax-native                                                    -> audio_connector/
     mm_embed.<name>      omnijax-native: one [hidden] vector per layout vector             -> mm_embed/<name>
@@ -48,6 +50,7 @@ Connector keys are the omnijax parameter paths, ``/`` written ``.``, in torch la
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -56,6 +59,7 @@ import numpy as np
 from omnijax.batch import TEXT_FIELDS, check_batch
 from omnijax.hf import llava_onevision, qwen2, qwen2_audio
 from omnijax.hf.architectures import Architecture, register
+from omnijax.hf.beats import beats_table
 from omnijax.hf.importer import Loaded
 from omnijax.hf.maps import LINEAR, Entry, prefixed
 from omnijax.hf.qwen2 import llm_table
@@ -120,8 +124,12 @@ def omni_table(cfg: OmniConfig) -> list[Entry]:
     entries = prefixed(llm_table(cfg.llm), hf_prefix="language_model.")
     if cfg.vision is not None:
         entries += prefixed(siglip_table(cfg.vision), hf_prefix="vision_tower.")
-    if cfg.audio is not None:
+    if cfg.audio is not None and cfg.beats is None:
         entries += audio_tower_table(cfg.audio, "audio_tower.")
+    if cfg.beats is not None:  # Ola's dual encoder: the audio group holds whisper/ and beats/
+        entries += [dataclasses.replace(e, path="audio/whisper/" + e.path[len("audio/"):])
+                    for e in audio_tower_table(cfg.audio, "audio_tower.")]
+        entries += prefixed(beats_table(cfg.beats, "beats_tower."), path_prefix="audio/")
     return entries + connector_table(cfg)
 
 

@@ -208,7 +208,7 @@ class OmniGenerator:
         needed = {m: max(sum(f.slots for f in items if f.kind == m) for _, items in prompts) for m in MODALITIES}
         budget = dataclasses.replace(self.cfg.budget, **{
             f"{m}_slots": grown_slots(needed[m], self.cfg.budget.slots(m)) if needed[m] else 0 for m in MODALITIES})
-        media = media_slots([[[MediaItem(f.kind, f.data, f.valid_frames, f.plan) for f in items]]
+        media = media_slots([[[MediaItem(f.kind, f.data, f.valid_frames, f.plan, f.fbank) for f in items]]
                              for _, items in prompts], budget, self.cfg.media_layout)
         return {"input_ids": ids, "segment_ids": segment_ids, "positions": positions, **media}
 

@@ -4,7 +4,9 @@ configured by ``OmniConfig``; it reads the batch contract of ``omnijax.batch``.
     images / videos [B, slots, S, S, 3] -> vision (SigLIP, slots folded into the batch)
         -> vision_connector (``omnijax.models.connector_configs``: MLP, LLaVA's 2-layer GELU MLP;
                             LocalGlobalPool, Ola's 2x2 local-global pooling)
-    audio [B, slots, n_mels, frames] -> audio (Whisper / Qwen2-Audio encoder, slots folded into the batch)
+    audio [B, slots, n_mels, frames] -> audio (Whisper / Qwen2-Audio encoder, slots folded into the batch;
+                                        with ``beats`` set, Ola's Whisper + BEATs dual encoder, which also
+                                        reads audio_fbank [B, slots, fbank_frames, 128]: ``models.dual_audio``)
         -> audio_connector (Linear: Qwen2-Audio; MLP: Capybara-OMNI; FrameStack: Ola, k stacked frames;
                             ConvGMLP: Baichuan-Omni-1.5; StridePool: average pooling + Linear)
     -> per row and modality, placeholder tokens take layout vectors (mm_embed) or encoder outputs
@@ -13,7 +15,8 @@ configured by ``OmniConfig``; it reads the batch contract of ``omnijax.batch``.
     -> llm (Qwen2; packed rows: segment ids and per-segment positions) -> hidden -> logits
 
 Top-level parameter groups: ``llm``, ``vision``, ``vision_connector``, ``audio``, ``audio_connector``,
-``mm_embed``; a group the configuration does not use is absent.
+``mm_embed``; a group the configuration does not use is absent. With BEATs the ``audio`` group holds
+``whisper/...`` and ``beats/...``, which stage rules freeze or train each on its own.
 
 Connectors. The audio ``MLP`` is Capybara-OMNI's adapter read from its paper (arXiv 2504.12315): "a
 1-layer MLP adapter" (one hidden layer: ``linear_1``, GELU, ``linear_2``, as ``MLPProjector``) on the
@@ -42,9 +45,11 @@ import jax.numpy as jnp
 
 from omnijax.batch import SLOT_FIELDS, MediaBudget, batch_spec
 from omnijax.media_layouts import MediaLayout, layout_class
-from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, MODALITIES
+from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, MODALITIES, beats_fbank_frames
 from omnijax.models import connector_configs, layouts
 from omnijax.models.audio import AudioConfig, WhisperEncoder
+from omnijax.models.beats import BEATsConfig
+from omnijax.models.dual_audio import DualAudioEncoder, aligned_length
 from omnijax.models.connector_configs import Connector
 from omnijax.models.connectors import MMEmbed
 from omnijax.models.llm import LLM, LLMConfig
@@ -52,7 +57,7 @@ from omnijax.models.vision import VisionConfig, VisionTower
 
 # Fields of the LLM / tower configs that are load-time choices, not part of a model's description.
 NUMERICS = ("dtype", "param_dtype", "attention", "remat", "scan_unroll")
-_TOWERS = ("llm", "vision", "audio")  # the sub-config fields of OmniConfig
+_TOWERS = ("llm", "vision", "audio", "beats")  # the sub-config fields of OmniConfig
 _NOT_FLAT = _TOWERS + ("vision_connector", "audio_connector")  # fields to_dict writes in another form
 
 
@@ -67,6 +72,7 @@ class OmniConfig:
     vision_connector: Connector | None = None  # MLP | LocalGlobalPool (connector_configs)
     audio: AudioConfig | None = None
     audio_connector: Connector | None = None  # Linear | MLP | FrameStack | ConvGMLP | StridePool
+    beats: BEATsConfig | None = None  # set: Ola's dual audio encoder, Whisper (audio) + BEATs on each window
     layout: str = "ola"  # ola | llava_onevision | qwen2_audio
     image_token_id: int | None = None
     video_token_id: int | None = None
@@ -107,8 +113,11 @@ class OmniConfig:
             raise ValueError("an audio tower needs audio_token_id")
         if self.vision is not None:
             self.vision_connector.grid(self.vision.grid_side, self.vision.grid_side)
+        if self.beats is not None and (self.audio is None or self.audio.variant != "whisper"):
+            raise ValueError("beats (Ola's music encoder) pairs with a Whisper audio tower (variant 'whisper'): set "
+                             "audio too; BEATs alone is not built")
         if self.audio is not None:
-            self.audio_connector.check(self.audio.output_length)
+            self.audio_connector.check(self.audio_length)
         layout_class(self.layout).check_model(self)
         self.media_layout  # noqa: B018  (validates the layout against the modalities)
 
@@ -124,11 +133,26 @@ class OmniConfig:
         return self.vision_connector.grid(self.vision.grid_side, self.vision.grid_side)
 
     @property
+    def audio_encoders(self) -> tuple[str, ...]:
+        """The audio path: ``('whisper',)`` (or Qwen2-Audio's), ``('whisper', 'beats')`` (Ola's dual encoder)."""
+        if self.audio is None:
+            return ()
+        return (self.audio.variant,) + (("beats",) if self.beats is not None else ())
+
+    @property
+    def audio_length(self) -> int | None:
+        """Encoder outputs per audio window (the connector's input rows): the audio tower's, or with BEATs the
+        longer of Whisper's outputs and BEATs' patches (Ola pads the shorter)."""
+        if self.audio is None:
+            return None
+        return self.audio.output_length if self.beats is None else aligned_length(self.audio, self.beats)
+
+    @property
     def audio_chunk_tokens(self) -> int | None:
         """LLM tokens per audio window (whole window) after the audio connector."""
         if self.audio is None:
             return None
-        return self.audio_connector.tokens(self.audio.output_length)
+        return self.audio_connector.tokens(self.audio_length)
 
     @property
     def media_layout(self) -> MediaLayout:
@@ -141,7 +165,8 @@ class OmniConfig:
         return MediaBudget(image_slots=self.image_slots, image_size=v.image_size if v else 0,
                            video_slots=self.video_slots, video_size=v.image_size if v else 0,
                            audio_slots=self.audio_slots, n_mels=a.num_mel_bins if a else 0,
-                           audio_frames=a.frames if a else 0, max_audio_windows=self.max_audio_windows)
+                           audio_frames=a.frames if a else 0, max_audio_windows=self.max_audio_windows,
+                           audio_fbank_frames=beats_fbank_frames(a.frames) if self.beats is not None else 0)
 
     @property
     def mm_embed_names(self) -> tuple[str, ...]:
@@ -155,7 +180,8 @@ class OmniConfig:
         (``NUMERICS`` are load-time choices). The towers as transformers config dicts, each None when
         absent: ``text_config`` (``Qwen2Config``), ``vision_config`` (``SiglipVisionConfig``),
         ``audio_config`` (Whisper's encoder fields, or a ``Qwen2AudioEncoderConfig`` for the
-        ``qwen2_audio`` variant); the vision fields transformers keeps outside its vision config
+        ``qwen2_audio`` variant), ``beats_config`` (BEATs' cfg dict, the dual audio encoder); the vision
+        fields transformers keeps outside its vision config
         (``vision_feature_layer``, ``vision_interpolate_pos_encoding``); the connectors by name with their
         flat settings (``connector_configs``: ``audio_connector='frame_stack'``, ``frame_stack_k``, ...);
         every other field by name."""
@@ -168,6 +194,7 @@ class OmniConfig:
             conn = getattr(self, f"{t}_connector")
             own.update(conn.to_fields(t) if conn is not None else {f"{t}_connector": None})
         return {"text_config": hf(self.llm), "vision_config": hf(self.vision), "audio_config": hf(self.audio),
+                "beats_config": hf(self.beats),
                 "vision_feature_layer": self.vision.feature_layer if self.vision else -1,
                 "vision_interpolate_pos_encoding": bool(self.vision and self.vision.interpolate_pos_encoding),
                 **own}
@@ -196,7 +223,8 @@ class OmniConfig:
         kw.update({k: v for k, v in overrides.items() if k in own})
         vision = tower("vision_config", VisionConfig, feature_layer=d.get("vision_feature_layer", -1),
                        interpolate_pos_encoding=bool(d.get("vision_interpolate_pos_encoding", False)))
-        return cls(llm=tower("text_config", LLMConfig), vision=vision, audio=tower("audio_config", AudioConfig), **kw)
+        return cls(llm=tower("text_config", LLMConfig), vision=vision, audio=tower("audio_config", AudioConfig),
+                   beats=tower("beats_config", BEATsConfig), **kw)
 
 
 class OmniModel(nn.Module):
@@ -213,7 +241,7 @@ class OmniModel(nn.Module):
             self.vision = VisionTower(cfg.vision)
             self.vision_connector = cfg.vision_connector.build(d, in_axis="vision_embed", **kw)
         if cfg.audio is not None:
-            self.audio = WhisperEncoder(cfg.audio)
+            self.audio = WhisperEncoder(cfg.audio) if cfg.beats is None else DualAudioEncoder(cfg.audio, cfg.beats)
             self.audio_connector = cfg.audio_connector.build(d, in_axis="audio_embed", **kw)
         if cfg.mm_embed_names:
             self.mm_embed = MMEmbed(d, names=cfg.mm_embed_names, **kw)
@@ -229,11 +257,14 @@ class OmniModel(nn.Module):
         out = self.vision_connector(feats)
         return out.reshape(b, -1, out.shape[-1])
 
-    def encode_audio(self, audio, valid_frames):
+    def encode_audio(self, audio, valid_frames, fbank=None):
         """Windows ``[B, S, n_mels, frames]`` (valid mel frames ``[B, S]``, which only the Qwen2-Audio
-        encoder reads: its padding mask) -> ``[B, S * tokens_per_slot, embed]``."""
-        valid = valid_frames if self.cfg.audio.variant == "qwen2_audio" else None
-        enc = self.audio.encode_chunks(audio, valid)  # [B, S, L, D]
+        encoder reads: its padding mask; ``fbank [B, S, fbank_frames, 128]``, which only the dual encoder's
+        BEATs reads) -> ``[B, S * tokens_per_slot, embed]``."""
+        if self.cfg.beats is not None:
+            enc = self.audio.encode_chunks(audio, fbank)  # [B, S, L, Dw + Db]
+        else:
+            enc = self.audio.encode_chunks(audio, valid_frames if self.cfg.audio.variant == "qwen2_audio" else None)
         b, s = enc.shape[:2]
         out = self.audio_connector(enc.reshape(b * s, *enc.shape[2:]))
         return out.reshape(b, -1, out.shape[-1])
@@ -253,7 +284,7 @@ class OmniModel(nn.Module):
             plan = valid_frames = None
             if m == "audio":
                 valid_frames = batch["audio_valid_frames"]
-                feats = self.encode_audio(batch[field], valid_frames)
+                feats = self.encode_audio(batch[field], valid_frames, batch.get("audio_fbank"))
             else:
                 feats = self.encode_vision(batch[field])
             self.sow("aux", f"{m}_features", feats)  # for a loss on the connector output (training.connector_ctc)

@@ -49,7 +49,8 @@ class RandomBatches:
         self.batch, self.seq_len = self.spec["input_ids"].shape
         self.rows = rows or (0, self.batch)
         self.seed, self.step, self.num_tasks = int(seed), int(step), int(num_tasks)
-        known = set(TEXT_FIELDS) | set(MEDIA_ITEM_FIELDS) | set(MEDIA_ITEM_FIELDS.values()) | {"audio_valid_frames"}
+        known = set(TEXT_FIELDS) | set(MEDIA_ITEM_FIELDS) | set(MEDIA_ITEM_FIELDS.values()) | {"audio_valid_frames",
+                                                                                             "audio_fbank"}
         unknown = sorted(set(self.spec) - known)
         if unknown:
             raise ValueError(f"RandomBatches cannot fill batch fields {unknown}; it knows {sorted(known)}")
@@ -104,6 +105,8 @@ class RandomBatches:
             out[MEDIA_ITEM_FIELDS[field]] = np.arange(slots, dtype=np.int32)
             if field == "audio" and "audio_valid_frames" in self.spec:
                 out["audio_valid_frames"] = np.full(slots, shape[-1], np.int32)
+            if field == "audio" and "audio_fbank" in self.spec:
+                out["audio_fbank"] = rng.standard_normal(self.spec["audio_fbank"].shape[1:], np.float32)
         return out
 
     def batch_at(self, step: int) -> dict[str, np.ndarray]:

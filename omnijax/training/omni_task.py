@@ -7,6 +7,8 @@ trainer ``Task``: ``c.model.name = 'omni'``.
     c.model.vision = dict(image_size=..., patch_size=..., ...)      # VisionConfig fields, or None
     c.model.vision_connector = 'mlp'                                 # or 'ola', or None
     c.model.audio = dict(num_mel_bins=..., d_model=..., ...)         # AudioConfig fields, or None
+    c.model.beats = dict(encoder_embed_dim=..., ...)                 # BEATsConfig fields, or None: with
+                                                                     # audio, Ola's Whisper + BEATs encoder
     c.model.audio_connector = 'linear'                               # 'mlp', 'frame_stack', 'conv_gmlp',
                                                                      # 'stride_pool', None
     c.model.frame_stack_k = 10                                       # the connector's settings, flat
@@ -32,6 +34,7 @@ from omnijax.batch import batch_spec, check_batch
 from omnijax.models.attention import resolve_implementation
 from omnijax.models import connector_configs
 from omnijax.models.audio import AudioConfig
+from omnijax.models.beats import BEATsConfig
 from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel, example_batch
 from omnijax.models.vision import VisionConfig
@@ -43,7 +46,7 @@ from omnijax.training.task import Task, from_module
 from omnijax.training.term import Stage
 
 _OWN = ("name",)
-_SUB = {"llm": LLMConfig, "vision": VisionConfig, "audio": AudioConfig}
+_SUB = {"llm": LLMConfig, "vision": VisionConfig, "audio": AudioConfig, "beats": BEATsConfig}
 
 
 def omni_config(c, platform: str | None = None) -> OmniConfig:
