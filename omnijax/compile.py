@@ -146,8 +146,7 @@ class Report:
         return "\n".join(lines)
 
     def row(self) -> str:
-        """The table row; a figure the compiler did not give (no estimate, or no program when the memory ran out
-        first) is '--'."""
+        """The table row; a figure the compiler did not give (no estimate, or no program: out of memory) is '--'."""
         def cell(value: float, fmt: str) -> str:
             return "--" if math.isnan(value) else format(value, fmt)
 
