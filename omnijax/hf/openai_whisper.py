@@ -78,7 +78,8 @@ def dims(cfg: AudioConfig) -> dict:
     """openai-whisper's encoder ``dims`` of ``cfg`` (ValueError for a config openai-whisper cannot hold)."""
     if cfg.variant != "whisper" or cfg.encoder_ffn_dim != MLP_RATIO * cfg.d_model:
         raise ValueError(f"an openai-whisper encoder is variant 'whisper' with encoder_ffn_dim = {MLP_RATIO} * "
-                         f"d_model; got variant {cfg.variant!r}, encoder_ffn_dim {cfg.encoder_ffn_dim}, d_model {cfg.d_model}: "
+                         f"d_model; got variant {cfg.variant!r}, encoder_ffn_dim {cfg.encoder_ffn_dim}, "
+                         f"d_model {cfg.d_model}: "
                          "export it as WhisperEncoder instead")
     return {"n_mels": cfg.num_mel_bins, "n_audio_ctx": cfg.max_source_positions, "n_audio_state": cfg.d_model,
             "n_audio_head": cfg.encoder_attention_heads, "n_audio_layer": cfg.encoder_layers}
