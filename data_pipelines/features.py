@@ -7,10 +7,13 @@ model will produce for it, from the shared count functions (the layout, `omnijax
 - images: PIL, RGB; `ola` layout: one view resized to the budget's `image_size` (bicubic), or
   `image_tiling='dynamic'`: thumbnail + MiniCPM-V tiles (`image_tiles.dynamic_pixel_tiles`), one view
   per tile; `llava_onevision`: AnyRes tiles and plan, or the base tile alone for an image of a
-  multi-image example. Pixels are normalised as SigLIP's processor does (/255, mean = std = 0.5).
+  multi-image example; a native-resolution budget (`image_patches`, layout `ola_native`): one view at
+  the image's own size, padded or (over the row's patch budget) scaled as Ola's processor does
+  (`image_tiles.native_view`), cut into patches (`image_tiles.native_patches`). Pixels are normalised as SigLIP's processor does (/255, mean = std = 0.5).
 - videos: PyAV (one decoder thread); `video_frames` frames taken uniformly
   (`linspace(0, n - 1, k)` floored, Ola's sampling), fewer when the video has fewer; each resized to
-  `video_size`. `jpeg_frames` videos sample their JPEG list the same way.
+  `video_size`, or at native resolution (`video_patches`) each kept at its size within
+  `video_patches // video_frames` patches (`native_view`) and cut into patches. `jpeg_frames` videos sample their JPEG list the same way.
 - audio: soundfile, channels averaged, resampled to 16 kHz, cut into windows of the budget's
   `audio_frames / 100` seconds (`audio.split_into_chunks`), Whisper log-mel per window
   (`audio.whisper_log_mel`) and its valid frames (`audio.chunk_valid_frames`).
@@ -63,7 +66,8 @@ class TooLongError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Feature:
     """One media item ready for the slots: `data` `[slots, ...]` float32, `tokens` placeholder tokens,
-    `valid_frames` (audio, per window) and `plan` (llava_onevision images, AnyRes plan)."""
+    `valid_frames` (audio, per window) and `plan` (llava_onevision images, AnyRes plan); native resolution:
+    `data` the views' patches `[patches, p, p, 3]` and `grids` each view's patch grid `[slots, 2]`."""
 
     kind: str
     data: np.ndarray
@@ -72,10 +76,16 @@ class Feature:
     plan: tuple[int, ...] | None = None
     trimmed: bool = False  # audio cut to the budget's max_audio_windows windows
     seconds: float | None = None  # audio: the clip's length (before any cut)
+    grids: np.ndarray | None = None  # native resolution: (rows, cols) of each view / frame
 
     @property
     def slots(self) -> int:
-        return int(self.data.shape[0])
+        return int(self.data.shape[0] if self.grids is None else len(self.grids))
+
+    @property
+    def patches(self) -> int:
+        """Patch slots the item takes (native resolution; 0 otherwise)."""
+        return 0 if self.grids is None else int(self.data.shape[0])
 
     def describe(self) -> str:
         """The item in the units a user thinks in: 'audio of 40.0 s', 'video of 8 frames', 'image of 5 views
@@ -224,7 +234,20 @@ class MediaFeatures:
             return self.video(media)
         return self.audio(media, trim=trim_audio)
 
+    def native(self, kind: str, frames: list, max_patches: int) -> Feature:
+        """Images (one view) or video frames at their own size within ``max_patches`` patches each."""
+        p = self.budget.patch_size
+        views = [image_tiles.native_view(f, max_patches=max_patches, patch_size=p) for f in frames]
+        cut = [image_tiles.native_patches(v, p) for v in views]
+        data, grids = np.concatenate([c[0] for c in cut]), np.asarray([c[1] for c in cut], np.int32)
+        hw = views[0].shape[:2]
+        tokens = (self.layout.image_tokens(image_size=hw) if kind == "image" else
+                  self.layout.video_tokens(len(views), frame_size=hw))
+        return Feature(kind, data, tokens, grids=grids)
+
     def image(self, image, *, multi_image: bool = False) -> Feature:
+        if self.budget.patches("image"):
+            return self.native("image", [image], self.budget.image_patches)
         size = self.budget.image_size
         hw = (image.height, image.width)
         if self.layout.image_plans:
@@ -249,6 +272,9 @@ class MediaFeatures:
                 raise MediaError("corrupt_video", f"a JPEG frame: {e}") from e
         else:
             frames = _video_frames(media.data, self.video_frames)
+        if self.budget.patches("video"):  # every frame of the video the same size: its share of the row
+            return self.native("video", [f.convert("RGB") for f in frames],
+                               self.budget.video_patches // self.video_frames)
         data = np.concatenate([_view(frame.convert("RGB"), self.budget.video_size) for frame in frames])
         return Feature("video", data, self.layout.video_tokens(len(frames)))
 
