@@ -9,11 +9,13 @@ model will produce for it, from the shared count functions (the layout, `omnijax
   per tile; `llava_onevision`: AnyRes tiles and plan, or the base tile alone for an image of a
   multi-image example; a native-resolution budget (`image_patches`, layout `ola_native`): one view at
   the image's own size, padded or (over the row's patch budget) scaled as Ola's processor does
-  (`image_tiles.native_view`), cut into patches (`image_tiles.native_patches`). Pixels are normalised as SigLIP's processor does (/255, mean = std = 0.5).
+  (`image_tiles.native_view`), cut into patches (`image_tiles.native_patches`). Pixels are normalised
+  as SigLIP's processor does (/255, mean = std = 0.5).
 - videos: PyAV (one decoder thread); `video_frames` frames taken uniformly
   (`linspace(0, n - 1, k)` floored, Ola's sampling), fewer when the video has fewer; each resized to
   `video_size`, or at native resolution (`video_patches`) each kept at its size within
-  `video_patches // video_frames` patches (`native_view`) and cut into patches. `jpeg_frames` videos sample their JPEG list the same way.
+  `video_patches // video_frames` patches (`native_view`) and cut into patches. `jpeg_frames` videos
+  sample their JPEG list the same way.
 - audio: soundfile, channels averaged, resampled to 16 kHz, cut into windows of the budget's
   `audio_frames / 100` seconds (`audio.split_into_chunks`), Whisper log-mel per window
   (`audio.whisper_log_mel`) and its valid frames (`audio.chunk_valid_frames`).

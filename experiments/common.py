@@ -241,8 +241,8 @@ def parse_arg(arg: str | None, **extra: str) -> mlc.ConfigDict:
     The knobs an ablation sweeps (``finish`` applies them): ``steps`` (``c.num_steps``), ``freeze`` (groups frozen
     on top of the stage's rules, ``+`` between them), ``weight.TASK`` (a source's mixture weight; 0 drops it, a
     task not in the mixture joins it), ``vision_connector`` / ``audio_connector`` (a connector by name), ``vision``
-    (``oryx``: Ola's native-resolution tower, ``use_oryx``; ``siglip``, the default, leaves the stage as it is); ``extra``:
-    the stage's own, ``name=default`` (Self-KD's ``vlm=PATH``). After ``get_config`` the same fields are set
+    (``oryx``: Ola's native-resolution tower, ``use_oryx``; ``siglip``, the default, leaves the stage as it is);
+    ``extra``: the stage's own, ``name=default`` (Self-KD's ``vlm=PATH``). After ``get_config`` the same fields are set
     through the recipe runner's overrides: ``num_steps``, ``trainable``, ``data.sources.N.weight``,
     ``model.audio_connector``."""
     preset, *items = (arg or "tiny").split(",")

@@ -297,7 +297,8 @@ def _check_patches(b: int, m: str, batch: Mapping[str, np.ndarray], n_used: int,
     if (owner != expected).any():
         t = int(np.flatnonzero(owner != expected)[0])
         raise ValueError(f"row {b}: {m}_patch_slot[{t}] = {int(owner[t])}, expected {int(expected[t])}: each view's "
-                         f"rows x cols patches ({m}_grid) one run in slot order, -1 on the empty patch slots after them")
+                         f"rows x cols patches ({m}_grid) one run in slot order, -1 on the empty patch slots after "
+                         "them")
     return grid
 
 

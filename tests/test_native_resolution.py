@@ -133,7 +133,8 @@ def test_odd_grids_pool_a_repeated_last_row_and_column(model):
     ids[0, 30:30 + tokens[1]] = IMAGE_ID
     batch = dict(input_ids=ids, segment_ids=np.ones_like(ids), positions=np.arange(64, dtype=np.int32)[None],
                  targets=np.zeros_like(ids), loss_weights=np.zeros(ids.shape, np.float32), task_ids=np.zeros_like(ids),
-                 image_patches=np.zeros((1, 96, 16, 16, 3), np.float32), image_patch_slot=np.full((1, 96), -1, np.int32),
+                 image_patches=np.zeros((1, 96, 16, 16, 3), np.float32),
+                 image_patch_slot=np.full((1, 96), -1, np.int32),
                  image_grid=np.zeros((1, 3, 2), np.int32), image_item=np.array([[0, 1, -1]], np.int32))
     batch["image_patches"][0, :15], batch["image_patches"][0, 15:19] = cut[0][0], cut[1][0]
     batch["image_patch_slot"][0, :19] = [0] * 15 + [1] * 4
