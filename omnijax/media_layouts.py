@@ -241,7 +241,7 @@ class OlaNativeLayout(OlaLayout):
     def _grid(self, modality, grid):
         self.token_id(modality)
         if grid is None:
-            raise ValueError(f"layout {self.name!r}: a {modality} slot's tokens need its patch grid (grid=)")
+            raise ValueError(f"layout {self.name!r}: each {modality} slot's tokens need the slot's patch grid (grid=)")
         return ola_pooled_grid(grid)
 
     def image_slot_tokens(self, first, last, plan=None, grid=None):
