@@ -26,8 +26,9 @@ from omnijax.models.connector_configs import LocalGlobalPool
 from omnijax.models.connectors import OlaVisionProjector
 from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel, init_params
-from omnijax.models.oryx_vit import OryxViTConfig
+from omnijax.models.oryx_vit import OryxViTConfig, OryxViTModel, example_inputs
 from omnijax.training.config import resolve_roots
+from omnijax.training.omni_task import omni_config
 
 IMAGE_ID, VIDEO_ID = (tok.SYNTH_TOKEN_IDS[tok.PLACEHOLDER_TOKENS[m]] for m in ("image", "video"))
 CFG = OmniConfig(
@@ -159,6 +160,20 @@ def test_ola_processor_pads_centred_or_scales_to_the_budget():
     grey = (127 / 255 - 0.5) / 0.5
     assert view.shape == (64, 128, 3)
     assert (view[12:52, 14:114] == 1.0).all() and np.allclose(view[:12], grey) and np.allclose(view[:, :14], grey)
+
+
+def test_vision_knob_swaps_the_tower_in_both_presets():
+    """``vision=oryx``: OryxViT (Ola's sizes for 7b), the 'ola_native' layout, patch slots, no SigLIP import."""
+    for preset, patches, params in (("tiny", 256, 95_680), ("7b", 9216, 431_226_864)):
+        c = stage1a.get_config(f"{preset},vision=oryx")
+        cfg = omni_config(c)
+        assert cfg.native and cfg.media_layout.native and cfg.image_patches == patches
+        assert all("vision" not in groups for _, groups in c.init_from)
+        shapes = jax.eval_shape(OryxViTModel(cfg.vision).init, jax.random.key(0), *example_inputs(cfg.vision))
+        assert sum(x.size for x in jax.tree.leaves(shapes)) == params  # 7b: Ola's tower, pos_embed 128 x 128
+    assert not omni_config(stage1a.get_config("tiny")).native
+    with pytest.raises(ValueError, match="vision='vit' is not one of siglip, oryx"):
+        stage1a.get_config("tiny,vision=vit")
 
 
 def test_ola_tiny_stage_trains_with_native_resolution_vision(corpus, tmp_path):  # noqa: F811
