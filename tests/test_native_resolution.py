@@ -81,8 +81,8 @@ def rows(tmp_path_factory):
         pipeline.close()
 
 
-def _runs(ids):
-    where = np.flatnonzero(ids == IMAGE_ID)
+def _runs(ids, token_id=IMAGE_ID):
+    where = np.flatnonzero(ids == token_id)
     return [(int(r[0]), len(r)) for r in np.split(where, np.flatnonzero(np.diff(where) > 1) + 1) if len(r)]
 
 
@@ -149,6 +149,47 @@ def test_odd_grids_pool_a_repeated_last_row_and_column(model):
     batch["image_patch_slot"][0, 14] = 1
     with pytest.raises(ValueError, match=r"row 0: image_patch_slot\[14\] = 1, expected 0: each view's rows x cols"):
         check_batch(batch, CFG)
+
+
+def test_video_frames_at_their_own_size(model, tmp_path):
+    """A video of four 48 x 80 frames (JPEG frames): each padded to 64 x 96 (4 x 6 patches) in the patch slots,
+    pooled 2 x 3; each frame's rows + newline then sep, the video in begin ... end (``ola_native_video_tokens``)."""
+    params, _, _ = model
+    cfg = CFG.replace(image_slots=0, image_patches=0, video_slots=4, video_patches=96)
+    encode = jax.jit(lambda x: OmniModel(cfg).apply({"params": params}, x, "video", method=OmniModel.encode_native))
+    embed = jax.jit(lambda x: OmniModel(cfg).apply({"params": params}, x, method="embed"))
+    rng, frames = np.random.default_rng(2), []
+    for _ in range(4):
+        jpeg = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (48, 80, 3), np.uint8)).save(jpeg, "jpeg")
+        frames.append(jpeg.getvalue())
+    path = schema.shard_paths(str(tmp_path / "video"), 1)[0]
+    writer = array_record_module.ArrayRecordWriter(path, schema.ARRAY_RECORD_OPTIONS)
+    writer.write(schema.Example("v0", "s", "t", [schema.Turn("user", "<video>\nWhere does it go?", [0]),
+                                                 schema.Turn("assistant", "left")],
+                                [schema.Media("video", "jpeg_frames", frames)]).to_bytes())
+    writer.close()
+    config = PipelineConfig(sources=(Source("v", (path,)),), tokenizer=common.tiny_dir("llm"), batch_size=1,
+                            seq_len=128, budget=cfg.budget, layout=cfg.media_layout, video_frames=4, process_index=0,
+                            process_count=1)
+    pipeline = Pipeline(config)
+    try:
+        batch = next(pipeline)
+    finally:
+        pipeline.close()
+    check_batch(batch, cfg)
+    assert batch["video_grid"][0].tolist() == [[4, 6]] * 4 and batch["video_item"][0].tolist() == [0] * 4
+    (start, length), = _runs(batch["input_ids"][0], VIDEO_ID)
+    assert length == mt.ola_native_video_tokens([(64, 96)] * 4) == 1 + 4 * (2 * 4 + 1) + 1
+    run = np.asarray(embed(batch))[0, start:start + length]
+    code = {name: np.flatnonzero((run == v).all(axis=1)).tolist() for name, v in CODES.items()}
+    frame = [1 + 9 * f for f in range(4)]  # each frame: 2 rows of 3 features + newline, then sep
+    assert code == dict(begin=[0], newline=[i + d for i in frame for d in (3, 7)], sep=[i + 8 for i in frame],
+                        end=[length - 1])
+    patches = np.asarray(encode(batch))[0]
+    pooled = [_spatial(params, patches[24 * f:24 * f + 24].reshape(1, 4, 6, -1)) for f in range(4)]
+    feature_at = [i + d for i in frame for d in (0, 1, 2, 4, 5, 6)]
+    np.testing.assert_allclose(run[feature_at], np.concatenate(pooled), rtol=1e-5, atol=1e-5)
 
 
 def test_ola_processor_pads_centred_or_scales_to_the_budget():

@@ -269,8 +269,7 @@ class OmniModel(nn.Module):
         is_placeholder = batch["input_ids"] == layout.token_id(m)
         code, groups, _ = layouts.decode_rows(is_placeholder, spans, layouts.decoder(layout, m, 0), first=first,
                                               last=last, plan=layouts.native_plan(grid))
-        media = self.vision_connector(patches, groups)
-        self.sow("aux", f"{m}_features", media)
+        media = self.vision_connector(patches, groups)  # per token, not per slot: nothing sown for connector terms
         return layouts.place(x, is_placeholder, code, media, table)
 
     def encode_audio(self, audio, valid_frames):
