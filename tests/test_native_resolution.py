@@ -6,6 +6,7 @@ against Ola's ``OlaMLP`` in ``tests/test_oryx_vit.py``), each feature token equa
 the view's own patch map; and Ola's tiny stage 1a trains with the ``vision=oryx`` knob."""
 
 import io
+import json
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from array_record.python import array_record_module
 from PIL import Image
+from safetensors import safe_open
 from training_fixtures import compile_once, corpus  # noqa: F401
 
 from data_pipelines import image_tiles, schema, tokenizer as tok
@@ -20,6 +22,8 @@ from data_pipelines.pipeline import Pipeline, PipelineConfig, Source
 from experiments import common
 from experiments.ola import stage1a
 from omnijax import launch
+from omnijax.checkpoint import load_model
+from omnijax.hf import convert
 from omnijax import media_tokens as mt
 from omnijax.batch import check_batch
 from omnijax.models.connector_configs import LocalGlobalPool
@@ -213,6 +217,12 @@ def test_vision_knob_swaps_the_tower_in_both_presets():
         shapes = jax.eval_shape(OryxViTModel(cfg.vision).init, jax.random.key(0), *example_inputs(cfg.vision))
         assert sum(x.size for x in jax.tree.leaves(shapes)) == params  # 7b: Ola's tower, pos_embed 128 x 128
     assert not omni_config(stage1a.get_config("tiny")).native
+    with pytest.raises(ValueError, match="layout 'ola' lays out fixed-size views; an OryxViT tower's images keep"):
+        CFG.replace(layout="ola")
+    with pytest.raises(ValueError, match="'ola_native' .* needs a native-resolution tower"):
+        omni_config(stage1a.get_config("tiny")).replace(layout="ola_native")
+    with pytest.raises(ValueError, match="image_slots=3 of a native-resolution tower need image_patches > 0"):
+        CFG.replace(image_patches=0)
     with pytest.raises(ValueError, match="vision='vit' is not one of siglip, oryx"):
         stage1a.get_config("tiny,vision=vit")
 
@@ -232,3 +242,15 @@ def test_ola_tiny_stage_trains_with_native_resolution_vision(corpus, tmp_path): 
                                          end["vision_connector"]))
     assert min(moved) > 0, moved  # every connector tensor learned
     assert all(jax.tree.leaves(jax.tree.map(lambda a, z: bool((a == z).all()), start["vision"], end["vision"])))
+
+    # The workdir is a model directory; its HF-style export names OryxViT's tensors and re-imports bit-exact.
+    convert.main(["export", "--ckpt", str(tmp_path / "w"), "--out", str(tmp_path / "hf")])
+    loaded = load_model(str(tmp_path / "hf"), progress=False)
+    assert loaded.module.cfg.native and loaded.module.cfg.image_patches == 256
+    same = jax.tree.map(lambda a, z: bool((np.asarray(a) == np.asarray(z)).all()), end, loaded.params)
+    assert all(jax.tree.leaves(same))
+    with open(tmp_path / "hf" / "config.json") as f:
+        assert json.load(f)["vision_config"]["model_type"] == "oryx_vit"
+    with safe_open(str(tmp_path / "hf" / "model.safetensors"), "np") as f:
+        assert {"vision_tower.pos_embed", "vision_tower.patch_embed.proj.weight",
+                "vision_tower.blocks.1.mlp.fc2.bias"} <= set(f.keys())

@@ -112,6 +112,9 @@ class OmniConfig:
         if self.audio is not None and self.audio_token_id is None:
             raise ValueError("an audio tower needs audio_token_id")
         native = self.native
+        if native and not layout_class(self.layout).native:
+            raise ValueError(f"layout {self.layout!r} lays out fixed-size views; an OryxViT tower's images keep their "
+                             "own sizes: layout='ola_native'")
         for m in NATIVE_MODALITIES:
             slots, patches = getattr(self, f"{m}_slots"), getattr(self, f"{m}_patches")
             if native and slots and patches < 1:
