@@ -264,7 +264,8 @@ class OmniModel(nn.Module):
 
     def embed_native(self, x, batch, m: str, table):
         """``x [B, T, embed]`` with modality ``m``'s views laid out at its placeholders (layout 'ola_native'):
-        each placeholder's code, or its 2x2 group of patches pooled by the connector."""
+        each placeholder's code, or its 2x2 group of patches pooled by the connector. Static shapes: the
+        pooling runs at every position of the row (``[B, T, 4]`` groups) and keeps the placeholders'."""
         layout, item, grid = self.cfg.media_layout, batch[f"{m}_item"], batch[f"{m}_grid"]
         patches = self.encode_native(batch, m)
         _, first, last = layouts.slot_flags(item)
