@@ -9,7 +9,8 @@ model will produce for it, from the shared count functions (the layout, `omnijax
   per tile; `llava_onevision`: AnyRes tiles and plan, or the base tile alone for an image of a
   multi-image example; a native-resolution budget (`image_patches`, layout `ola_native`): one view at
   the image's own size, padded or (over the row's patch budget) scaled as Ola's processor does
-  (`image_tiles.native_view`), cut into patches (`image_tiles.native_patches`). Pixels are normalised
+  (`image_tiles.native_view`), after Ola's low-resolution view when `native_lowres` is set
+  (`image_tiles.lowres_view`), each cut into patches (`image_tiles.native_patches`). Pixels are normalised
   as SigLIP's processor does (/255, mean = std = 0.5).
 - videos: PyAV (one decoder thread); `video_frames` frames taken uniformly
   (`linspace(0, n - 1, k)` floored, Ola's sampling), fewer when the video has fewer; each resized to
@@ -210,6 +211,7 @@ class MediaFeatures:
     video_frames: int = 8
     image_tiling: str = "resize"  # ola layout: 'resize' (one view) or 'dynamic' (thumbnail + tiles)
     max_image_tiles: int = 9
+    native_lowres: int = 0  # native resolution: side of Ola's low-resolution view (its area), 0 = none
 
     def __post_init__(self):
         if self.image_tiling not in IMAGE_TILINGS:
@@ -237,14 +239,19 @@ class MediaFeatures:
         return self.audio(media, trim=trim_audio)
 
     def native(self, kind: str, frames: list, max_patches: int) -> Feature:
-        """Images (one view) or video frames at their own size within ``max_patches`` patches each."""
+        """An image (Ola's low-resolution view if ``native_lowres``, then the image at its own size within
+        what is left of ``max_patches``) or video frames (each at its own size within ``max_patches``)."""
         p = self.budget.patch_size
-        views = [image_tiles.native_view(f, max_patches=max_patches, patch_size=p) for f in frames]
+        views = []
+        if kind == "image" and self.native_lowres:
+            views.append(image_tiles.lowres_view(frames[0], base=self.native_lowres, patch_size=p))
+            max_patches -= views[0].shape[0] * views[0].shape[1] // (p * p)
+        views += [image_tiles.native_view(f, max_patches=max_patches, patch_size=p) for f in frames]
         cut = [image_tiles.native_patches(v, p) for v in views]
         data, grids = np.concatenate([c[0] for c in cut]), np.asarray([c[1] for c in cut], np.int32)
-        hw = views[0].shape[:2]
-        tokens = (self.layout.image_tokens(image_size=hw) if kind == "image" else
-                  self.layout.video_tokens(len(views), frame_size=hw))
+        sizes = [v.shape[:2] for v in views]
+        tokens = (self.layout.image_tokens(len(sizes), view_sizes=sizes) if kind == "image" else
+                  self.layout.video_tokens(len(views), frame_size=sizes[0]))
         return Feature(kind, data, tokens, grids=grids)
 
     def image(self, image, *, multi_image: bool = False) -> Feature:

@@ -27,7 +27,9 @@ is Ola's processor for such an image (``resize_images`` of ``ola/mm_utils.py`` a
 runs it: ``HIGHRES_BASE='0x32'``, ``PAD2STRIDE``): an image whose sides padded to a multiple of two
 patches fit the patch budget keeps its size and is padded, centred, with grey (127); a larger one is
 scaled, aspect ratio kept, to the budget's area and its sides floored to multiples of two patches
-(``ola_native_size``), so the 2x2 pooling always sees whole groups.
+(``ola_native_size``), so the 2x2 pooling always sees whole groups. Ola gives each image a second,
+low-resolution view before that one (``LOWRES_RESIZE='384x32'``): the image scaled to ``384 x 384`` pixels
+of area, sides floored to multiples of 32 (``ola_lowres_size``, ``lowres_view``).
 
 Sizes are ``(height, width)`` throughout, tiles NHWC float32 (HF processors give NCHW).
 """
@@ -195,3 +197,19 @@ def native_view(image, *, max_patches: int, patch_size: int = 16, mean: Sequence
         top, left = (h - image.height) // 2, (w - image.width) // 2
         out[top:top + image.height, left:left + image.width] = rgb
     return _normalize([out], mean, std)[0]
+
+
+def ola_lowres_size(image_size: Sequence[int], base: int, patch_size: int = 16) -> tuple[int, int]:
+    """``(height, width)`` of Ola's low-resolution view of an image of ``image_size``: scaled to ``base x base``
+    pixels of area, aspect ratio kept, sides floored to multiples of ``2 * patch_size`` (at least one)."""
+    h, w = check_size(image_size)
+    stride, scale = 2 * patch_size, base / math.sqrt(h * w)
+    return max(stride, int(h * scale / stride) * stride), max(stride, int(w * scale / stride) * stride)
+
+
+def lowres_view(image, *, base: int, patch_size: int = 16, mean: Sequence[float] = SIGLIP_MEAN,
+                std: Sequence[float] = SIGLIP_STD) -> np.ndarray:
+    """Ola's low-resolution view of an image (PIL, RGB): ``[H, W, 3]`` float32 normalised, ``ola_lowres_size``."""
+    _rgb_array(image)
+    h, w = ola_lowres_size((image.height, image.width), base, patch_size)
+    return _normalize([np.asarray(image.resize((w, h), Image.BICUBIC))], mean, std)[0]

@@ -73,6 +73,9 @@ ORYX = {
 # tokens each), so a video's tokens fit a 4096-token row.
 ORYX_PATCHES = {"tiny": dict(image_patches=256, video_patches=512),
                 "7b": dict(image_patches=9216, video_patches=9216)}
+# Each image's low-resolution view before it, as Ola's inference makes it (LOWRES_RESIZE='384x32': 384 x 384 pixels
+# of area); `tiny`: 32 x 32 of a 64-pixel image.
+ORYX_LOWRES = {"tiny": 32, "7b": 384}
 FRAME_STACK = {"tiny": dict(frame_stack_k=4, frame_stack_hidden=256),  # Ola's speech projector at each preset
                "7b": dict(frame_stack_k=10, frame_stack_hidden=2048)}
 GROUPS = ("llm", "vision", "vision_connector", "audio", "audio_connector", "mm_embed")  # the params' top level
@@ -302,6 +305,7 @@ def use_oryx(c: mlc.ConfigDict, preset: str) -> None:
     c.model.vision = dict(ORYX[preset])  # replaced, not merged (ConfigDict.update merges)
     c.model.update(vision_connector="ola", layout="ola_native")
     c.media.update(ORYX_PATCHES[preset])
+    c.data.pipeline.native_lowres = ORYX_LOWRES[preset]
     if isinstance(c.get("init_from"), list | tuple):
         kept = [(src, tuple(g for g in groups if g != "vision")) for src, groups in c.init_from]
         c.init_from = [(src, groups) for src, groups in kept if groups]

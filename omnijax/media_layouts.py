@@ -251,14 +251,15 @@ class OlaNativeLayout(OlaLayout):
         return ola_video_slot_tokens(self._grid("video", grid), first, last)
 
     def image_tokens(self, views: int = 1, *, image_size: Sequence[int] | None = None,
-                     multi_image: bool = False) -> int:
-        """The tokens of one view of ``image_size`` (``(height, width)`` pixels, as the pipeline gives it
-        to the tower; ``views`` must be 1)."""
+                     multi_image: bool = False, view_sizes: Sequence[Sequence[int]] | None = None) -> int:
+        """The tokens of an image of ``views`` views of ``view_sizes`` (``(height, width)`` pixels each, as the
+        pipeline gives them to the tower: Ola's lowres view then the image), or of one view of ``image_size``."""
         self.token_id("image")
-        if image_size is None or views != 1:
-            raise ValueError(f"layout {self.name!r} counts one view of its own size: pass image_size=(h, w), "
-                             f"views=1 (got views={views}); media_tokens.ola_native_image_tokens takes several")
-        return ola_native_image_tokens([image_size], self._need("patch_size", "image"))
+        sizes = view_sizes if view_sizes is not None else None if image_size is None else [image_size]
+        if sizes is None or len(sizes) != views:
+            raise ValueError(f"layout {self.name!r} counts views of their own sizes: pass view_sizes=[(h, w), ...], "
+                             f"one per view (views={views}), or image_size=(h, w) for one view")
+        return ola_native_image_tokens(sizes, self._need("patch_size", "image"))
 
     def video_tokens(self, frames: int, *, frame_size: Sequence[int] | None = None) -> int:
         """The tokens of ``frames`` frames of ``frame_size`` (``(height, width)`` pixels) each."""

@@ -143,8 +143,9 @@ def test_ola_native_counts():
         [(64, 160), (128, 32)])
     assert native.slot_tokens("audio", first, last).tolist() == OLA.slot_tokens("audio", first, last).tolist()
     assert native.mm_embed_names == OLA.mm_embed_names and native.native and not OLA.native
-    with pytest.raises(ValueError, match="'ola_native' counts one view of its own size: pass image_size"):
-        native.image_tokens(1)
+    assert native.image_tokens(2, view_sizes=[(64, 160), (128, 320)]) == 59  # Ola's OlaMLP (ola_layout.json)
+    with pytest.raises(ValueError, match=r"'ola_native' counts views of their own sizes: pass view_sizes=\[\(h, w\)"):
+        native.image_tokens(2, image_size=(64, 64))
     with pytest.raises(ValueError, match="'ola_native': each image slot's tokens need the slot's patch grid"):
         native.slot_tokens("image", first, last)
 

@@ -46,6 +46,8 @@ CODES = {"begin": 100.0, "newline": 200.0, "sep": 300.0, "end": 400.0}  # mm_emb
 # padded (centred, grey) to multiples of 32 pixels; 3:5 over the budget, scaled to 96 patches of area, sides
 # floored to multiples of 32.
 VIEWS = {(40, 100): (64, 128), (120, 50): (128, 64), (300, 500): (96, 192)}
+# Ola's low-resolution view of each (``native_lowres=64``: 64 x 64 pixels of area, sides floored to multiples of 32).
+LOWRES = {(40, 100): (32, 96), (120, 50): (96, 32), (300, 500): (32, 64)}
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +61,8 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def rows(tmp_path_factory):
-    """Pipeline rows holding the three images (one per example, as many examples per row as fit)."""
+def images(tmp_path_factory):
+    """A shard of three examples, one image of each size of ``VIEWS`` (random pixels)."""
     rng = np.random.default_rng(0)
     path = schema.shard_paths(str(tmp_path_factory.mktemp("native") / "images"), 1)[0]
     writer = array_record_module.ArrayRecordWriter(path, schema.ARRAY_RECORD_OPTIONS)
@@ -71,12 +73,18 @@ def rows(tmp_path_factory):
                                                         schema.Turn("assistant", "noise")],
                                     [schema.Media("image", "png", png.getvalue())]).to_bytes())
     writer.close()
+    return path
+
+
+def _rows(path, n=3, **kw):
+    """The first ``n`` batches of the pipeline over ``path`` (as many examples per row as fit), checked."""
     config = PipelineConfig(sources=(Source("s", (path,)),), tokenizer=common.tiny_dir("llm"), batch_size=2,
-                            seq_len=128, budget=CFG.budget, layout=CFG.media_layout, process_index=0, process_count=1)
+                            seq_len=128, budget=CFG.budget, layout=CFG.media_layout, process_index=0, process_count=1,
+                            **kw)
     pipeline = Pipeline(config)
     try:
         out = []
-        for _ in range(3):
+        for _ in range(n):
             batch = next(pipeline)
             check_batch(batch, CFG)
             out.append(batch)
@@ -97,33 +105,41 @@ def _spatial(params, feats):
 
 
 def _check_row(model, batch, b, seen):
-    """Row b: each image's placeholder run = Ola's layout of its view (begin, rows + newline, end) with the
-    pooled features of its own patch map; adds each view's size to ``seen``."""
+    """Row b: each image's placeholder run = Ola's layout of its views (begin, rows + newline, sep between views,
+    end) with the pooled features of each view's own patch map; adds each image's view sizes to ``seen``."""
     params, embed, encode = model
     embeds, patches = np.asarray(embed(batch))[b], np.asarray(encode(batch))[b]
     first_patch = 0
     for k, (start, length) in enumerate(_runs(batch["input_ids"][b])):
-        rows, cols = (int(x) for x in batch["image_grid"][b, k])
-        view = (rows * 16, cols * 16)
-        seen.append(view)
-        assert length == mt.ola_native_image_tokens([view])
+        grids = [tuple(int(x) for x in batch["image_grid"][b, s]) for s in np.flatnonzero(batch["image_item"][b] == k)]
+        views = [(rows * 16, cols * 16) for rows, cols in grids]
+        seen.append(tuple(views))
+        assert length == mt.ola_native_image_tokens(views)
         run = embeds[start:start + length]
         code = {name: np.flatnonzero((run == v).all(axis=1)).tolist() for name, v in CODES.items()}
-        assert code["newline"] == mt.ola_native_image_newlines([view])
-        assert code["begin"] == [0] and code["end"] == [length - 1] and code["sep"] == []
+        assert code["newline"] == mt.ola_native_image_newlines(views)
+        assert code["sep"] == [1 + mt.ola_tile_tokens(mt.ola_native_grid(v)) for v in views[:-1]]
+        assert code["begin"] == [0] and code["end"] == [length - 1]
         feature_at = sorted(set(range(length)) - {i for v in code.values() for i in v})
-        own = patches[first_patch:first_patch + rows * cols].reshape(1, rows, cols, -1)
-        np.testing.assert_allclose(run[feature_at], _spatial(params, own), rtol=1e-5, atol=1e-5)
-        first_patch += rows * cols
+        pooled = []
+        for rows, cols in grids:
+            pooled.append(_spatial(params, patches[first_patch:first_patch + rows * cols].reshape(1, rows, cols, -1)))
+            first_patch += rows * cols
+        np.testing.assert_allclose(run[feature_at], np.concatenate(pooled), rtol=1e-5, atol=1e-5)
 
 
-def test_three_aspect_ratios_through_pipeline_and_model(model, rows):
+@pytest.mark.parametrize("lowres", [0, 64])
+def test_three_aspect_ratios_through_pipeline_and_model(model, images, lowres):
+    """Each image one view at its own size, or (``native_lowres``) Ola's low-resolution view, sep, then it."""
+    rows = _rows(images, native_lowres=lowres)
     seen = []
     for batch in rows:
         for b in range(len(batch["input_ids"])):
             _check_row(model, batch, b, seen)
-    assert set(seen) == set(VIEWS.values()), seen
-    assert max(batch["image_item"].max() for batch in rows) >= 1  # several images packed in one row
+    want = {(LOWRES[size], view) if lowres else (view,) for size, view in VIEWS.items()}
+    assert set(seen) == want, seen
+    most = max(batch["image_item"].max() for batch in rows) + 1  # images in a row: 3 view slots hold one pair
+    assert most == 1 if lowres else most >= 2
 
 
 def test_odd_grids_pool_a_repeated_last_row_and_column(model):
@@ -200,6 +216,8 @@ def test_ola_processor_pads_centred_or_scales_to_the_budget():
     assert image_tiles.ola_native_size((40, 100), 96) == (64, 128, False)
     assert image_tiles.ola_native_size((300, 500), 96) == (96, 192, True)
     assert image_tiles.ola_native_size((1, 10000), 16) == (32, 128, True)  # too thin: the long side cut to fit
+    assert image_tiles.ola_lowres_size((300, 500), 384) == (288, 480)  # Ola's LOWRES_RESIZE='384x32'
+    assert [image_tiles.ola_lowres_size(size, 64) for size in VIEWS] == list(LOWRES.values())
     image = Image.fromarray(np.full((40, 100, 3), 255, np.uint8))
     view = image_tiles.native_view(image, max_patches=96)
     grey = (127 / 255 - 0.5) / 0.5
@@ -209,10 +227,11 @@ def test_ola_processor_pads_centred_or_scales_to_the_budget():
 
 def test_vision_knob_swaps_the_tower_in_both_presets():
     """``vision=oryx``: OryxViT (Ola's sizes for 7b), the 'ola_native' layout, patch slots, no SigLIP import."""
-    for preset, patches, params in (("tiny", 256, 95_680), ("7b", 9216, 431_226_864)):
+    for preset, patches, lowres, params in (("tiny", 256, 32, 95_680), ("7b", 9216, 384, 431_226_864)):
         c = stage1a.get_config(f"{preset},vision=oryx")
         cfg = omni_config(c)
         assert cfg.native and cfg.media_layout.native and cfg.image_patches == patches
+        assert c.data.pipeline.native_lowres == lowres  # Ola's low-resolution view before each image
         assert all("vision" not in groups for _, groups in c.init_from)
         shapes = jax.eval_shape(OryxViTModel(cfg.vision).init, jax.random.key(0), *example_inputs(cfg.vision))
         assert sum(x.size for x in jax.tree.leaves(shapes)) == params  # 7b: Ola's tower, pos_embed 128 x 128
