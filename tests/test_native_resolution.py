@@ -164,7 +164,7 @@ def test_odd_grids_pool_a_repeated_last_row_and_column(model):
     assert tokens == [2 + 2 * 4, 2 + 1 * 2]
     seen = []
     _check_row(model, batch, 0, seen)
-    assert seen == [(48, 80), (32, 32)]
+    assert seen == [((48, 80),), ((32, 32),)]
 
     batch["image_patch_slot"][0, 14] = 1
     with pytest.raises(ValueError, match=r"row 0: image_patch_slot\[14\] = 1, expected 0: each view's rows x cols"):
