@@ -7,10 +7,16 @@ model will produce for it, from the shared count functions (the layout, `omnijax
 - images: PIL, RGB; `ola` layout: one view resized to the budget's `image_size` (bicubic), or
   `image_tiling='dynamic'`: thumbnail + MiniCPM-V tiles (`image_tiles.dynamic_pixel_tiles`), one view
   per tile; `llava_onevision`: AnyRes tiles and plan, or the base tile alone for an image of a
-  multi-image example. Pixels are normalised as SigLIP's processor does (/255, mean = std = 0.5).
+  multi-image example; a native-resolution budget (`image_patches`, layout `ola_native`): one view at
+  the image's own size, padded or (over the row's patch budget) scaled as Ola's processor does
+  (`image_tiles.native_view`), after Ola's low-resolution view when `native_lowres` is set
+  (`image_tiles.lowres_view`), each cut into patches (`image_tiles.native_patches`). Pixels are normalised
+  as SigLIP's processor does (/255, mean = std = 0.5).
 - videos: PyAV (one decoder thread); `video_frames` frames taken uniformly
   (`linspace(0, n - 1, k)` floored, Ola's sampling), fewer when the video has fewer; each resized to
-  `video_size`. `jpeg_frames` videos sample their JPEG list the same way.
+  `video_size`, or at native resolution (`video_patches`) each kept at its size within
+  `video_patches // video_frames` patches (`native_view`) and cut into patches. `jpeg_frames` videos
+  sample their JPEG list the same way.
 - audio: soundfile, channels averaged, resampled to 16 kHz, cut into windows of the budget's
   `audio_frames / 100` seconds (`audio.split_into_chunks`), Whisper log-mel per window
   (`audio.whisper_log_mel`) and its valid frames (`audio.chunk_valid_frames`).
@@ -64,7 +70,8 @@ class TooLongError(ValueError):
 class Feature:
     """One media item ready for the slots: `data` `[slots, ...]` float32, `tokens` placeholder tokens,
     `valid_frames` (audio, per window), `fbank` (audio of a model with BEATs: BEATs' fbank per window) and
-    `plan` (llava_onevision images, AnyRes plan)."""
+    `plan` (llava_onevision images, AnyRes plan); native resolution: `data` the views' patches
+    `[patches, p, p, 3]` and `grids` each view's patch grid `[slots, 2]`."""
 
     kind: str
     data: np.ndarray
@@ -74,10 +81,16 @@ class Feature:
     trimmed: bool = False  # audio cut to the budget's max_audio_windows windows
     seconds: float | None = None  # audio: the clip's length (before any cut)
     fbank: np.ndarray | None = None
+    grids: np.ndarray | None = None  # native resolution: (rows, cols) of each view / frame
 
     @property
     def slots(self) -> int:
-        return int(self.data.shape[0])
+        return int(self.data.shape[0] if self.grids is None else len(self.grids))
+
+    @property
+    def patches(self) -> int:
+        """Patch slots the item takes (native resolution; 0 otherwise)."""
+        return 0 if self.grids is None else int(self.data.shape[0])
 
     def describe(self) -> str:
         """The item in the units a user thinks in: 'audio of 40.0 s', 'video of 8 frames', 'image of 5 views
@@ -200,6 +213,7 @@ class MediaFeatures:
     video_frames: int = 8
     image_tiling: str = "resize"  # ola layout: 'resize' (one view) or 'dynamic' (thumbnail + tiles)
     max_image_tiles: int = 9
+    native_lowres: int = 0  # native resolution: side of Ola's low-resolution view (its area), 0 = none
 
     def __post_init__(self):
         if self.image_tiling not in IMAGE_TILINGS:
@@ -226,7 +240,25 @@ class MediaFeatures:
             return self.video(media)
         return self.audio(media, trim=trim_audio)
 
+    def native(self, kind: str, frames: list, max_patches: int) -> Feature:
+        """An image (Ola's low-resolution view if ``native_lowres``, then the image at its own size within
+        what is left of ``max_patches``) or video frames (each at its own size within ``max_patches``)."""
+        p = self.budget.patch_size
+        views = []
+        if kind == "image" and self.native_lowres:
+            views.append(image_tiles.lowres_view(frames[0], base=self.native_lowres, patch_size=p))
+            max_patches -= views[0].shape[0] * views[0].shape[1] // (p * p)
+        views += [image_tiles.native_view(f, max_patches=max_patches, patch_size=p) for f in frames]
+        cut = [image_tiles.native_patches(v, p) for v in views]
+        data, grids = np.concatenate([c[0] for c in cut]), np.asarray([c[1] for c in cut], np.int32)
+        sizes = [v.shape[:2] for v in views]
+        tokens = (self.layout.image_tokens(len(sizes), view_sizes=sizes) if kind == "image" else
+                  self.layout.video_tokens(len(views), frame_size=sizes[0]))
+        return Feature(kind, data, tokens, grids=grids)
+
     def image(self, image, *, multi_image: bool = False) -> Feature:
+        if self.budget.patches("image"):
+            return self.native("image", [image], self.budget.image_patches)
         size = self.budget.image_size
         hw = (image.height, image.width)
         if self.layout.image_plans:
@@ -251,6 +283,9 @@ class MediaFeatures:
                 raise MediaError("corrupt_video", f"a JPEG frame: {e}") from e
         else:
             frames = _video_frames(media.data, self.video_frames)
+        if self.budget.patches("video"):  # every frame of the video the same size: its share of the row
+            return self.native("video", [f.convert("RGB") for f in frames],
+                               self.budget.video_patches // self.video_frames)
         data = np.concatenate([_view(frame.convert("RGB"), self.budget.video_size) for frame in frames])
         return Feature("video", data, self.layout.video_tokens(len(frames)))
 

@@ -30,7 +30,7 @@ class MediaExpansion:
         self.truncate = config.too_long == "truncate"
         self.features = features_lib.MediaFeatures(
             config.budget, config.layout, video_frames=config.video_frames, image_tiling=config.image_tiling,
-            max_image_tiles=config.max_image_tiles)
+            max_image_tiles=config.max_image_tiles, native_lowres=config.native_lowres)
         self.modalities = tuple(m for m in MODALITIES if config.budget.slots(m))
         self.pad_ids = {m: config.layout.token_id(m) for m in self.modalities}
         self.plan = config.layout.image_plans and "image" in self.modalities
@@ -79,9 +79,14 @@ class MediaExpansion:
     def fit(self, n: int, run_starts, run_ends, items) -> tuple[int, int, str]:
         """(tokens, items) of the example that fit the row, and why the rest does not, in the units a user
         thinks in: cut before the first item whose tokens pass `seq_len` or whose slots pass the budget."""
-        cut, used = min(n, self.seq_len), collections.Counter()
+        cut, used, patches = min(n, self.seq_len), collections.Counter(), collections.Counter()
         for k, item in enumerate(items):
             used[item.kind] += item.slots
+            patches[item.kind] += item.patches
+            if patches[item.kind] > self.budget.patches(item.kind):
+                return min(cut, int(run_starts[k])), k, (
+                    f"its {item.kind}s up to item {k} ({item.describe()}) take {patches[item.kind]} patches, more "
+                    f"than a row holds: {item.kind}_patches={self.budget.patches(item.kind)}")
             if used[item.kind] > self.budget.slots(item.kind):
                 slots = self.budget.slots(item.kind)
                 return min(cut, int(run_starts[k])), k, (
@@ -110,6 +115,15 @@ class MediaExpansion:
         out = {}
         for m in self.modalities:
             mine = [f for f in items if f.kind == m]
+            if self.budget.patches(m):  # native resolution: the views' patches, each patch's view, the grids
+                p = self.budget.patch_size
+                grids = [f.grids for f in mine]
+                out[f"{m}_patches"] = np.concatenate([f.data for f in mine] or [np.zeros((0, p, p, 3), np.float32)])
+                out[f"{m}_grid"] = np.concatenate(grids or [np.zeros((0, 2), np.int32)])
+                out[f"{m}_patch_slot"] = np.repeat(np.arange(len(out[f"{m}_grid"]), dtype=np.int32),
+                                                   out[f"{m}_grid"].prod(axis=1))
+                out[f"{m}_item"] = np.repeat(np.arange(len(mine), dtype=np.int32), [f.slots for f in mine])
+                continue
             shape = _slot_shape(self.budget, m)
             out[SLOT_FIELDS[m]] = np.concatenate([f.data for f in mine]) if mine else np.zeros((0, *shape), np.float32)
             out[f"{m}_item"] = np.repeat(np.arange(len(mine), dtype=np.int32), [f.slots for f in mine])

@@ -19,7 +19,9 @@ Packing. Grain's first-fit packer carries media as sequence features: each modal
 slot count as capacity, so an example goes into a row only when its tokens *and* its media fit, and
 a row's slots hold its examples' items in segment order. The packer gives each slot the segment
 of its example; `FinishRow` turns the per-example item numbers into the row's (`*_item`, -1 for
-empty slots). Bins are emitted in order (no bin shuffle).
+empty slots). Native-resolution images and frames (`image_patches`, `video_patches`) pack their patches
+with the row's patch slots as capacity, and their grids with the view slots; `FinishRow` turns each
+patch's view number in its example into the row's (`*_patch_slot`). Bins are emitted in order (no bin shuffle).
 
 Bad records (undecodable record or media, placeholders that do not match the media, a record whose chunk
 does not read) are skipped and counted per reason (`BAD_REASONS`). When more than `max_bad_fraction *
@@ -149,12 +151,20 @@ class FinishRow:
             out["segment_ids"], out["positions"] = split_pairs(row["input_ids_segment_ids"], row["kd_part"])
         for m in self.modalities:
             field, item = SLOT_FIELDS[m], f"{m}_item"
-            seg, local = row[f"{field}_segment_ids"], row[item]
+            seg, local = row[f"{item}_segment_ids"], row[item]
             per_segment = np.zeros(int(seg.max(initial=0)) + 1, np.int32)
             np.maximum.at(per_segment, seg, local + 1)  # items of each segment (segment 0 = empty slots)
             offset = np.concatenate([[0], np.cumsum(per_segment[1:])]).astype(np.int32)
-            out[field] = row[field]
             out[item] = np.where(seg > 0, local + offset[np.maximum(seg - 1, 0)], -1).astype(np.int32)
+            if f"{m}_patches" in row:  # native resolution: each patch's view slot in the row
+                views = np.bincount(seg, minlength=per_segment.size)  # slots of each segment
+                first = np.concatenate([[0], np.cumsum(views[1:])]).astype(np.int32)
+                pseg = row[f"{m}_patch_slot_segment_ids"]
+                out[f"{m}_patch_slot"] = np.where(pseg > 0, row[f"{m}_patch_slot"] + first[np.maximum(pseg - 1, 0)],
+                                                  -1).astype(np.int32)
+                out[f"{m}_patches"], out[f"{m}_grid"] = row[f"{m}_patches"], row[f"{m}_grid"]
+                continue
+            out[field] = row[field]
             if m == "audio":
                 out["audio_valid_frames"] = row["audio_valid_frames"]
                 if "audio_fbank" in row:
@@ -235,6 +245,10 @@ def build_dataset(config: PipelineConfig, tokenizer=None, records: dict[str, Rec
     lengths = {name: config.seq_len for name in EXAMPLE_TEXT_FIELDS + (("kd_part",) if config.self_kd else ())}
     for m in modalities:
         slots = config.budget.slots(m)
+        if config.budget.patches(m):
+            lengths[f"{m}_patches"] = lengths[f"{m}_patch_slot"] = config.budget.patches(m)
+            lengths[f"{m}_grid"] = lengths[f"{m}_item"] = slots
+            continue
         lengths[SLOT_FIELDS[m]] = lengths[f"{m}_item"] = slots
         if m == "audio":
             lengths["audio_valid_frames"] = slots

@@ -64,6 +64,7 @@ class PipelineConfig:
     video_frames: int = 8  # frames sampled per video
     image_tiling: str = "resize"  # ola layout: 'resize' or 'dynamic' (features.MediaFeatures)
     max_image_tiles: int = 9
+    native_lowres: int = 0  # native resolution: Ola's low-resolution view first, of this side's area (Ola: 384)
     too_long: str = "drop"  # or 'truncate'
     max_bad_fraction: float = 0.01
     bad_window: int = 1000  # records

@@ -60,6 +60,22 @@ AUDIO = {
     "7b": dict(num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
                max_source_positions=1500, dtype="bfloat16", remat="full", attention="auto"),
 }
+# OryxViT, Ola's native-resolution tower (the ``vision=oryx`` knob): Ola's sizes for `7b` (SigLIP-so400m widths at
+# patch 16, a 128 x 128 position table); `tiny` at patch 8, so a 64-pixel omni-synth image is 8 x 8 patches.
+ORYX = {
+    "tiny": dict(native=True, patch_size=8, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                 pos_grid=16, attention="auto"),
+    "7b": dict(native=True, patch_size=16, hidden_size=1152, intermediate_size=4304, num_layers=27, num_heads=16,
+               pos_grid=128, dtype="bfloat16", remat="full", attention="auto"),
+}
+# Its patch slots per row. `tiny`: 4 images or 8 frames of 64 x 64 pixels. `7b` (our choice): one image at Ola's
+# largest (MAXRES 1536: 96 x 96 patches) or several smaller; 64 frames of at most 144 patches (192 x 192 pixels, 43
+# tokens each), so a video's tokens fit a 4096-token row.
+ORYX_PATCHES = {"tiny": dict(image_patches=256, video_patches=512),
+                "7b": dict(image_patches=9216, video_patches=9216)}
+# Each image's low-resolution view before it, as Ola's inference makes it (LOWRES_RESIZE='384x32': 384 x 384 pixels
+# of area); `tiny`: 32 x 32 of a 64-pixel image.
+ORYX_LOWRES = {"tiny": 32, "7b": 384}
 FRAME_STACK = {"tiny": dict(frame_stack_k=4, frame_stack_hidden=256),  # Ola's speech projector at each preset
                "7b": dict(frame_stack_k=10, frame_stack_hidden=2048)}
 GROUPS = ("llm", "vision", "vision_connector", "audio", "audio_connector", "mm_embed")  # the params' top level
@@ -217,7 +233,8 @@ class PaperStage:
         return math.ceil(self.epochs * self.samples / (self.batch * self.per_row))
 
 
-KNOBS = ("steps", "freeze", "weight.TASK", "vision_connector", "audio_connector")
+KNOBS = ("steps", "freeze", "weight.TASK", "vision_connector", "audio_connector", "vision")
+VISION_TOWERS = ("siglip", "oryx")  # the vision knob: SigLIP at a fixed size, or OryxViT at each image's own
 
 
 def parse_arg(arg: str | None, **extra: str) -> mlc.ConfigDict:
@@ -226,13 +243,14 @@ def parse_arg(arg: str | None, **extra: str) -> mlc.ConfigDict:
 
     The knobs an ablation sweeps (``finish`` applies them): ``steps`` (``c.num_steps``), ``freeze`` (groups frozen
     on top of the stage's rules, ``+`` between them), ``weight.TASK`` (a source's mixture weight; 0 drops it, a
-    task not in the mixture joins it), ``vision_connector`` / ``audio_connector`` (a connector by name); ``extra``:
-    the stage's own, ``name=default`` (Self-KD's ``vlm=PATH``). After ``get_config`` the same fields are set
+    task not in the mixture joins it), ``vision_connector`` / ``audio_connector`` (a connector by name), ``vision``
+    (``oryx``: Ola's native-resolution tower, ``use_oryx``; ``siglip``, the default, leaves the stage as it is);
+    ``extra``: the stage's own, ``name=default`` (Self-KD's ``vlm=PATH``). After ``get_config`` the same fields are set
     through the recipe runner's overrides: ``num_steps``, ``trainable``, ``data.sources.N.weight``,
     ``model.audio_connector``."""
     preset, *items = (arg or "tiny").split(",")
     a = dict(preset=check_preset(preset.strip()), steps=None, freeze=(), weights={}, vision_connector=None,
-             audio_connector=None, **extra)
+             audio_connector=None, vision="siglip", **extra)
     for item in items:
         key, _, value = (part.strip() for part in item.partition("="))
         if not value:
@@ -248,6 +266,8 @@ def parse_arg(arg: str | None, **extra: str) -> mlc.ConfigDict:
                 raise ValueError(f"config argument {arg!r}: freeze names {unknown}; groups are: {', '.join(GROUPS)}")
         elif key in a and key not in ("preset", "weights", "freeze", "steps"):
             a[key] = value
+            if key == "vision" and value not in VISION_TOWERS:
+                raise ValueError(f"config argument {arg!r}: vision={value!r} is not one of {', '.join(VISION_TOWERS)}")
         else:
             raise ValueError(f"config argument {arg!r}: unknown knob {key!r}; knobs: "
                              f"{', '.join((*KNOBS, *extra))} (e.g. {preset},steps=300,freeze=llm)")
@@ -270,7 +290,25 @@ def finish(c: mlc.ConfigDict, a: mlc.ConfigDict, tiny=None) -> mlc.ConfigDict:
             c.model[field] = a[field]
             if a[field] == "frame_stack":
                 c.model.update(FRAME_STACK[a.preset])
+    if a.vision == "oryx":
+        use_oryx(c, a.preset)
     return c
+
+
+def use_oryx(c: mlc.ConfigDict, preset: str) -> None:
+    """The stage with Ola's native-resolution tower, OryxViT, for SigLIP: images and frames at their own size and
+    aspect ratio (up to the row's patch slots, ``ORYX_PATCHES``) in Ola's layout of them (``'ola_native'``), the
+    2x2 local-global pooling connector. No OryxViT checkpoint is shipped or imported yet: a first stage starts the
+    tower fresh (its ``vision`` entry leaves ``c.init_from``)."""
+    if c.model.get("vision") is None:
+        raise ValueError(f"stage {c.name!r} has no vision tower for vision=oryx to replace")
+    c.model.vision = dict(ORYX[preset])  # replaced, not merged (ConfigDict.update merges)
+    c.model.update(vision_connector="ola", layout="ola_native")
+    c.media.update(ORYX_PATCHES[preset])
+    c.data.pipeline.native_lowres = ORYX_LOWRES[preset]
+    if isinstance(c.get("init_from"), list | tuple):
+        kept = [(src, tuple(g for g in groups if g != "vision")) for src, groups in c.init_from]
+        c.init_from = [(src, groups) for src, groups in kept if groups]
 
 
 def reweigh(c: mlc.ConfigDict, preset: str, weights: dict[str, float]) -> None:

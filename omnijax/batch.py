@@ -51,6 +51,21 @@ the rest are ``-1`` (empty, their pixels/features are ignored):
                                                                zero-padded samples as its log-mel)
 ======================  ============================  =======  =========================================
 
+Native-resolution images and frames (a budget with ``image_patches`` / ``video_patches``, the
+``ola_native`` layout: OryxViT). A slot is still one view or frame, but its pixels are not a fixed
+``S x S`` array: every view of the row is cut into ``p x p`` patches (zero-padded at the bottom and
+right, ``data_pipelines.image_tiles.native_patches``) and the row's patches fill ``P`` patch slots one
+view after another, in slot order, each view's patches row-major; ``images`` / ``videos`` are then
+absent and these fields hold the pixels (``m`` = image or video):
+
+======================  ============================  =======  =========================================
+``{m}_patches``         [B, P, p, p, 3]               float32  patch pixels (NHWC, processor-normalised)
+``{m}_patch_slot``      [B, P]                        int32    the view / frame slot each patch belongs to
+                                                               (-1 empty, after the used ones)
+``{m}_grid``            [B, I, 2]                     int32    patch grid (rows, cols) of each slot's view
+                                                               (0, 0 for empty slots)
+======================  ============================  =======  =========================================
+
 The k-th item of a modality in a row takes the row's placeholder tokens of that modality number
 ``sum(tokens of items < k) ...`` onward, as one contiguous run inside one segment. Its token count is
 the sum of its slots' spans, ``omnijax.media_layouts.MediaLayout.slot_tokens``: the same functions
@@ -78,6 +93,7 @@ TEXT_FIELDS = {
 KD_ORDINARY, KD_TEACHER, KD_STUDENT = 0, 1, 2  # values of ``kd_part``
 ANYRES_PLAN = 8  # ints per AnyRes plan: rows, cols, top, bottom, left, right, resized_h, resized_w
 SLOT_FIELDS = {"image": "images", "video": "videos", "audio": "audio"}  # modality -> its slot field
+NATIVE_MODALITIES = ("image", "video")  # those a budget may give patch slots (native resolution)
 _WHAT = {"image": "image slots (views/tiles)", "video": "video slots (frames)", "audio": "audio slots (windows)"}
 
 
@@ -98,9 +114,16 @@ class MediaBudget:
     audio_frames: int = 3000
     max_audio_windows: int = 25
     audio_fbank_frames: int = 0
+    image_patches: int = 0  # native resolution: patch slots per row for the images' views (0: S x S views)
+    video_patches: int = 0  # and for the video frames
+    patch_size: int = 16  # the native tower's patch side
 
     def slots(self, modality: str) -> int:
         return getattr(self, f"{modality}_slots")
+
+    def patches(self, modality: str) -> int:
+        """Patch slots per row of a native-resolution modality (0: views of ``S x S`` pixels, or audio)."""
+        return getattr(self, f"{modality}_patches", 0)
 
     @property
     def window_seconds(self) -> float:
@@ -130,16 +153,21 @@ def batch_spec(batch_size: int, seq_len: int, budget: MediaBudget = MediaBudget(
     spec = {name: jax.ShapeDtypeStruct((b, t), dtype) for name, dtype in TEXT_FIELDS.items()}
     if self_kd:
         spec["kd_part"] = jax.ShapeDtypeStruct((b, t), np.int32)
-    if budget.image_slots:
-        s, n = budget.image_size, budget.image_slots
-        spec["images"] = jax.ShapeDtypeStruct((b, n, s, s, 3), np.float32)
-        spec["image_item"] = jax.ShapeDtypeStruct((b, n), np.int32)
-        if layout is not None and layout.image_plans:
+    for m in NATIVE_MODALITIES:
+        n = budget.slots(m)
+        if not n:
+            continue
+        if budget.patches(m):
+            p, k = budget.patch_size, budget.patches(m)
+            spec[f"{m}_patches"] = jax.ShapeDtypeStruct((b, k, p, p, 3), np.float32)
+            spec[f"{m}_patch_slot"] = jax.ShapeDtypeStruct((b, k), np.int32)
+            spec[f"{m}_grid"] = jax.ShapeDtypeStruct((b, n, 2), np.int32)
+        else:
+            s = budget.image_size if m == "image" else budget.video_size
+            spec[SLOT_FIELDS[m]] = jax.ShapeDtypeStruct((b, n, s, s, 3), np.float32)
+        spec[f"{m}_item"] = jax.ShapeDtypeStruct((b, n), np.int32)
+        if m == "image" and layout is not None and layout.image_plans:
             spec["image_plan"] = jax.ShapeDtypeStruct((b, n, ANYRES_PLAN), np.int32)
-    if budget.video_slots:
-        s, n = budget.video_size, budget.video_slots
-        spec["videos"] = jax.ShapeDtypeStruct((b, n, s, s, 3), np.float32)
-        spec["video_item"] = jax.ShapeDtypeStruct((b, n), np.int32)
     if budget.audio_slots:
         n = budget.audio_slots
         spec["audio"] = jax.ShapeDtypeStruct((b, n, budget.n_mels, budget.audio_frames), np.float32)
@@ -176,7 +204,11 @@ def media_slots(rows: Sequence[Sequence[Sequence[MediaItem]]], budget: MediaBudg
                 layout: MediaLayout | None = None) -> dict[str, np.ndarray]:
     """The media fields of a batch: ``rows[b][e]`` lists the items of the e-th example packed into row
     b (segment e + 1), in placeholder order. Raises ``ValueError`` naming the row and example when a
-    row's items need more slots than the budget has."""
+    row's items need more slots than the budget has. Native-resolution images are packed by the data
+    pipeline (``data_pipelines.media_expansion``), not here."""
+    if any(budget.patches(m) for m in NATIVE_MODALITIES):
+        raise ValueError("media_slots fills S x S views; a budget with image_patches / video_patches (native "
+                         "resolution) gets its patch slots from data_pipelines.media_expansion")
     spec = batch_spec(len(rows), 1, budget, layout)
     out = {k: np.zeros(s.shape, s.dtype) for k, s in spec.items() if k not in TEXT_FIELDS}
     for m in MODALITIES:
@@ -254,8 +286,37 @@ def _item_tokens(b: int, m: str, batch: Mapping[str, np.ndarray], layout, budget
             s = int(np.flatnonzero(bad)[0])
             raise ValueError(f"row {b}: audio slot {s} has {int(frames[s])} valid mel frames, outside "
                              f"[1, {budget.audio_frames}]")
-    spans = np.where(valid, layout.slot_tokens(m, first, last, plan, frames), 0).astype(np.int64)
+    grid = None
+    if f"{m}_grid" in batch:
+        grid = _check_patches(b, m, batch, n_used, budget)
+        grid = (grid[:, 0], grid[:, 1])
+    spans = np.where(valid, layout.slot_tokens(m, first, last, plan, frames, grid), 0).astype(np.int64)
     return np.bincount(item[valid], weights=spans[valid], minlength=n_items).astype(np.int64)
+
+
+def _check_patches(b: int, m: str, batch: Mapping[str, np.ndarray], n_used: int, budget: MediaBudget) -> np.ndarray:
+    """Row b's patch slots of a native-resolution modality: each of its ``n_used`` views (slots) a positive
+    grid and exactly rows x cols patches, the views' patches one run each in slot order, empty patch slots
+    -1 after them. Returns the grids ``[slots, 2]``."""
+    grid = np.asarray(batch[f"{m}_grid"][b]).astype(np.int64)
+    owner = np.asarray(batch[f"{m}_patch_slot"][b])
+    need = grid[:, 0] * grid[:, 1]
+    if (grid[:n_used] < 1).any():
+        s = int(np.flatnonzero((grid[:n_used] < 1).any(axis=1))[0])
+        raise ValueError(f"row {b}: {m} slot {s} has the patch grid {grid[s].tolist()}; a used slot's view has at "
+                         "least 1 x 1 patches")
+    expected = np.full(owner.shape, -1, np.int64)
+    total = int(need[:n_used].sum())
+    if total > len(owner):
+        raise ValueError(f"row {b}: its {n_used} {m} views need {total} patch slots, the row has "
+                         f"{m}_patches={len(owner)}; fewer or smaller {m}s per row, or raise {m}_patches")
+    expected[:total] = np.repeat(np.arange(n_used), need[:n_used])
+    if (owner != expected).any():
+        t = int(np.flatnonzero(owner != expected)[0])
+        raise ValueError(f"row {b}: {m}_patch_slot[{t}] = {int(owner[t])}, expected {int(expected[t])}: each view's "
+                         f"rows x cols patches ({m}_grid) one run in slot order, -1 on the empty patch slots after "
+                         "them")
+    return grid
 
 
 def _check_items(b: int, m: str, batch: Mapping[str, np.ndarray], layout, budget: MediaBudget) -> None:

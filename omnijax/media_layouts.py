@@ -7,14 +7,15 @@ classes), so both agree by construction. ``OmniConfig.media_layout`` builds the 
 (``of_model``). The protocol (``MediaLayout``):
 
 - ``name`` (the registry key), ``takes`` (the modalities it can lay out), ``image_plans`` (its images
-  carry an AnyRes plan: batch field ``image_plan``, ``media_tokens.anyres_plan``);
+  carry an AnyRes plan: batch field ``image_plan``, ``media_tokens.anyres_plan``), ``native`` (its
+  images and video frames keep their own sizes: packed patch slots, ``omnijax.batch``);
 - the placeholder ids ``image_token_id`` / ``video_token_id`` / ``audio_token_id``, ``modalities``
   (those with an id), ``token_id(m)``;
 - ``mm_embed_names`` (the learned ``mm_embed`` vectors it needs) and ``table_names(m)`` (those of
   one modality, in the order the model-side decoder's codes index them);
 - per slot (an image view or tile, a video frame, an audio window; numpy or JAX int arrays, or
-  ints): ``slot_tokens(m, first, last, plan, valid_frames)``, the tokens a slot owns given its place
-  in its item;
+  ints): ``slot_tokens(m, first, last, plan, valid_frames, grid)``, the tokens a slot owns given its place
+  in its item (``grid``: a native layout's view / frame patch grid);
 - per item (the pipeline's placeholder counts, the sum over the item's slots): ``image_tokens``,
   ``video_tokens``, ``audio_tokens``;
 - ``of_model(cfg)`` / ``check_model(cfg)``: the layout of an ``OmniConfig``, and what it asks of the
@@ -28,6 +29,9 @@ Layouts:
 - ``AnyResLayout`` (``'llava_onevision'``, LLaVA-OneVision): images only, AnyRes
   (``media_tokens.anyres_layout`` with ``base_image_size``, ``patch_size``, ``pinpoints``,
   ``max_num_patches``); the whole image's tokens go to its first tile's slot.
+- ``OlaNativeLayout`` (``'ola_native'``): Ola's layout with images and frames at their own size and
+  aspect ratio (OryxViT, Ola as published): each view's or frame's token grid is its patch grid pooled
+  2x2 (``media_tokens.ola_native_image_tokens`` / ``ola_native_video_tokens``); audio as ``OlaLayout``.
 - ``Qwen2AudioLayout`` (``'qwen2_audio'``): audio only, each window's ``qwen2_audio_tokens(valid mel
   frames)`` features and nothing else.
 
@@ -42,8 +46,9 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from omnijax.media_tokens import (MODALITIES, anyres_num_tokens, anyres_plan_tokens, ola_audio_slot_tokens,
-                                  ola_audio_tokens, ola_image_slot_tokens, ola_image_tokens, ola_video_slot_tokens,
-                                  ola_video_tokens, qwen2_audio_tokens)
+                                  ola_audio_tokens, ola_image_slot_tokens, ola_image_tokens, ola_native_image_tokens,
+                                  ola_native_video_tokens, ola_pooled_grid, ola_video_slot_tokens, ola_video_tokens,
+                                  qwen2_audio_tokens)
 
 VISION_EMBEDS = ("begin", "newline", "sep", "end")
 SPEECH_EMBEDS = ("speech_begin", "speech_newline", "speech_end")
@@ -72,6 +77,7 @@ class MediaLayout:
     name: ClassVar[str] = ""
     takes: ClassVar[tuple[str, ...]] = ()
     image_plans: ClassVar[bool] = False
+    native: ClassVar[bool] = False
 
     image_token_id: int | None = None
     video_token_id: int | None = None
@@ -117,20 +123,21 @@ class MediaLayout:
 
     # -- per slot (the model's spans; numpy or jax int arrays, or ints) --
 
-    def slot_tokens(self, modality: str, first, last, plan=None, valid_frames=None):
+    def slot_tokens(self, modality: str, first, last, plan=None, valid_frames=None, grid=None):
         """Tokens of one slot of ``modality``: ``plan`` the item's AnyRes plan ``[..., 8]`` (images of a
-        layout with ``image_plans``), ``valid_frames`` the window's valid mel frames (audio)."""
+        layout with ``image_plans``), ``valid_frames`` the window's valid mel frames (audio), ``grid`` the
+        slot's patch grid ``(rows, cols)`` (ints or int arrays; images and frames of a ``native`` layout)."""
         self.token_id(modality)
         if modality == "image":
-            return self.image_slot_tokens(first, last, plan)
+            return self.image_slot_tokens(first, last, plan, grid)
         if modality == "video":
-            return self.video_slot_tokens(first, last)
+            return self.video_slot_tokens(first, last, grid)
         return self.audio_slot_tokens(first, last, valid_frames)
 
-    def image_slot_tokens(self, first, last, plan=None):
+    def image_slot_tokens(self, first, last, plan=None, grid=None):
         raise self._takes_no("image")
 
-    def video_slot_tokens(self, first, last):
+    def video_slot_tokens(self, first, last, grid=None):
         raise self._takes_no("video")
 
     def audio_slot_tokens(self, first, last, valid_frames):
@@ -143,8 +150,8 @@ class MediaLayout:
         """Placeholder tokens of one image of ``views`` views / tiles, or of ``image_size``."""
         raise self._takes_no("image")
 
-    def video_tokens(self, frames: int) -> int:
-        """Placeholder tokens of one video of ``frames`` frames."""
+    def video_tokens(self, frames: int, *, frame_size: Sequence[int] | None = None) -> int:
+        """Placeholder tokens of one video of ``frames`` frames (of ``frame_size`` each, native layouts)."""
         raise self._takes_no("video")
 
     def audio_tokens(self, chunks: int = 1, *, valid_frames: Sequence[int] | None = None) -> int:
@@ -185,10 +192,10 @@ class OlaLayout(MediaLayout):
     def table_names(self, modality: str) -> tuple[str, ...]:
         return SPEECH_EMBEDS if modality == "audio" else VISION_EMBEDS
 
-    def image_slot_tokens(self, first, last, plan=None):
+    def image_slot_tokens(self, first, last, plan=None, grid=None):
         return ola_image_slot_tokens(self._need("grid", "image"), first, last)
 
-    def video_slot_tokens(self, first, last):
+    def video_slot_tokens(self, first, last, grid=None):
         return ola_video_slot_tokens(self._need("grid", "video"), first, last)
 
     def audio_slot_tokens(self, first, last, valid_frames):
@@ -198,12 +205,68 @@ class OlaLayout(MediaLayout):
                      multi_image: bool = False) -> int:
         return ola_image_tokens(views, grid=self._need("grid", "image"))
 
-    def video_tokens(self, frames: int) -> int:
+    def video_tokens(self, frames: int, *, frame_size: Sequence[int] | None = None) -> int:
         return ola_video_tokens(frames, grid=self._need("grid", "video"))
 
     def audio_tokens(self, chunks: int = 1, *, valid_frames: Sequence[int] | None = None) -> int:
         """Whole windows (Ola masks nothing): ``valid_frames`` is not read."""
         return ola_audio_tokens(chunks, chunk_tokens=self._need("chunk_tokens", "audio"))
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class OlaNativeLayout(OlaLayout):
+    """Ola's layout of images and video frames kept at their own size (OryxViT, Ola as published): a view's
+    or frame's rows and newlines follow its own patch grid pooled 2x2, so each slot's tokens depend on the
+    slot's ``grid`` (batch field ``image_grid`` / ``video_grid``); begin / sep / end and the audio as
+    ``OlaLayout``. ``patch_size``: the tower's."""
+
+    name: ClassVar[str] = "ola_native"
+    native: ClassVar[bool] = True
+
+    patch_size: int | None = None
+
+    @classmethod
+    def of_model(cls, cfg) -> OlaNativeLayout:
+        return cls(cfg.image_token_id, cfg.video_token_id, cfg.audio_token_id, chunk_tokens=cfg.audio_chunk_tokens,
+                   patch_size=cfg.vision.patch_size if cfg.vision is not None else None)
+
+    @classmethod
+    def check_model(cls, cfg) -> None:
+        if cfg.vision is not None and not (getattr(cfg.vision, "native", False) and cfg.vision_connector.spatial):
+            raise ValueError(f"layout {cls.name!r} lays out images at their own size: it needs a native-resolution "
+                             f"tower (OryxViT: vision=dict(native=True, ...)) and the 2x2 pooling connector "
+                             f"('ola'), not {type(cfg.vision).__name__} with {cfg.vision_connector!r}")
+
+    def _grid(self, modality, grid):
+        self.token_id(modality)
+        if grid is None:
+            raise ValueError(f"layout {self.name!r}: each {modality} slot's tokens need the slot's patch grid (grid=)")
+        return ola_pooled_grid(grid)
+
+    def image_slot_tokens(self, first, last, plan=None, grid=None):
+        return ola_image_slot_tokens(self._grid("image", grid), first, last)
+
+    def video_slot_tokens(self, first, last, grid=None):
+        return ola_video_slot_tokens(self._grid("video", grid), first, last)
+
+    def image_tokens(self, views: int = 1, *, image_size: Sequence[int] | None = None,
+                     multi_image: bool = False, view_sizes: Sequence[Sequence[int]] | None = None) -> int:
+        """The tokens of an image of ``views`` views of ``view_sizes`` (``(height, width)`` pixels each, as the
+        pipeline gives them to the tower: Ola's lowres view then the image), or of one view of ``image_size``."""
+        self.token_id("image")
+        sizes = view_sizes if view_sizes is not None else None if image_size is None else [image_size]
+        if sizes is None or len(sizes) != views:
+            raise ValueError(f"layout {self.name!r} counts views of their own sizes: pass view_sizes=[(h, w), ...], "
+                             f"one per view (views={views}), or image_size=(h, w) for one view")
+        return ola_native_image_tokens(sizes, self._need("patch_size", "image"))
+
+    def video_tokens(self, frames: int, *, frame_size: Sequence[int] | None = None) -> int:
+        """The tokens of ``frames`` frames of ``frame_size`` (``(height, width)`` pixels) each."""
+        self.token_id("video")
+        if frame_size is None:
+            raise ValueError(f"layout {self.name!r} counts frames of their own size: pass frame_size=(h, w)")
+        return ola_native_video_tokens([frame_size] * int(frames), self._need("patch_size", "video"))
 
 
 @register
@@ -264,7 +327,7 @@ class AnyResLayout(MediaLayout):
     def table_names(self, modality: str) -> tuple[str, ...]:
         return ANYRES_EMBEDS
 
-    def image_slot_tokens(self, first, last, plan=None):
+    def image_slot_tokens(self, first, last, plan=None, grid=None):
         self.token_id("image")
         return first * anyres_plan_tokens(plan, self.tile_side)
 

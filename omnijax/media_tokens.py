@@ -264,12 +264,18 @@ def ola_audio_tokens(chunks: int, *, chunk_tokens: int) -> int:
 
 
 
+def ola_pooled_grid(patch_grid):
+    """Token grid ``(rows, cols)`` of a patch grid pooled 2x2 by OlaMLP's pooler (ints or int arrays); an odd
+    side rounds up (omnijax's ``LocalGlobalAttentionPool`` repeats the last row / column; Ola's processor
+    makes sides even)."""
+    rows, cols = patch_grid
+    return (rows + 1) // 2, (cols + 1) // 2
+
+
 def ola_native_grid(image_size: Sequence[int], patch_size: int = 16) -> tuple[int, int]:
     """Token grid of one native-resolution view in Ola's layout: its OryxViT patch grid
-    (``native_patch_grid``) pooled 2x2 by OlaMLP's pooler; an odd side rounds up (omnijax's
-    ``LocalGlobalAttentionPool`` repeats the last row / column; Ola's processor makes sides even)."""
-    rows, cols = native_patch_grid(image_size, patch_size)
-    return -(-rows // 2), -(-cols // 2)
+    (``native_patch_grid``) pooled 2x2 (``ola_pooled_grid``)."""
+    return ola_pooled_grid(native_patch_grid(image_size, patch_size))
 
 
 def ola_native_image_tokens(view_sizes: Sequence[Sequence[int]], patch_size: int = 16) -> int:
@@ -278,6 +284,13 @@ def ola_native_image_tokens(view_sizes: Sequence[Sequence[int]], patch_size: int
     last = len(_slots(len(view_sizes), "view")) - 1
     return sum(ola_image_slot_tokens(ola_native_grid(s, patch_size), i == 0, i == last)
                for i, s in enumerate(view_sizes))
+
+
+def ola_native_video_tokens(frame_sizes: Sequence[Sequence[int]], patch_size: int = 16) -> int:
+    """Ola video whose frames keep their own sizes: ``[begin, per frame: rows each + newline, sep, end]``."""
+    last = len(_slots(len(frame_sizes), "frame")) - 1
+    return sum(ola_video_slot_tokens(ola_native_grid(s, patch_size), i == 0, i == last)
+               for i, s in enumerate(frame_sizes))
 
 
 def ola_native_image_newlines(view_sizes: Sequence[Sequence[int]], patch_size: int = 16) -> list[int]:

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from omnijax import media_tokens as mt
-from omnijax.media_layouts import (LAYOUTS, AnyResLayout, MediaLayout, OlaLayout, Qwen2AudioLayout, layout_class,
-                                   register)
+from omnijax.media_layouts import (LAYOUTS, AnyResLayout, MediaLayout, OlaLayout, OlaNativeLayout, Qwen2AudioLayout,
+                                   layout_class, register)
 from omnijax.models import layouts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,9 +88,11 @@ def test_the_check_sees_comparisons(tmp_path):
 
 
 def test_registry():
-    assert LAYOUTS == {"ola": OlaLayout, "llava_onevision": AnyResLayout, "qwen2_audio": Qwen2AudioLayout}
+    assert LAYOUTS == {"ola": OlaLayout, "ola_native": OlaNativeLayout, "llava_onevision": AnyResLayout,
+                       "qwen2_audio": Qwen2AudioLayout}
     assert set(layouts.DECODERS) == set(LAYOUTS.values())
-    with pytest.raises(ValueError, match=r"layout 'olla' is not one of \('ola', 'llava_onevision', 'qwen2_audio'\)"):
+    with pytest.raises(ValueError, match=r"layout 'olla' is not one of \('ola', 'ola_native', 'llava_onevision', "
+                                         r"'qwen2_audio'\)"):
         layout_class("olla")
 
 
@@ -125,6 +127,27 @@ def test_ola_counts():
     assert OLA.modalities == ("image", "video", "audio") and not OLA.image_plans
     with pytest.raises(ValueError, match="'ola' has no grid for images"):
         OlaLayout(image_token_id=IMAGE).image_tokens(1)
+
+
+def test_ola_native_counts():
+    """Each view / frame its own patch grid pooled 2x2: slot tokens from the grids sum to the item counts."""
+    native = OlaNativeLayout(IMAGE, VIDEO, AUDIO, chunk_tokens=5, patch_size=16)
+    assert native.image_tokens(image_size=(64, 160)) == 1 + 2 * 6 + 1 == mt.ola_native_image_tokens([(64, 160)])
+    assert native.image_tokens(image_size=(48, 80)) == 1 + 2 * 4 + 1  # 3 x 5 patches pool to 2 x 3
+    assert native.video_tokens(3, frame_size=(32, 64)) == (1 + 3 + 1) + (3 + 1) + (3 + 1 + 1)
+    assert native.video_tokens(3, frame_size=(32, 64)) == mt.ola_native_video_tokens([(32, 64)] * 3)
+    first, last = np.array([True, False, True]), np.array([False, True, True])
+    grid = (np.array([4, 8, 3]), np.array([10, 2, 5]))  # one image of two views, one of a 3 x 5 view
+    assert native.slot_tokens("image", first, last, grid=grid).tolist() == [1 + 2 * 6 + 1, 4 * 2 + 1, 1 + 2 * 4 + 1]
+    assert native.slot_tokens("image", first, last, grid=grid)[:2].sum() == mt.ola_native_image_tokens(
+        [(64, 160), (128, 32)])
+    assert native.slot_tokens("audio", first, last).tolist() == OLA.slot_tokens("audio", first, last).tolist()
+    assert native.mm_embed_names == OLA.mm_embed_names and native.native and not OLA.native
+    assert native.image_tokens(2, view_sizes=[(64, 160), (128, 320)]) == 59  # Ola's OlaMLP (ola_layout.json)
+    with pytest.raises(ValueError, match=r"'ola_native' counts views of their own sizes: pass view_sizes=\[\(h, w\)"):
+        native.image_tokens(2, image_size=(64, 64))
+    with pytest.raises(ValueError, match="'ola_native': each image slot's tokens need the slot's patch grid"):
+        native.slot_tokens("image", first, last)
 
 
 def test_anyres_counts():

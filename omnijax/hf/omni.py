@@ -18,6 +18,9 @@ Tensor keys (sharded safetensors, legacy Hub layout, torch layouts)::
                          model.norm.weight, lm_head.weight (absent when tied)              -> llm/
     vision_tower.*       SiglipVisionModel keys: embeddings.*, encoder.layers.{i}.*,
                          post_layernorm.*, head.* (vision_use_head only)                   -> vision/
+                         or, native resolution (``vision_config`` of ``model_type``
+                         ``oryx_vit``), OryxViT's timm keys as Ola names them
+                         (``hf.oryx_vit``): patch_embed.proj.*, pos_embed, blocks.{i}.*     -> vision/
     audio_tower.*        WhisperEncoder / Qwen2AudioEncoder keys: conv1.*, conv2.*,
                          embed_positions.weight, layers.{i}.*, layer_norm.*                -> audio/
                          (-> audio/whisper/ for a model with BEATs)
@@ -62,6 +65,7 @@ from omnijax.hf.architectures import Architecture, register
 from omnijax.hf.beats import beats_table
 from omnijax.hf.importer import Loaded
 from omnijax.hf.maps import LINEAR, Entry, prefixed
+from omnijax.hf.oryx_vit import oryx_vit_table
 from omnijax.hf.qwen2 import llm_table
 from omnijax.hf.siglip import siglip_table
 from omnijax.hf.whisper import audio_tower_table
@@ -122,7 +126,9 @@ def connector_table(cfg: OmniConfig) -> list[Entry]:
 def omni_table(cfg: OmniConfig) -> list[Entry]:
     """Every tensor of the directory (module docstring) <-> every parameter of ``OmniModel(cfg)``."""
     entries = prefixed(llm_table(cfg.llm), hf_prefix="language_model.")
-    if cfg.vision is not None:
+    if cfg.native:  # OryxViT: its timm keys (Ola's names without Ola's prefix)
+        entries += oryx_vit_table(cfg.vision, hf_prefix="vision_tower.")
+    elif cfg.vision is not None:
         entries += prefixed(siglip_table(cfg.vision), hf_prefix="vision_tower.")
     if cfg.audio is not None and cfg.beats is None:
         entries += audio_tower_table(cfg.audio, "audio_tower.")
@@ -137,7 +143,11 @@ def processor_settings(cfg: OmniConfig) -> dict:
     """Keyword arguments of the stock processors that make the towers' inputs as the data pipeline does
     (``data_pipelines.features``): SigLIP's per view / tile / frame, Whisper's log-mel per window."""
     out = {}
-    if cfg.vision is not None:
+    if cfg.native:  # Ola's processor: each image at its own size (data_pipelines.image_tiles.native_view)
+        out["image"] = {"image_processor_type": "OlaNative", "patch_size": cfg.vision.patch_size,
+                        "image_patches": cfg.image_patches, "video_patches": cfg.video_patches,
+                        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+    elif cfg.vision is not None:
         size = cfg.vision.image_size
         out["image"] = {"image_processor_type": "SiglipImageProcessor", "size": {"height": size, "width": size},
                         "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,

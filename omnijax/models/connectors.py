@@ -134,6 +134,9 @@ class LocalGlobalAttentionPool(nn.Module):
     positions (float32) weights the sum. Matches Ola's ``NormalizedDwPooler`` (``forward_type='2x'``);
     the names mirror its ``predictor`` nn.Sequential indices. The weights are sown as
     ``intermediates/weights`` ``[batch, h/2, w/2, 4, C]``.
+
+    ``grouped=True``: ``x`` is already the groups ``[..., 4, C]`` (native-resolution views, whose groups the
+    layout gathers from packed patches, ``omnijax.models.layouts.ola_native_decoder``) -> ``[..., C]``.
     """
 
     channel_axis: str = "embed"
@@ -145,11 +148,14 @@ class LocalGlobalAttentionPool(nn.Module):
         return pooled_grid(height, width)
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, h, w, c = x.shape
-        h2, w2 = self.output_grid(h, w)
-        x = jnp.pad(x, ((0, 0), (0, 2 * h2 - h), (0, 2 * w2 - w), (0, 0)), mode="edge")
-        groups = x.reshape(b, h2, 2, w2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h2, w2, 4, c)
+    def __call__(self, x: jax.Array, grouped: bool = False) -> jax.Array:
+        if grouped:
+            groups, c = x, x.shape[-1]
+        else:
+            b, h, w, c = x.shape
+            h2, w2 = self.output_grid(h, w)
+            x = jnp.pad(x, ((0, 0), (0, 2 * h2 - h), (0, 2 * w2 - w), (0, 0)), mode="edge")
+            groups = x.reshape(b, h2, 2, w2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h2, w2, 4, c)
         groups = groups.astype(self.dtype)
         context = jnp.broadcast_to(groups.mean(axis=-2, keepdims=True), groups.shape)
         fused = jnp.concatenate([groups, context], axis=-1)
@@ -165,7 +171,9 @@ class OlaVisionProjector(nn.Module):
     """Ola's vision projector: ``proj1`` -> LocalGlobalAttentionPool -> GELU -> ``proj2``.
 
     ``[batch, h, w, vision_dim] -> [batch, h/2, w/2, out_dim]``. Matches Ola's ``OlaMLP`` (``proj1``,
-    ``pooler``, ``proj2``; exact GELU); its begin/newline/sep/end vectors live in ``MMEmbed``. The
+    ``pooler``, ``proj2``; exact GELU); its begin/newline/sep/end vectors live in ``MMEmbed``.
+    With ``groups [batch, T, 4]`` (native-resolution views): ``x [batch, P, vision_dim]`` is the row's
+    packed patches, and token t pools the 4 patches ``groups[:, t]`` -> ``[batch, T, out_dim]``. The
     LLM-width intermediate is labelled ``mlp`` (the predictor's hidden width ``embed``), so no kernel
     repeats a logical axis.
     """
@@ -180,11 +188,14 @@ class OlaVisionProjector(nn.Module):
         return h2 * w2
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, groups: jax.Array | None = None) -> jax.Array:
         x = _dense(self.out_dim, (self.in_axis, "mlp"), "proj1", self.dtype, self.param_dtype)(x)
+        if groups is not None:
+            b, t, k = groups.shape
+            x = jnp.take_along_axis(x, groups.reshape(b, t * k, 1), axis=1, mode="clip").reshape(b, t, k, -1)
         x = LocalGlobalAttentionPool(
             channel_axis="mlp", hidden_axis="embed", dtype=self.dtype, param_dtype=self.param_dtype, name="pooler"
-        )(x)
+        )(x, grouped=groups is not None)
         x = nn.gelu(x, approximate=False)
         x = _dense(self.out_dim, ("mlp", "embed"), "proj2", self.dtype, self.param_dtype)(x)
         return _constrain(x)

@@ -24,6 +24,10 @@ Each layout class of ``omnijax.media_layouts`` has its decoder here (``DECODERS`
   ``LlavaOnevisionModel.pack_image_features``: the base tile, then the grid map cropped and shrunk as
   the image's AnyRes plan says, each row followed by ``newline``. The shrink is torch's bilinear
   ``interpolate`` (``align_corners=False``) written as 4 weighted feature rows per token.
+- ``OlaNativeLayout`` (Ola as published, OryxViT): Ola's layout with each view's / frame's own grid. The
+  features are not per slot: the tower's output is the row's packed patches, and a token's feature is the
+  2x2 group of patches its pooled cell covers (4 patch rows, the last row / column repeated on an odd
+  side), which the pooling connector turns into one token (``OlaVisionProjector`` with ``groups``).
 - ``Qwen2AudioLayout``: each window's first ``qwen2_audio_tokens(valid frames)`` features, nothing else.
 """
 
@@ -35,8 +39,8 @@ import jax
 import jax.numpy as jnp
 
 from omnijax.media_layouts import (ANYRES_EMBEDS, SPEECH_EMBEDS, VISION_EMBEDS, AnyResLayout, MediaLayout, OlaLayout,
-                                   Qwen2AudioLayout)
-from omnijax.media_tokens import ola_tile_tokens
+                                   OlaNativeLayout, Qwen2AudioLayout)
+from omnijax.media_tokens import ola_pooled_grid, ola_tile_tokens
 
 FEATURE = -1  # decoded code of a token that takes features (codes >= 0 index the mm_embed table)
 
@@ -53,10 +57,13 @@ def slot_flags(item: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return valid, valid & (prev != item), valid & (nxt != item)
 
 
-def slot_spans(layout: MediaLayout, modality: str, item: jax.Array, plan=None, valid_frames=None) -> jax.Array:
-    """Placeholder tokens each slot owns ``[..., S]`` (0 for empty slots)."""
+def slot_spans(layout: MediaLayout, modality: str, item: jax.Array, plan=None, valid_frames=None,
+               grid=None) -> jax.Array:
+    """Placeholder tokens each slot owns ``[..., S]`` (0 for empty slots); ``grid`` ``[..., S, 2]``: each
+    slot's patch grid (native layouts)."""
     valid, first, last = slot_flags(item)
-    spans = layout.slot_tokens(modality, first, last, plan, valid_frames)
+    spans = layout.slot_tokens(modality, first, last, plan, valid_frames,
+                               None if grid is None else (grid[..., 0], grid[..., 1]))
     return jnp.where(valid, spans, 0).astype(jnp.int32)
 
 
@@ -133,6 +140,39 @@ def anyres_decoder(layout: AnyResLayout, modality: str, tokens_per_slot: int) ->
     return decode
 
 
+def native_plan(grid: jax.Array) -> jax.Array:
+    """Per slot of a native layout ``(rows, cols, first patch)`` ``[..., S, 3]`` from the slots' patch grids
+    ``[..., S, 2]``: the views' patches fill the patch slots one view after another (``omnijax.batch``)."""
+    n = grid[..., 0] * grid[..., 1]
+    return jnp.stack([grid[..., 0], grid[..., 1], jnp.cumsum(n, axis=-1) - n], axis=-1)
+
+
+def ola_native_decoder(layout: OlaNativeLayout, modality: str, tokens_per_slot: int) -> Decode:
+    """Ola's layout of views / frames of their own grids (module docstring); ``plan``: ``native_plan``.
+    Feature rows: the 4 patches of the token's 2x2 group, row-major (``tokens_per_slot`` is not read: the
+    features are the row's patches, found through the plan)."""
+    if modality == "audio":
+        return ola_decoder(layout, modality, tokens_per_slot)
+    i = VISION_EMBEDS.index
+    kw = dict(begin=i("begin"), trailer=i("sep"), end=i("end"), end_after_trailer=modality == "video")
+
+    def decode(slot, local, first, last, plan):
+        rows, cols, start = plan[slot, 0], plan[slot, 1], plan[slot, 2]
+        grid = ola_pooled_grid((rows, cols))
+
+        def body(o):
+            code, cell = _grid_body(o, grid, i("newline"))
+            r, c = cell // jnp.maximum(grid[1], 1), cell % jnp.maximum(grid[1], 1)
+            taps = [start + jnp.minimum(2 * r + a, rows - 1) * cols + jnp.minimum(2 * c + b, cols - 1)
+                    for a in (0, 1) for b in (0, 1)]
+            return code, jnp.stack(taps, axis=-1)
+
+        code, taps = _ola_slot(local, first[slot], last[slot], body_len=ola_tile_tokens(grid), body=body, **kw)
+        return code, taps, None
+
+    return decode
+
+
 def features_decoder(layout: MediaLayout, modality: str, tokens_per_slot: int) -> Decode:
     """The slot's features in order (Qwen2-Audio)."""
 
@@ -144,7 +184,8 @@ def features_decoder(layout: MediaLayout, modality: str, tokens_per_slot: int) -
 
 # Each layout class's decoder: (layout, modality, tokens_per_slot) -> Decode.
 DECODERS: dict[type[MediaLayout], Callable[[MediaLayout, str, int], Decode]] = {
-    OlaLayout: ola_decoder, AnyResLayout: anyres_decoder, Qwen2AudioLayout: features_decoder}
+    OlaLayout: ola_decoder, OlaNativeLayout: ola_native_decoder, AnyResLayout: anyres_decoder,
+    Qwen2AudioLayout: features_decoder}
 
 
 def decoder(layout: MediaLayout, modality: str, tokens_per_slot: int) -> Decode:
@@ -155,26 +196,39 @@ def decoder(layout: MediaLayout, modality: str, tokens_per_slot: int) -> Decode:
     return DECODERS[type(layout)](layout, modality, tokens_per_slot)
 
 
+def decode_rows(is_placeholder, spans, decode: Decode, *, first, last, plan=None):
+    """Each token's code ``[B, T]``, feature rows ``[B, T, K]`` and weights ``[B, T, K]`` (or None) for one
+    modality: is_placeholder bool ``[B, T]``; spans int ``[B, S]`` (``slot_spans``); first, last bool
+    ``[B, S]``; plan ``[B, S, ...]`` (AnyRes, native) or None. Tokens that are not placeholders get
+    meaningless values (``splice`` leaves them alone)."""
+
+    def row(ph, sp, fi, la, pl):
+        rank = jnp.cumsum(ph) - 1
+        ends = jnp.cumsum(sp)
+        slot = jnp.clip(jnp.searchsorted(ends, rank, side="right", method="compare_all"), 0, sp.shape[0] - 1)
+        local = rank - (ends[slot] - sp[slot])
+        return decode(slot, local, fi, la, pl)
+
+    plan_axis = None if plan is None else 0
+    return jax.vmap(row, in_axes=(0, 0, 0, 0, plan_axis))(is_placeholder, spans, first, last, plan)
+
+
+def place(embeds, is_placeholder, code, media, table=None):
+    """embeds ``[B, T, d]`` with each placeholder replaced by its layout vector (``code >= 0``: row ``code``
+    of ``table [n, d]``) or its ``media [B, T, d]`` feature."""
+    if table is not None:
+        media = jnp.where((code >= 0)[..., None], table[jnp.maximum(code, 0)].astype(media.dtype), media)
+    return jnp.where(is_placeholder[..., None], media.astype(embeds.dtype), embeds)
+
+
 def splice(embeds, is_placeholder, spans, features, decode: Decode, table=None, *, first, last, plan=None):
-    """Write one modality's media tokens into the text embeddings, per row (vmapped).
+    """Write one modality's media tokens into the text embeddings (``decode_rows``, then ``place``).
 
     embeds ``[B, T, d]``; is_placeholder bool ``[B, T]``; spans int ``[B, S]`` (``slot_spans``);
     features ``[B, S * tokens_per_slot, d]``; table ``[n, d]`` (the layout's mm_embed vectors) or None;
     first, last bool ``[B, S]``; plan ``[B, S, 8]`` (AnyRes) or None. -> ``[B, T, d]``.
     """
-
-    def row(x, ph, sp, feats, fi, la, pl):
-        rank = jnp.cumsum(ph) - 1
-        ends = jnp.cumsum(sp)
-        slot = jnp.clip(jnp.searchsorted(ends, rank, side="right", method="compare_all"), 0, sp.shape[0] - 1)
-        local = rank - (ends[slot] - sp[slot])
-        code, idx, w = decode(slot, local, fi, la, pl)
-        rows = [jnp.take(feats, idx[:, k], axis=0, mode="clip") for k in range(idx.shape[1])]  # K x [T, d]
-        media = rows[0] if w is None else sum(w[:, k, None].astype(r.dtype) * r for k, r in enumerate(rows))
-        if table is not None:
-            media = jnp.where((code >= 0)[:, None], table[jnp.maximum(code, 0)].astype(media.dtype), media)
-        return jnp.where(ph[:, None], media.astype(x.dtype), x)
-
-    plan_axis = None if plan is None else 0
-    return jax.vmap(row, in_axes=(0, 0, 0, 0, 0, 0, plan_axis))(embeds, is_placeholder, spans, features, first,
-                                                               last, plan)
+    code, idx, w = decode_rows(is_placeholder, spans, decode, first=first, last=last, plan=plan)
+    rows = [jnp.take_along_axis(features, idx[..., k:k + 1], axis=1, mode="clip") for k in range(idx.shape[-1])]
+    media = rows[0] if w is None else sum(w[..., k, None].astype(r.dtype) * r for k, r in enumerate(rows))
+    return place(embeds, is_placeholder, code, media, table)

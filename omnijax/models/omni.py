@@ -4,6 +4,9 @@ configured by ``OmniConfig``; it reads the batch contract of ``omnijax.batch``.
     images / videos [B, slots, S, S, 3] -> vision (SigLIP, slots folded into the batch)
         -> vision_connector (``omnijax.models.connector_configs``: MLP, LLaVA's 2-layer GELU MLP;
                             LocalGlobalPool, Ola's 2x2 local-global pooling)
+    or, native resolution (``vision`` an ``OryxViTConfig``, layout 'ola_native'): image / video patches
+       [B, P, p, p, 3] packed per row (``omnijax.batch``) -> vision (OryxViT, each view its own segment and
+       grid) -> the pooling connector on each placeholder's 2x2 group of patches
     audio [B, slots, n_mels, frames] -> audio (Whisper / Qwen2-Audio encoder, slots folded into the batch;
                                         with ``beats`` set, Ola's Whisper + BEATs dual encoder, which also
                                         reads audio_fbank [B, slots, fbank_frames, 128]: ``models.dual_audio``)
@@ -43,7 +46,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from omnijax.batch import SLOT_FIELDS, MediaBudget, batch_spec
+from omnijax.batch import NATIVE_MODALITIES, SLOT_FIELDS, MediaBudget, batch_spec
 from omnijax.media_layouts import MediaLayout, layout_class
 from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, MODALITIES, beats_fbank_frames
 from omnijax.models import connector_configs, layouts
@@ -53,6 +56,7 @@ from omnijax.models.dual_audio import DualAudioEncoder, aligned_length
 from omnijax.models.connector_configs import Connector
 from omnijax.models.connectors import MMEmbed
 from omnijax.models.llm import LLM, LLMConfig
+from omnijax.models.oryx_vit import OryxViT, OryxViTConfig
 from omnijax.models.vision import VisionConfig, VisionTower
 
 # Fields of the LLM / tower configs that are load-time choices, not part of a model's description.
@@ -68,7 +72,7 @@ class OmniConfig:
     are what the data pipeline needs."""
 
     llm: LLMConfig
-    vision: VisionConfig | None = None
+    vision: VisionConfig | OryxViTConfig | None = None  # OryxViT: native resolution (layout 'ola_native')
     vision_connector: Connector | None = None  # MLP | LocalGlobalPool (connector_configs)
     audio: AudioConfig | None = None
     audio_connector: Connector | None = None  # Linear | MLP | FrameStack | ConvGMLP | StridePool
@@ -83,6 +87,8 @@ class OmniConfig:
     max_audio_windows: int = 25  # most windows one audio item takes (Ola: 25 of 30 s = 12.5 min)
     anyres_pinpoints: tuple[tuple[int, int], ...] = LLAVA_ONEVISION_GRID_PINPOINTS
     anyres_max_num_patches: int = 9  # N of 'anyres_max_N'
+    image_patches: int = 0  # native resolution: patch slots per row for the images' views (OryxViT)
+    video_patches: int = 0  # and for the video frames
 
     def __post_init__(self):
         object.__setattr__(self, "anyres_pinpoints", tuple((int(h), int(w)) for h, w in self.anyres_pinpoints))
@@ -111,7 +117,18 @@ class OmniConfig:
             raise ValueError("a vision tower needs image_token_id and/or video_token_id")
         if self.audio is not None and self.audio_token_id is None:
             raise ValueError("an audio tower needs audio_token_id")
-        if self.vision is not None:
+        native = self.native
+        if native and not layout_class(self.layout).native:
+            raise ValueError(f"layout {self.layout!r} lays out fixed-size views; an OryxViT tower's images keep their "
+                             "own sizes: layout='ola_native'")
+        for m in NATIVE_MODALITIES:
+            slots, patches = getattr(self, f"{m}_slots"), getattr(self, f"{m}_patches")
+            if native and slots and patches < 1:
+                raise ValueError(f"{m}_slots={slots} of a native-resolution tower need {m}_patches > 0: the patch "
+                                 f"slots per row its {m}s' views fill (e.g. {m}_patches={64 * slots})")
+            if patches and not native:
+                raise ValueError(f"{m}_patches={patches} needs a native-resolution vision tower (OryxViT)")
+        if self.vision is not None and not native:
             self.vision_connector.grid(self.vision.grid_side, self.vision.grid_side)
         if self.beats is not None and (self.audio is None or self.audio.variant != "whisper"):
             raise ValueError("beats (Ola's music encoder) pairs with a Whisper audio tower (variant 'whisper'): set "
@@ -126,9 +143,15 @@ class OmniConfig:
         return self.llm.vocab_size
 
     @property
+    def native(self) -> bool:
+        """Whether images and frames keep their own size (an OryxViT tower)."""
+        return getattr(self.vision, "native", False)
+
+    @property
     def image_grid(self) -> tuple[int, int] | None:
-        """LLM tokens ``(rows, cols)`` per image view / video frame after the vision connector."""
-        if self.vision is None:
+        """LLM tokens ``(rows, cols)`` per image view / video frame after the vision connector (None with a
+        native-resolution tower: each view has its own)."""
+        if self.vision is None or self.native:
             return None
         return self.vision_connector.grid(self.vision.grid_side, self.vision.grid_side)
 
@@ -162,11 +185,13 @@ class OmniConfig:
     @property
     def budget(self) -> MediaBudget:
         v, a = self.vision, self.audio
-        return MediaBudget(image_slots=self.image_slots, image_size=v.image_size if v else 0,
-                           video_slots=self.video_slots, video_size=v.image_size if v else 0,
-                           audio_slots=self.audio_slots, n_mels=a.num_mel_bins if a else 0,
+        size = v.image_size if v and not self.native else 0
+        return MediaBudget(image_slots=self.image_slots, image_size=size, video_slots=self.video_slots,
+                           video_size=size, audio_slots=self.audio_slots, n_mels=a.num_mel_bins if a else 0,
                            audio_frames=a.frames if a else 0, max_audio_windows=self.max_audio_windows,
-                           audio_fbank_frames=beats_fbank_frames(a.frames) if self.beats is not None else 0)
+                           audio_fbank_frames=beats_fbank_frames(a.frames) if self.beats is not None else 0,
+                           image_patches=self.image_patches, video_patches=self.video_patches,
+                           patch_size=v.patch_size if v else 16)
 
     @property
     def mm_embed_names(self) -> tuple[str, ...]:
@@ -195,8 +220,8 @@ class OmniConfig:
             own.update(conn.to_fields(t) if conn is not None else {f"{t}_connector": None})
         return {"text_config": hf(self.llm), "vision_config": hf(self.vision), "audio_config": hf(self.audio),
                 "beats_config": hf(self.beats),
-                "vision_feature_layer": self.vision.feature_layer if self.vision else -1,
-                "vision_interpolate_pos_encoding": bool(self.vision and self.vision.interpolate_pos_encoding),
+                "vision_feature_layer": getattr(self.vision, "feature_layer", -1),
+                "vision_interpolate_pos_encoding": bool(getattr(self.vision, "interpolate_pos_encoding", False)),
                 **own}
 
     @classmethod
@@ -221,8 +246,11 @@ class OmniConfig:
         kw = {k: d[k] for k in own - set(_NOT_FLAT) if k in d}
         kw.update({f"{t}_connector": connector_configs.from_fields(t, d) for t in connector_configs.TOWERS})
         kw.update({k: v for k, v in overrides.items() if k in own})
-        vision = tower("vision_config", VisionConfig, feature_layer=d.get("vision_feature_layer", -1),
-                       interpolate_pos_encoding=bool(d.get("vision_interpolate_pos_encoding", False)))
+        if (d.get("vision_config") or {}).get("model_type") == "oryx_vit":
+            vision = tower("vision_config", OryxViTConfig)
+        else:
+            vision = tower("vision_config", VisionConfig, feature_layer=d.get("vision_feature_layer", -1),
+                           interpolate_pos_encoding=bool(d.get("vision_interpolate_pos_encoding", False)))
         return cls(llm=tower("text_config", LLMConfig), vision=vision, audio=tower("audio_config", AudioConfig),
                    beats=tower("beats_config", BEATsConfig), **kw)
 
@@ -238,7 +266,7 @@ class OmniModel(nn.Module):
         d = text.hidden_size
         self.llm = LLM(text)
         if cfg.vision is not None:
-            self.vision = VisionTower(cfg.vision)
+            self.vision = OryxViT(cfg.vision) if cfg.native else VisionTower(cfg.vision)
             self.vision_connector = cfg.vision_connector.build(d, in_axis="vision_embed", **kw)
         if cfg.audio is not None:
             self.audio = WhisperEncoder(cfg.audio) if cfg.beats is None else DualAudioEncoder(cfg.audio, cfg.beats)
@@ -256,6 +284,25 @@ class OmniModel(nn.Module):
             feats = feats.reshape(b * s, g, g, feats.shape[-1])
         out = self.vision_connector(feats)
         return out.reshape(b, -1, out.shape[-1])
+
+    def encode_native(self, batch, m: str):
+        """A native-resolution modality's packed patches through OryxViT: ``[B, P, vision_dim]`` (each view its
+        own segment, ``{m}_patch_slot + 1``, and grid, ``{m}_grid``)."""
+        return self.vision(batch[f"{m}_patches"], batch[f"{m}_patch_slot"] + 1, batch[f"{m}_grid"])
+
+    def embed_native(self, x, batch, m: str, table):
+        """``x [B, T, embed]`` with modality ``m``'s views laid out at its placeholders (layout 'ola_native'):
+        each placeholder's code, or its 2x2 group of patches pooled by the connector. Static shapes: the
+        pooling runs at every position of the row (``[B, T, 4]`` groups) and keeps the placeholders'."""
+        layout, item, grid = self.cfg.media_layout, batch[f"{m}_item"], batch[f"{m}_grid"]
+        patches = self.encode_native(batch, m)
+        _, first, last = layouts.slot_flags(item)
+        spans = layouts.slot_spans(layout, m, item, grid=grid)
+        is_placeholder = batch["input_ids"] == layout.token_id(m)
+        code, groups, _ = layouts.decode_rows(is_placeholder, spans, layouts.decoder(layout, m, 0), first=first,
+                                              last=last, plan=layouts.native_plan(grid))
+        media = self.vision_connector(patches, groups)  # per token, not per slot: nothing sown for connector terms
+        return layouts.place(x, is_placeholder, code, media, table)
 
     def encode_audio(self, audio, valid_frames, fbank=None):
         """Windows ``[B, S, n_mels, frames]`` (valid mel frames ``[B, S]``, which only the Qwen2-Audio
@@ -277,6 +324,9 @@ class OmniModel(nn.Module):
         mm = self.mm_embed() if cfg.mm_embed_names else {}
         for m in MODALITIES:
             field = SLOT_FIELDS[m]
+            if f"{m}_patches" in batch:
+                x = self.embed_native(x, batch, m, jnp.stack([mm[n] for n in layout.table_names(m)]))
+                continue
             if field not in batch:
                 continue
             tid = layout.token_id(m)
@@ -334,8 +384,11 @@ class OmniModel(nn.Module):
 def example_batch(cfg: OmniConfig, batch: int = 1, length: int = 8) -> dict[str, jax.ShapeDtypeStruct]:
     """Abstract batch for ``init`` / ``eval_shape``: at least one slot of every modality the model
     takes, so that every parameter group is created."""
-    budget = dataclasses.replace(cfg.budget, **{f"{m}_slots": max(1, getattr(cfg, f"{m}_slots"))
-                                                for m in cfg.media_layout.modalities})
+    most = {f"{m}_slots": max(1, getattr(cfg, f"{m}_slots")) for m in cfg.media_layout.modalities}
+    if cfg.native:  # a view of at least 2 x 2 patches
+        most.update({f"{m}_patches": max(4, getattr(cfg, f"{m}_patches")) for m in NATIVE_MODALITIES
+                     if m in cfg.media_layout.modalities})
+    budget = dataclasses.replace(cfg.budget, **most)
     return batch_spec(batch, length, budget, cfg.media_layout)
 
 

@@ -32,7 +32,7 @@ Param tree of the ``vision`` group (L = layers, stacked by ``nn.scan``; D = hidd
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -47,8 +47,10 @@ ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")  # bidirectional: splash here is ca
 
 @dataclasses.dataclass(frozen=True)
 class OryxViTConfig(Numerics):
-    """Sizes and numerics of an OryxViT tower (defaults: Ola's, SigLIP-so400m widths at patch 16)."""
+    """Sizes and numerics of an OryxViT tower (defaults: Ola's, SigLIP-so400m widths at patch 16). ``native``:
+    images keep their own size (an ``OmniConfig`` reads it to lay them out in patch slots)."""
 
+    native: ClassVar[bool] = True
     patch_size: int = 16
     hidden_size: int = 1152
     intermediate_size: int = 4304  # int(1152 * 3.7362), timm's Mlp hidden width

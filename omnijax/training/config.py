@@ -25,7 +25,9 @@ A stage file (``experiments/<recipe>/<stage>.py``) has ``get_config(arg)``, star
                         model's: ``omnijax.batch.MediaBudget``), at most; a kind that no source of the
                         mixture holds gets none (``media_slots``) unless always=(kinds) keeps it. An
                         audio item's own limit is c.model.max_audio_windows (Ola: 25 windows). What the
-                        stage dropped or cut for length is its last line, per source
+                        stage dropped or cut for length is its last line, per source. A native-resolution
+                        vision tower (OryxViT) also needs image_patches / video_patches: the patch slots
+                        per row its views fill (``media_patches``)
     c.num_tasks         task ids in the batches (per-task losses); c.task_names: their names
     c.data              source: 'random' (in-memory random rows, ``data_source.RandomBatches``) or
                         'grain' (``data_pipelines.pipeline.Pipeline``); seed (both); for 'grain':
@@ -62,6 +64,7 @@ from omnijax.training.stages import DEFAULT_NO_DECAY, StageConfigError, check_ru
 
 MEDIA_KINDS = ("image", "video", "audio")
 MEDIA_SLOTS = tuple(f"{kind}_slots" for kind in MEDIA_KINDS)
+MEDIA_PATCHES = ("image_patches", "video_patches")  # native resolution: patch slots per row
 FROZEN_DTYPES = ("bfloat16", "float16", "float32")
 DATA_SOURCES = ("random", "grain")
 # Named roots a config path may start with ('@corpus/...'): the omni-synth corpus folder, the folder of
@@ -333,10 +336,11 @@ def _check_data(c, stage: str) -> None:
 
 
 def _check_media(c, stage: str) -> None:
-    unknown = sorted(set(c.media) - set(MEDIA_SLOTS) - {"always"})
+    unknown = sorted(set(c.media) - set(MEDIA_SLOTS) - set(MEDIA_PATCHES) - {"always"})
     if unknown:
-        raise StageConfigError(f"{stage}: c.media has {unknown}; it holds the slots per row: {', '.join(MEDIA_SLOTS)} "
-                               "and always (kinds that keep their slots)")
+        raise StageConfigError(f"{stage}: c.media has {unknown}; it holds the slots per row: {', '.join(MEDIA_SLOTS)}, "
+                               f"{', '.join(MEDIA_PATCHES)} (native resolution) and always (kinds that keep their "
+                               "slots)")
     for where, kinds in [("c.media.always", c.media.get("always") or ())] + [
             (f"c.data.sources[{i}].media", src.get("media") or ()) for i, src in enumerate(c.data.get("sources") or ())
             if isinstance(src, dict | mlc.ConfigDict)]:
@@ -376,6 +380,13 @@ def media_slots(c) -> dict[str, int]:
     spoken = {"audio"} if any(src.get("spoken") or src.get("self_kd") for src in sources) else set()
     held = {kind for src in sources for kind in src["media"]} | spoken | set(c.media.get("always") or ())
     return {f"{kind}_slots": slots[f"{kind}_slots"] if kind in held else 0 for kind in MEDIA_KINDS}
+
+
+def media_patches(c) -> dict[str, int]:
+    """The stage's patch slots per row of native-resolution images and frames (``c.media.image_patches``,
+    ``video_patches``; 0 when absent), and 0 for a kind that gets no slots (``media_slots``)."""
+    slots = media_slots(c)
+    return {k: int(c.media.get(k) or 0) if slots[k.replace("patches", "slots")] else 0 for k in MEDIA_PATCHES}
 
 
 def resolve_mesh(shape: dict, num_devices: int) -> dict[str, int]:

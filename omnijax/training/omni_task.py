@@ -4,7 +4,10 @@ trainer ``Task``: ``c.model.name = 'omni'``.
 ``c.model`` holds the fields of ``OmniConfig``, with the sub-configs as dicts::
 
     c.model.llm = dict(vocab_size=..., hidden_size=..., ...)        # LLMConfig fields
-    c.model.vision = dict(image_size=..., patch_size=..., ...)      # VisionConfig fields, or None
+    c.model.vision = dict(image_size=..., patch_size=..., ...)      # VisionConfig fields, or None; with
+                                                                     # native=True OryxViTConfig fields
+                                                                     # (layout 'ola_native', c.media's
+                                                                     # image_patches / video_patches)
     c.model.vision_connector = 'mlp'                                 # or 'ola', or None
     c.model.audio = dict(num_mel_bins=..., d_model=..., ...)         # AudioConfig fields, or None
     c.model.beats = dict(encoder_embed_dim=..., ...)                 # BEATsConfig fields, or None: with
@@ -37,9 +40,10 @@ from omnijax.models.audio import AudioConfig
 from omnijax.models.beats import BEATsConfig
 from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel, example_batch
+from omnijax.models.oryx_vit import OryxViTConfig
 from omnijax.models.vision import VisionConfig
 from omnijax.training import objective
-from omnijax.training.config import media_slots
+from omnijax.training.config import media_patches, media_slots
 from omnijax.training.next_token import SelfKD
 from omnijax.training.stages import StageConfigError
 from omnijax.training.task import Task, from_module
@@ -60,11 +64,13 @@ def omni_config(c, platform: str | None = None) -> OmniConfig:
         for name, cls in _SUB.items():
             if fields.get(name) is not None:
                 sub = dict(fields[name])
+                if name == "vision" and sub.pop("native", False):
+                    cls = OryxViTConfig
                 if "attention" in sub:
                     sub["attention"] = resolve_implementation(sub["attention"], platform, causal=name == "llm",
                                                               dtype=sub.get("dtype", "float32"))
                 fields[name] = cls(**sub)
-        return OmniConfig(**fields, **media_slots(c))
+        return OmniConfig(**fields, **media_slots(c), **media_patches(c))
     except (TypeError, ValueError) as e:
         raise StageConfigError(f"stage {c.name!r}: c.model: {e}") from None
 
@@ -102,9 +108,12 @@ def build(c, mesh) -> Task:
 
     lay = cfg.media_layout
     media = {}
-    if cfg.image_slots:
+    if cfg.native and (cfg.image_slots or cfg.video_slots) and c.data.get("source") != "grain":
+        raise StageConfigError(f"stage {c.name!r}: native-resolution images (OryxViT) come from the Grain pipeline "
+                               "only: set c.data.source='grain' (the random-batch source makes S x S views)")
+    if cfg.image_slots and not cfg.native:  # the random-batch source's views (none at native resolution)
         media["image"] = ("images", lay.image_token_id, lay.image_tokens(1))
-    if cfg.video_slots:
+    if cfg.video_slots and not cfg.native:
         media["video"] = ("videos", lay.video_token_id, lay.video_tokens(1))
     if cfg.audio_slots:
         media["audio"] = ("audio", lay.audio_token_id, lay.audio_tokens(1, valid_frames=[cfg.audio.frames]))
