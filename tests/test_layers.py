@@ -187,3 +187,35 @@ def test_the_checker_sees_imports_inside_functions_and_relative_imports(tmp_path
     bad = violations(graph, known)
     assert len(bad) == 3 and all("trainer.py:" in b and "layer 'training'" in b for b in bad), bad
     assert cycles({"a": [(1, "b")], "b": [(3, "a")], "c": [(1, "a")]}) == [["a", "b"]]
+
+
+def _sizes(root: str) -> tuple[list[str], list[str]]:
+    """Files over 500 lines, and functions over 60 lines that are not a CLI's ``main``, under omnijax/ and
+    data_pipelines/ of ``root``."""
+    long_files, long_functions = [], []
+    for package in ("omnijax", "data_pipelines"):
+        for folder, _, names in os.walk(os.path.join(root, package)):
+            for name in sorted(n for n in names if n.endswith(".py")):
+                path = os.path.join(folder, name)
+                with open(path) as f:
+                    text = f.read()
+                rel = os.path.relpath(path, root)
+                if len(text.splitlines()) > 500:
+                    long_files.append(f"{rel}: {len(text.splitlines())} lines")
+                for node in ast.walk(ast.parse(text)):
+                    n = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+                    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and n > 60 and node.name != "main":
+                        long_functions.append(f"{rel}:{node.lineno} {node.name}: {n} lines")
+    return long_files, long_functions
+
+
+def test_files_and_functions_stay_small(tmp_path):
+    """A file is one idea (at most 500 lines), a function one step (at most 60, a CLI's ``main`` aside); the check
+    itself is shown to see both."""
+    assert _sizes(ROOT) == ([], [])
+    (tmp_path / "omnijax").mkdir()
+    body = "".join(f"    x{i} = {i}\n" for i in range(61))
+    (tmp_path / "omnijax" / "big.py").write_text("def main():\n" + body + "\n\ndef step():\n" + body + "\n" * 380)
+    files, functions = _sizes(str(tmp_path))
+    assert files == ["omnijax/big.py: 506 lines"], files
+    assert functions == ["omnijax/big.py:65 step: 62 lines"], functions
