@@ -11,6 +11,8 @@ per stage -- learning rates per group, frozen groups, batch, samples, and the st
 - Attention is ``'auto'`` in both presets: the platform's (cuDNN flash attention on GPUs, splash in the LLM on
   TPUs, the XLA reference on CPUs; ``omnijax.models.attention.resolve_implementation``); a
   ``--config.model.{llm,vision,audio}.attention=...`` flag picks one (``benchmarks/RESULTS.md`` section 6).
+- ``audio=dual`` (a knob, ``use_dual``): Ola's Whisper + BEATs dual audio encoder; BEATs_iter3+ at `7b` (12 layers,
+  768 wide), imported from ``@hf/BEATs_iter3_plus_AS2M`` (safetensors: ``omnijax.hf.beats``).
 - ``tiny``: the same architecture at toy sizes on omni-synth's 64-pixel images and 4 s audio windows,
   with the omni-synth BPE tokenizer (1024 ids; placeholders 3 image, 4 video, 5 audio).
 
@@ -76,6 +78,15 @@ ORYX_PATCHES = {"tiny": dict(image_patches=256, video_patches=512),
 # Each image's low-resolution view before it, as Ola's inference makes it (LOWRES_RESIZE='384x32': 384 x 384 pixels
 # of area); `tiny`: 32 x 32 of a 64-pixel image.
 ORYX_LOWRES = {"tiny": 32, "7b": 384}
+# BEATs, Ola's music encoder beside Whisper (the ``audio=dual`` knob): `7b` is BEATs_iter3+ (``BEATsConfig``'s
+# defaults: 768 wide, 12 layers), imported from ``@hf/`` (``BEATS_HF_DIR``, read by ``omnijax.hf.beats``); `tiny` as
+# wide as the tiny Whisper, started fresh (no tiny BEATs is shipped).
+BEATS = {
+    "tiny": dict(embed_dim=32, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
+                 encoder_attention_heads=4, conv_pos=16, conv_pos_groups=4, num_buckets=32, max_distance=64),
+    "7b": dict(dtype="bfloat16", remat="full"),
+}
+BEATS_HF_DIR = "BEATs_iter3_plus_AS2M"
 FRAME_STACK = {"tiny": dict(frame_stack_k=4, frame_stack_hidden=256),  # Ola's speech projector at each preset
                "7b": dict(frame_stack_k=10, frame_stack_hidden=2048)}
 GROUPS = ("llm", "vision", "vision_connector", "audio", "audio_connector", "mm_embed")  # the params' top level
@@ -233,8 +244,9 @@ class PaperStage:
         return math.ceil(self.epochs * self.samples / (self.batch * self.per_row))
 
 
-KNOBS = ("steps", "freeze", "weight.TASK", "vision_connector", "audio_connector", "vision")
+KNOBS = ("steps", "freeze", "weight.TASK", "vision_connector", "audio_connector", "vision", "audio")
 VISION_TOWERS = ("siglip", "oryx")  # the vision knob: SigLIP at a fixed size, or OryxViT at each image's own
+AUDIO_ENCODERS = ("whisper", "dual")  # the audio knob: Whisper alone, or Ola's Whisper + BEATs
 
 
 def parse_arg(arg: str | None, **extra: str) -> mlc.ConfigDict:
@@ -244,13 +256,14 @@ def parse_arg(arg: str | None, **extra: str) -> mlc.ConfigDict:
     The knobs an ablation sweeps (``finish`` applies them): ``steps`` (``c.num_steps``), ``freeze`` (groups frozen
     on top of the stage's rules, ``+`` between them), ``weight.TASK`` (a source's mixture weight; 0 drops it, a
     task not in the mixture joins it), ``vision_connector`` / ``audio_connector`` (a connector by name), ``vision``
-    (``oryx``: Ola's native-resolution tower, ``use_oryx``; ``siglip``, the default, leaves the stage as it is);
+    (``oryx``: Ola's native-resolution tower, ``use_oryx``; ``siglip``, the default, leaves the stage as it is),
+    ``audio`` (``dual``: Ola's Whisper + BEATs encoder, ``use_dual``; ``whisper``, the default, Whisper alone);
     ``extra``: the stage's own, ``name=default`` (Self-KD's ``vlm=PATH``). After ``get_config`` the same fields are set
     through the recipe runner's overrides: ``num_steps``, ``trainable``, ``data.sources.N.weight``,
     ``model.audio_connector``."""
     preset, *items = (arg or "tiny").split(",")
     a = dict(preset=check_preset(preset.strip()), steps=None, freeze=(), weights={}, vision_connector=None,
-             audio_connector=None, vision="siglip", **extra)
+             audio_connector=None, vision="siglip", audio="whisper", **extra)
     for item in items:
         key, _, value = (part.strip() for part in item.partition("="))
         if not value:
@@ -268,6 +281,8 @@ def parse_arg(arg: str | None, **extra: str) -> mlc.ConfigDict:
             a[key] = value
             if key == "vision" and value not in VISION_TOWERS:
                 raise ValueError(f"config argument {arg!r}: vision={value!r} is not one of {', '.join(VISION_TOWERS)}")
+            if key == "audio" and value not in AUDIO_ENCODERS:
+                raise ValueError(f"config argument {arg!r}: audio={value!r} is not one of {', '.join(AUDIO_ENCODERS)}")
         else:
             raise ValueError(f"config argument {arg!r}: unknown knob {key!r}; knobs: "
                              f"{', '.join((*KNOBS, *extra))} (e.g. {preset},steps=300,freeze=llm)")
@@ -292,6 +307,8 @@ def finish(c: mlc.ConfigDict, a: mlc.ConfigDict, tiny=None) -> mlc.ConfigDict:
                 c.model.update(FRAME_STACK[a.preset])
     if a.vision == "oryx":
         use_oryx(c, a.preset)
+    if a.audio == "dual":
+        use_dual(c, a.preset)
     return c
 
 
@@ -309,6 +326,25 @@ def use_oryx(c: mlc.ConfigDict, preset: str) -> None:
     if isinstance(c.get("init_from"), list | tuple):
         kept = [(src, tuple(g for g in groups if g != "vision")) for src, groups in c.init_from]
         c.init_from = [(src, groups) for src, groups in kept if groups]
+
+
+def use_dual(c: mlc.ConfigDict, preset: str) -> None:
+    """The stage with Ola's dual audio encoder: BEATs (``BEATS``) beside its Whisper on each window, their outputs
+    concatenated on channels (the frame-stacking connector's input widens with them), params ``audio/whisper/...``
+    and ``audio/beats/...``. A first stage's pretrained Whisper (its ``audio`` entry in ``c.init_from``) lands in
+    ``audio/whisper``; BEATs comes from ``@hf/BEATS_HF_DIR`` at `7b`, fresh at `tiny`. Later stages start from the
+    previous stage's dual params as they are."""
+    if c.model.get("audio") is None:
+        raise ValueError(f"stage {c.name!r} has no Whisper audio tower for audio=dual to pair BEATs with")
+    with c.ignore_type():
+        c.model.beats = dict(BEATS[preset])
+    entries = c.get("init_from")
+    if isinstance(entries, list | tuple) and any("audio" in groups for _, groups in entries):
+        entries = [(src, tuple("audio->audio/whisper" if g == "audio" else g for g in groups))
+                   for src, groups in entries]
+        if preset == "7b":
+            entries.append((f"@hf/{BEATS_HF_DIR}", ("beats->audio/beats",)))
+        c.init_from = entries
 
 
 def reweigh(c: mlc.ConfigDict, preset: str, weights: dict[str, float]) -> None:

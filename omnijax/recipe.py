@@ -7,7 +7,8 @@ The same run from Python (a notebook): ``omnijax.experiment.run_recipe``, which 
 as the CLI does.
 
 A recipe file has ``STAGES = {preset: ((name, stage file), ...)}`` (stage files are read like
-``omnijax.train --config FILE:preset``), and optionally ``EVAL = {preset: (eval task, ...)}`` (after every
+``omnijax.train --config FILE:preset``; knobs after the preset reach every stage, ``--recipe
+experiments/ola/recipe.py:tiny,audio=dual``), and optionally ``EVAL = {preset: (eval task, ...)}`` (after every
 stage) or ``{preset: {stage name: (eval task, ...)}}`` (after the stages named, on their tasks),
 ``eval_data(preset)`` (the ``omnijax.evaluate --data`` folder, e.g. ``'@corpus'``) and ``prepare(preset,
 roots)`` (data to build before the first stage). A recipe can also be
@@ -67,6 +68,12 @@ class Recipe:
     eval_tasks: tuple[str, ...] | Mapping[str, tuple[str, ...]] | None
     eval_data: str | None  # folder with tasks/eval/<task> shards; may start at a root ('@corpus')
     prepare: Callable | None = None  # ``prepare(preset, roots)``: data it needs first (e.g. building omni-synth)
+    knobs: str = ""  # knobs for every stage file's ``get_config('preset,knobs')`` (``FILE:tiny,audio=dual``)
+
+    @property
+    def arg(self) -> str:
+        """What each stage file's ``get_config`` is called with: the preset and the recipe's knobs."""
+        return f"{self.preset},{self.knobs}" if self.knobs else self.preset
 
     @property
     def names(self) -> list[str]:
@@ -102,8 +109,10 @@ def _check_names(names: Sequence[str], where: str) -> None:
 
 
 def load_recipe(spec: str) -> Recipe:
-    """``FILE:preset`` -> the recipe's stages for that preset (clear errors for unknown presets)."""
-    path, _, preset = spec.partition(":")
+    """``FILE:preset[,knob=value,...]`` -> the recipe's stages for that preset (clear errors for unknown presets);
+    the knobs go to every stage file's ``get_config`` (``experiments/ola/recipe.py:tiny,audio=dual``)."""
+    path, _, arg = spec.partition(":")
+    preset, _, knobs = arg.partition(",")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"recipe file {path!r} does not exist (e.g. experiments/ola/recipe.py:tiny)")
     module = _module(path, "omnijax_recipe")
@@ -122,8 +131,8 @@ def load_recipe(spec: str) -> Recipe:
         if unknown:
             raise ValueError(f"{path}: EVAL[{preset!r}] names {unknown}, which are not stages of the recipe")
         tasks = {stage: tuple(t) for stage, t in tasks.items()}
-    return Recipe(f"{path}:{preset}", preset, stages, tasks if isinstance(tasks, dict) else tuple(tasks),
-                  getattr(module, "eval_data", lambda _: None)(preset), getattr(module, "prepare", None))
+    return Recipe(f"{path}:{arg or preset}", preset, stages, tasks if isinstance(tasks, dict) else tuple(tasks),
+                  getattr(module, "eval_data", lambda _: None)(preset), getattr(module, "prepare", None), knobs.strip())
 
 
 def from_stages(stages: Sequence[tuple[str, mlc.ConfigDict]], *, name: str = "in-memory recipe",
@@ -159,7 +168,7 @@ def stage_config(recipe: Recipe, index: int, workdir: str, steps: int | None = N
     if isinstance(source, mlc.ConfigDict):
         c = copy.deepcopy(source)  # the caller's config stays as it was
     else:
-        c = _module(source, f"omnijax_stage_{index}").get_config(recipe.preset)
+        c = _module(source, f"omnijax_stage_{index}").get_config(recipe.arg)
     apply_overrides(c, name, overrides)
     names = recipe.names
 

@@ -2,6 +2,7 @@
 ``DualWrappedEncoder`` and ``EncoderProjectorConcat`` (``tests/golden/README.md``), its batch field
 ``audio_fbank`` from the data side, and a stage that trains BEATs with Whisper frozen."""
 
+import dataclasses
 import io
 import os
 
@@ -31,6 +32,7 @@ from omnijax.models.connectors import FrameStackProjector
 from omnijax.models.dual_audio import DualAudioEncoder, align_frames
 from omnijax.models.omni import OmniConfig, OmniModel, init_params
 from omnijax.training.config import base_config
+from omnijax.training.stages import StageConfigError
 from omnijax.training.omni_task import omni_config
 from test_pipeline import AUDIO_ID, model_cfg, task_shards
 from test_pipeline import omni_config as omni_config_of
@@ -213,3 +215,62 @@ def test_generator_feeds_beats_the_fbank_of_each_window(corpus):  # noqa: F811
     silent = dict(batch, audio_fbank=np.zeros_like(batch["audio_fbank"]))
     assert np.abs(np.asarray(forward(batch)) - np.asarray(forward(silent))).max() > 1e-4
     assert gen.generate([example], 4).tokens.shape == (1, 4)
+
+
+def test_audio_knob_gives_the_dual_encoder_in_both_presets():
+    """``audio=dual``: BEATs beside Whisper (7b: BEATs_iter3+, 768 wide, 12 layers), the frame-stacking connector
+    k x (Whisper + BEATs) wide, the pretrained Whisper imported into audio/whisper (7b: BEATs from @hf/); a later
+    stage keeps '@previous'; ``audio=whisper`` (the default) leaves Whisper alone; other values are refused."""
+    from experiments import common
+    from experiments.ola import stage1a, stage3a
+    from omnijax.models.omni import logical_specs
+
+    for preset, k, width, hidden in (("tiny", 4, 64 + 64, 256), ("7b", 10, 1280 + 768, 2048)):
+        c = stage1a.get_config(f"{preset},audio=dual")
+        cfg = omni_config(c)
+        assert cfg.audio_encoders == ("whisper", "beats")
+        _, abstract = logical_specs(OmniModel(cfg))  # jax.eval_shape: nothing allocated
+        assert sorted(abstract["audio"]) == ["beats", "whisper"]
+        assert abstract["audio_connector"]["linear1"]["kernel"].shape == (k * width, hidden)
+        audio = [(src, groups) for src, groups in c.init_from if any(g.startswith(("audio", "beats")) for g in groups)]
+        want = [(common.tiny_dir("audio") if preset == "tiny" else "@hf/whisper-large-v3", ("audio->audio/whisper",))]
+        if preset == "7b":
+            want.append(("@hf/BEATs_iter3_plus_AS2M", ("beats->audio/beats",)))
+        assert [(s, tuple(g)) for s, g in audio] == want
+        assert stage3a.get_config(f"{preset},audio=dual").init_from == common.PREVIOUS
+        assert omni_config(stage3a.get_config(f"{preset},audio=dual")).beats == cfg.beats
+    seven = omni_config(stage1a.get_config("7b,audio=dual")).beats
+    assert (seven.encoder_embed_dim, seven.encoder_layers, seven.embed_dim, seven.num_buckets) == (768, 12, 512, 320)
+    assert omni_config(stage1a.get_config("tiny")).beats is None
+    assert omni_config(stage1a.get_config("tiny,audio=whisper")).beats is None
+    with pytest.raises(ValueError, match="config argument 'tiny,audio=beats': audio='beats' is not one of whisper, "
+                                         "dual"):
+        stage1a.get_config("tiny,audio=beats")
+
+
+def test_init_from_moves_whisper_and_beats_checkpoints_into_the_dual_audio_group():
+    """The `7b` dual stage's imports at tiny sizes: an openai-whisper checkpoint's ``audio`` lands at audio/whisper
+    and a BEATs checkpoint's ``beats`` at audio/beats (``'SRC->DEST'`` init_from items), the other groups fresh;
+    a source path it lacks and a destination the model lacks are named."""
+    whisper_dir, beats_dir = os.path.join(GOLDEN, "openai_whisper_tiny"), os.path.join(GOLDEN, "beats_tiny")
+    whisper, beats = load_openai_whisper(whisper_dir), load_beats(beats_dir)
+    c = base_config()
+    c.name = "dual_import"
+    c.model = mlc.ConfigDict(dict(name="omni", llm=LLM, audio=dataclasses.asdict(whisper.cfg),
+                                  beats=dataclasses.asdict(beats.cfg), audio_connector="frame_stack",
+                                  frame_stack_hidden=32, layout="ola", audio_token_id=AUDIO))
+    c.batch_size, c.seq_len = 8, 32
+    c.media.update(audio_slots=1)
+    c.init_from = [(whisper_dir, ("audio->audio/whisper",)), (beats_dir, ("beats->audio/beats",))]
+    params = launch.setup(c).init_params()
+    for got, want in ((params["audio"]["whisper"], whisper.params["audio"]),
+                      (params["audio"]["beats"], beats.params["beats"])):
+        got, want = _leaves(got), _leaves(want)
+        assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+    for items, error in ((("audio/whisper->audio/whisper",), r"init_from .*openai_whisper_tiny has no "
+                                                            r"'audio/whisper' \(it holds conv1, conv2, "),
+                         (("audio->audio/speech",), r"'audio->audio/speech' lands at 'audio/speech', which the "
+                                                    r"model does not have \(it holds beats, whisper\)")):
+        c.init_from = [(whisper_dir, items)]
+        with pytest.raises(StageConfigError, match=error):
+            launch.setup(c).init_params()

@@ -278,3 +278,48 @@ def test_7b_attention_follows_the_platform_or_the_command_line(monkeypatch):
     for platform, want in expected.items():
         cfg = omni_config(c, platform)
         assert (cfg.llm.attention, cfg.vision.attention, cfg.audio.attention) == want, platform
+
+
+def test_ola_tiny_recipe_runs_with_the_dual_audio_encoder(corpus, tmp_path):
+    """``experiments/ola/recipe.py:tiny,audio=dual``: the knob reaches every stage; 1a imports the shipped Whisper
+    into audio/whisper (BEATs fresh), the later stages chain; a plain Whisper stage pointed at the dual stage, or
+    the dual model at the plain Whisper checkpoint, is told the init_from item that imports it."""
+    from experiments import common
+    from omnijax import launch
+    from omnijax.checkpoint import load_model
+
+    recipe = recipe_lib.load_recipe("experiments/ola/recipe.py:tiny,audio=dual")
+    assert (recipe.preset, recipe.arg, recipe.name) == ("tiny", "tiny,audio=dual", "experiments/ola/recipe.py:tiny,"
+                                                                                   "audio=dual")
+    rows = recipe_lib.run(recipe, str(tmp_path), steps=2, evaluate=False, log=lambda _: None,
+                          roots={"corpus": corpus})
+    assert [(r["stage"], r["status"]) for r in rows] == [(n, "trained") for n in recipe.names], rows
+    shipped = load_model(common.tiny_dir("audio")).params["audio"]
+    first = load_model(str(tmp_path / "1a")).params["audio"]
+    assert sorted(first) == ["beats", "whisper"] and first["beats"]["encoder"]["layers"]["fc1"]["kernel"].shape == (
+        2, 64, 128)
+    got, want = jax.tree_util.tree_leaves_with_path(first["whisper"]), jax.tree_util.tree_leaves_with_path(shipped)
+    assert [p for p, _ in got] == [p for p, _ in want] and len(want) > 10
+    for (path, g), (_, w) in zip(got, want):  # 1a freezes the audio group: the shipped weights, bit for bit
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=jax.tree_util.keystr(path))
+    last = load_model(str(tmp_path / "3b")).params["audio"]
+    assert sorted(last) == ["beats", "whisper"]
+
+    stage1b = recipe_lib._module(recipe.stages[1][1], "stage1b")
+    plain = resolve_roots(stage1b.get_config("tiny"), {"corpus": corpus})
+    plain.init_from = str(tmp_path / "1a")
+    with pytest.raises(StageConfigError, match=r"'audio' does not match the model .* the model's audio is the "
+                                               r"source's audio/whisper: import it with \('.*/1a', "
+                                               r"\('audio/whisper->audio',\)\)"):
+        launch.setup(plain).init_params()
+    with plain.ignore_type():
+        plain.init_from = [(str(tmp_path / "1a"), ("llm", "vision", "audio/whisper->audio"))]
+    params = launch.setup(plain).init_params()
+    np.testing.assert_array_equal(np.asarray(params["audio"]["conv1"]["kernel"]),
+                                  np.asarray(shipped["conv1"]["kernel"]))
+    dual = resolve_roots(stage1b.get_config("tiny,audio=dual"), {"corpus": corpus})
+    with dual.ignore_type():
+        dual.init_from = [(common.tiny_dir("audio"), ("audio",))]
+    with pytest.raises(StageConfigError, match=r"the source's audio is the model's audio/whisper: import it with "
+                                               r"\('.*checkpoints/tiny/audio', \('audio->audio/whisper',\)\)"):
+        launch.setup(dual).init_params()

@@ -6,6 +6,9 @@ speech projector), as the paper does. The paper's numbers per stage (learning ra
 samples, and the `7b` steps they make): ``paper.py``.
 
     python -m omnijax.recipe --recipe experiments/ola/recipe.py:tiny --workdir workdirs/ola_tiny
+
+Knobs after the preset reach every stage (``common.parse_arg``): ``:tiny,audio=dual`` is the paper's dual audio
+encoder, Whisper + BEATs (1a imports Whisper into ``audio/whisper``; `7b` BEATs from ``@hf/BEATs_iter3_plus_AS2M``).
 """
 
 from experiments import common

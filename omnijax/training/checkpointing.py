@@ -294,6 +294,19 @@ def verify_final(workdir: str, say=print) -> bool:
     return False
 
 
+def stored_params(workdir: str, groups=None) -> dict:
+    """The final step's params as stored (``final_step``): ``{group: tree of array metadata with .shape}``, only
+    ``groups`` (those of them it holds) when given; read before restoring into a target of another shape."""
+    step = final_step(workdir)
+    manager = _reader(workdir)
+    try:
+        with _absl_errors_only():  # Orbax warns that it has no handler for the other items ('data')
+            stored = dict(manager.item_metadata(step)["params"])
+    finally:
+        manager.close()
+    return {g: t for g, t in stored.items() if groups is None or g in groups}
+
+
 def final_params(workdir: str, target_params, groups=None):
     """The params of a finished stage (``final_step``), laid out as ``target_params``; with ``groups``
     (top-level group names) only those are read, so the other groups may differ in shape from the

@@ -10,7 +10,9 @@ A stage file (``experiments/<recipe>/<stage>.py``) has ``get_config(arg)``, star
                         bow_image; ``--config.objective.self_kd.alpha=0`` reaches one setting
     c.init_from         None | source | list of sources; a source is a path (HF or omnijax model
                         directory: the groups it holds replace the fresh init; a previous stage's
-                        workdir: its final params) or (path, groups): only those top-level groups.
+                        workdir: its final params) or (path, groups): only those top-level groups;
+                        a group item 'a/b->c/d' puts the source's a/b at the model's c/d (Ola's dual
+                        audio: (WHISPER_DIR, ('audio->audio/whisper',)), the rest of audio fresh).
                         A recipe (``omnijax.recipe``) resolves '@previous' and '@stage:NAME' paths
     c.trainable         [(regex, schedule | None), ...] over param paths (``omnijax.training.stages``)
     c.optimizer         AdamW b1, b2, eps, weight_decay; no_decay regexes; clip_norm (None: off)

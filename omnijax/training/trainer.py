@@ -35,7 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from omnijax import sharding
 from omnijax.training import optimizer as opt_lib
 from omnijax.training.checkpointing import (STAGE_FILE, Checkpoints, abstract_with_shardings, final_params,
-                                            is_stage_workdir)
+                                            is_stage_workdir, stored_params)
 from omnijax.training.config import batch_axes, check_config, init_sources
 from omnijax.training.data_source import RandomBatches
 from omnijax.training.metrics import MetricsLogger, format_group_table
@@ -70,6 +70,24 @@ def _cast_frozen(tree, trainable, dtype):
     return jax.tree.map(cast, tree, trainable)
 
 
+MOVE = "->"  # an init_from item 'SOURCE/PATH->MODEL/PATH': a sub-tree of the source lands at another path
+
+
+def _paths(tree) -> dict:
+    return {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _sub(tree, path: str):
+    for key in path.split("/"):
+        tree = tree[key] if isinstance(tree, dict) and key in tree else None
+    return tree
+
+
+def _children(tree, path: str) -> str:
+    sub = _sub(tree, path.rpartition("/")[0]) if "/" in path else tree
+    return ", ".join(sub) if isinstance(sub, dict) else "no sub-trees"
+
+
 def _check_groups_in_model(src, groups, abstract, stage: str) -> None:
     for group in groups:
         if group not in abstract:
@@ -77,18 +95,54 @@ def _check_groups_in_model(src, groups, abstract, stage: str) -> None:
                                    f"does not have (groups: {', '.join(abstract)})")
 
 
+def _moves(src: str, groups, tree, abstract, stage: str) -> dict[str, Any]:
+    """``{model path: sub-tree of the source}`` of an init_from entry: each group under its own name, or an item
+    ``'a/b->c/d'`` the source's ``a/b`` at the model's ``c/d`` (Ola's dual audio: ``'audio->audio/whisper'``)."""
+    items = groups if groups is not None else tuple(tree)
+    pairs = [tuple(p.strip("/ ") for p in item.split(MOVE)) if MOVE in item else (item, item) for item in items]
+    _check_groups_in_model(src, [to.partition("/")[0] for _, to in pairs], abstract, stage)
+    out = {}
+    for item, (frm, to) in zip(items, pairs):
+        sub = _sub(tree, frm)
+        if sub is None:
+            what = f"{frm!r}" if "/" in frm else f"group {frm!r}"
+            raise StageConfigError(f"stage {stage!r}: init_from {src} has no {what} (it holds {_children(tree, frm)})")
+        if _sub(abstract, to) is None:
+            raise StageConfigError(f"stage {stage!r}: init_from {src}: {item!r} lands at {to!r}, which the model "
+                                   f"does not have (it holds {_children(abstract, to)})")
+        out[to] = sub
+    return out
+
+
 def _check_group(src: str, group: str, tree, target, stage: str) -> None:
-    got = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-    want = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+    """``tree`` (the source's, for the model's ``group``, a top-level group or a ``MOVE`` destination) against the
+    model's ``target``; a source whose tree is the model's one level down or up (a Whisper checkpoint for Ola's
+    dual audio, or the reverse) is told the ``MOVE`` item that imports it."""
+    got, want = _paths(tree), _paths(target)
     if set(got) != set(want):
         missing, extra = sorted(set(want) - set(got))[:3], sorted(set(got) - set(want))[:3]
-        raise StageConfigError(f"stage {stage!r}: init_from {src}: group {group!r} does not match the model "
-                               f"(missing {missing}, unexpected {extra}); the source is a different architecture")
+        fix = "the source is a different architecture"
+        down = [k for k, t in target.items() if set(_paths(t)) == set(got)] if isinstance(target, dict) else []
+        up = [k for k, t in tree.items() if set(_paths(t)) == set(want)] if isinstance(tree, dict) else []
+        if down:
+            fix = (f"the source's {group} is the model's {group}/{down[0]}: import it with "
+                   f"({src!r}, ('{group}{MOVE}{group}/{down[0]}',))")
+        elif up:
+            fix = (f"the model's {group} is the source's {group}/{up[0]}: import it with "
+                   f"({src!r}, ('{group}/{up[0]}{MOVE}{group}',))")
+        raise StageConfigError(f"stage {stage!r}: init_from {src}: {group!r} does not match the model "
+                               f"(missing {missing}, unexpected {extra}); {fix}")
     bad = [(k, tuple(got[k].shape), tuple(want[k].shape)) for k in want if tuple(got[k].shape) != tuple(want[k].shape)]
     if bad:
         k, g, w = bad[0]
         raise StageConfigError(f"stage {stage!r}: init_from {src}: {group}/{k} has shape {g}, the model wants {w} "
                                f"({len(bad)} mismatched); set the model's sizes to the source's")
+
+
+def _put(tree: dict, path: str, value) -> dict:
+    """``tree`` with ``value`` at ``path`` (dicts along it copied, ``tree`` left as it was)."""
+    key, _, rest = path.partition("/")
+    return {**tree, key: _put(tree[key], rest, value) if rest else value}
 
 
 # Reads an ``init_from`` source that is not a stage workdir (a model directory) -> its params:
@@ -97,41 +151,49 @@ LoadInit = Callable[[str, Any, Any], Any]
 
 
 def initial_params(c, task: Task, abstract, shardings, mesh, rules, key: jax.Array, load_init: LoadInit | None = None):
-    """Params at the start of a stage: the groups ``init_from`` sources hold, the rest freshly
-    initialised (only those are computed). A source that is not a stage workdir is read by ``load_init``."""
-    loaded: dict[str, Any] = {}
+    """Params at the start of a stage: the groups (or ``MOVE`` sub-trees) ``init_from`` sources hold, the rest
+    freshly initialised (only the groups not loaded whole are computed). A source that is not a stage workdir, or
+    whose sub-trees move, is read by ``load_init`` (a finished omni stage's workdir is a model directory too)."""
+    loaded: dict[str, Any] = {}  # model path -> params
     for src, groups in init_sources(c):
-        if is_stage_workdir(src):
+        moved = any(MOVE in g for g in groups or ())
+        if is_stage_workdir(src) and not moved:
             target = abstract_with_shardings(abstract, shardings)
             if groups is not None:
                 _check_groups_in_model(src, groups, abstract, c.name)
+            for group, meta in stored_params(src, groups).items():
+                if group in abstract:
+                    _check_group(src, group, meta, abstract[group], c.name)
             tree = final_params(src, target, groups)
         elif load_init is None:
-            raise StageConfigError(f"stage {c.name!r}: init_from {src} is not a stage workdir, and this trainer was "
-                                   "given no reader of model directories (load_init); run the stage with "
-                                   "omnijax.launch.run, which reads HF and omnijax model directories")
+            raise StageConfigError(f"stage {c.name!r}: init_from {src} is not a stage workdir (or moves sub-trees, "
+                                   f"{MOVE}), and this trainer was given no reader of model directories (load_init); "
+                                   "run the stage with omnijax.launch.run, which reads HF and omnijax model "
+                                   "directories")
         else:
             tree = load_init(src, mesh, rules)
-        if groups is not None:
-            missing = sorted(set(groups) - set(tree))
-            if missing:
-                raise StageConfigError(f"stage {c.name!r}: init_from {src} has no group {missing[0]!r} (it holds "
-                                       f"{', '.join(tree)})")
-            tree = {g: tree[g] for g in groups}
-        _check_groups_in_model(src, tree, abstract, c.name)
-        for group, sub in tree.items():
-            _check_group(src, group, sub, abstract[group], c.name)
-            loaded[group] = jax.tree.map(lambda x, a: x.astype(a.dtype), sub, abstract[group])
+        tree = _moves(src, groups, tree, abstract, c.name)
+        for path, sub in tree.items():
+            target = _sub(abstract, path)
+            _check_group(src, path, sub, target, c.name)
+            loaded[path] = jax.tree.map(lambda x, a: x.astype(a.dtype), sub, target)
         if jax.process_index() == 0:
-            print(f"stage {c.name!r}: init_from {src}: groups {', '.join(tree)}", flush=True)
+            items = groups if groups is not None else tuple(tree)
+            print(f"stage {c.name!r}: init_from {src}: groups {', '.join(items)}", flush=True)
     fresh_groups = [g for g in abstract if g not in loaded]
     fresh = {}
     if fresh_groups:
         if jax.process_index() == 0:
-            print(f"stage {c.name!r}: fresh init: groups {', '.join(fresh_groups)}", flush=True)
+            kept = {g: [p for p in loaded if p.startswith(f"{g}/")] for g in fresh_groups}
+            names = [f"{g} (but {', '.join(kept[g])})" if kept[g] else g for g in fresh_groups]
+            print(f"stage {c.name!r}: fresh init: groups {', '.join(names)}", flush=True)
         fresh = jax.jit(lambda k: {g: task.init(k)[g] for g in fresh_groups},
                         out_shardings={g: shardings[g] for g in fresh_groups})(key)
-    return {g: loaded[g] if g in loaded else fresh[g] for g in abstract}
+    params = {g: loaded[g] if g in loaded else fresh[g] for g in abstract}
+    for path, sub in loaded.items():
+        if "/" in path:
+            params = _put(params, path, sub)
+    return params
 
 
 def process_rows(batch_sharding: NamedSharding, batch: int) -> tuple[int, int]:
