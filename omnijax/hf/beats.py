@@ -25,10 +25,10 @@ from data_pipelines.audio import beats_fbank
 from omnijax.hf import importer
 from omnijax.hf.architectures import Architecture, register
 from omnijax.hf.maps import BIAS_SPLIT, LINEAR, LINEAR_IN2, Entry, conv_permute, prefixed
+from omnijax.hf import safetensors_io
 from omnijax.hf.safetensors_io import CheckpointError
 from omnijax.models.beats import BEATsConfig, BEATsTower
 
-_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
 
 def beats_table(cfg: BEATsConfig, hf_prefix: str = "") -> list[Entry]:
@@ -96,23 +96,19 @@ BEATS = register(Architecture(
 
 
 def pickle_fix(pt_path: str, out_dir: str) -> str:
-    """The one-line shell command that turns the reference's ``.pt`` into a directory ``load_beats`` reads
-    (run it only on a file you trust: it unpickles)."""
-    return ("python -c \"import json, os, torch; from safetensors.torch import save_file; "
-            f"c = torch.load('{pt_path}', map_location='cpu', weights_only=True); os.makedirs('{out_dir}', "
-            "exist_ok=True); save_file({k: v.clone().contiguous() for k, v in c['model'].items()}, "
-            f"'{out_dir}/model.safetensors'); json.dump(dict(c['cfg'], architectures=['BEATs']), "
-            f"open('{out_dir}/config.json', 'w'))\"")
+    """The one-line shell command that turns the reference's ``.pt`` into a directory this module loads."""
+    return safetensors_io.pickle_fix(pt_path, out_dir, "model", "cfg", "BEATs")
 
 
 def load_beats(path: str, **overrides) -> importer.Loaded:
     """A BEATs directory (``config.json`` + ``model.safetensors``) -> ``Loaded`` with ``{'beats': ...}`` params.
     ``overrides``: ``BEATsConfig`` fields (``dtype``, ``param_dtype``, ``remat``)."""
     pickles = []
-    if os.path.isfile(path) and path.endswith(_PICKLE_SUFFIXES):
+    if os.path.isfile(path) and path.endswith(safetensors_io.PICKLE_SUFFIXES):
         pickles = [path]
     elif os.path.isdir(path) and not os.path.exists(os.path.join(path, "model.safetensors")):
-        pickles = [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(_PICKLE_SUFFIXES)]
+        pickles = [os.path.join(path, f) for f in sorted(os.listdir(path))
+                   if f.endswith(safetensors_io.PICKLE_SUFFIXES)]
     if pickles:
         out = os.path.splitext(pickles[0])[0] + "_safetensors"
         raise CheckpointError(f"{pickles[0]} is a PyTorch pickle; omnijax reads BEATs from safetensors only (a pickle "

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from omnijax.hf import importer
 from omnijax.hf.architectures import Architecture, register
 from omnijax.hf.maps import BIAS_SPLIT, LINEAR, LINEAR_IN2, Entry, prefixed
+from omnijax.hf import safetensors_io
 from omnijax.hf.safetensors_io import CheckpointError
 from omnijax.hf.whisper import CONV1D, audio_forward
 from omnijax.models.audio import AudioConfig, AudioTower
@@ -37,7 +38,6 @@ from omnijax.models.audio import AudioConfig, AudioTower
 ENCODER_PREFIX = "encoder."  # openai-whisper's Whisper model
 OLA_PREFIX = "model.speech_encoder.whisper_model."  # Ola's OlaQwenForCausalLM
 MLP_RATIO = 4  # openai-whisper: n_mlp = n_state * 4
-_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
 
 def openai_whisper_table(cfg: AudioConfig, hf_prefix: str = ENCODER_PREFIX) -> list[Entry]:
@@ -103,19 +103,14 @@ OPENAI_WHISPER_ENCODER = register(Architecture(
 
 
 def pickle_fix(pt_path: str, out_dir: str) -> str:
-    """The one-line shell command that turns openai-whisper's ``.pt`` (``{'dims', 'model_state_dict'}``) into a
-    directory ``load_openai_whisper`` reads (run it only on a file you trust: it unpickles)."""
-    return ("python -c \"import json, os, torch; from safetensors.torch import save_file; "
-            f"c = torch.load('{pt_path}', map_location='cpu', weights_only=True); os.makedirs('{out_dir}', "
-            "exist_ok=True); save_file({k: v.contiguous() for k, v in c['model_state_dict'].items()}, "
-            f"'{out_dir}/model.safetensors'); json.dump(dict(c['dims'], architectures=['OpenAIWhisperEncoder']), "
-            f"open('{out_dir}/config.json', 'w'))\"")
+    """The one-line shell command that turns the openai-whisper's ``.pt`` into a directory this module loads."""
+    return safetensors_io.pickle_fix(pt_path, out_dir, "model_state_dict", "dims", "OpenAIWhisperEncoder")
 
 
 def load_openai_whisper(path: str, **overrides) -> importer.Loaded:
     """An openai-whisper directory (``config.json`` + ``model.safetensors``) -> ``Loaded`` with ``{'audio': ...}``
     params. ``overrides``: ``AudioConfig`` fields (``dtype``, ``param_dtype``, ``attention``, ``remat``)."""
-    if os.path.isfile(path) and path.endswith(_PICKLE_SUFFIXES):
+    if os.path.isfile(path) and path.endswith(safetensors_io.PICKLE_SUFFIXES):
         out = os.path.splitext(path)[0] + "_safetensors"
         raise CheckpointError(f"{path} is a PyTorch pickle; omnijax reads openai-whisper weights from safetensors only "
                               f"(a pickle can run code when loaded); convert it once: {pickle_fix(path, out)}")

@@ -28,11 +28,22 @@ _NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 REFETCH = "download or copy the checkpoint again (or export it again)"
 
+
+
+def pickle_fix(pt_path: str, out_dir: str, state_key: str, config_key: str, architecture: str) -> str:
+    """The one-line shell command that turns a reference ``.pt`` (``{state_key: state dict, config_key: config
+    dict}``) into a directory of ``model.safetensors`` + ``config.json`` with ``architectures=[architecture]``
+    (run it only on a file you trust: it unpickles)."""
+    return ("python -c \"import json, os, torch; from safetensors.torch import save_file; "
+            f"c = torch.load('{pt_path}', map_location='cpu', weights_only=True); os.makedirs('{out_dir}', "
+            f"exist_ok=True); save_file({{k: v.clone().contiguous() for k, v in c['{state_key}'].items()}}, "
+            f"'{out_dir}/model.safetensors'); json.dump(dict(c['{config_key}'], architectures=['{architecture}']), "
+            f"open('{out_dir}/config.json', 'w'))\"")
 
 class CheckpointError(ValueError):
     """A checkpoint directory that cannot be read as asked; the message names the fix."""
@@ -76,7 +87,7 @@ class SafetensorsDir:
             weight_map = None
         else:
             files = sorted(os.listdir(hf_dir)) if os.path.isdir(hf_dir) else []
-            pickles = [f for f in files if f.endswith(_PICKLE_SUFFIXES)]
+            pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
             if pickles:
                 raise CheckpointError(
                     f"{hf_dir} holds only PyTorch pickle weights ({', '.join(pickles[:3])}); omnijax reads "
