@@ -40,6 +40,7 @@ vocabulary holds them, else its last three ids (``load_hf(dir, image_token_id=..
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from omnijax.hf import beats, openai_whisper
@@ -174,6 +175,31 @@ def ola_table(cfg: OmniConfig) -> list[Entry]:
             copies = tuple(BEATS_COPY + k[len(beats_dir):] for k in (e.hf, *e.tied))
             entries.append(Entry(e.hf, "audio/" + e.path, e.transform, tied=e.tied + copies))
     return entries
+
+
+# Ola's components, by the release's key prefixes (its module names), in the order Ola's paper lists them.
+COMPONENTS = {"llm": ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head."),
+              "vision_tower": ("model.vision_tower.",), "mm_projector": ("model.mm_projector.",),
+              "whisper": (subdir(FILES["speech_encoder"][0]) + "/", WHISPER_COPY),
+              "beats": (subdir(FILES["music_encoder"][0]) + "/", BEATS_COPY),
+              "speech_projector": ("model.speech_projector.",)}
+
+
+def component(key: str) -> str:
+    """The component (``COMPONENTS``) a release key belongs to."""
+    return next(name for name, prefixes in COMPONENTS.items() if key.startswith(prefixes))
+
+
+def component_sizes(cfg: OmniConfig, params) -> dict[str, int]:
+    """Parameters per Ola component (``COMPONENTS``) of ``params`` (arrays or ``ShapeDtypeStruct``s) of an
+    Ola-form ``cfg``: each parameter counted once, under the component of its release key."""
+    sizes: dict[str, int] = {}
+    for e in ola_table(cfg):
+        leaf = params
+        for part in e.path.split("/"):
+            leaf = leaf[part]
+        sizes[component(e.hf)] = sizes.get(component(e.hf), 0) + math.prod(leaf.shape)
+    return {name: sizes[name] for name in COMPONENTS if name in sizes}
 
 
 def check_ola(cfg: OmniConfig) -> None:
