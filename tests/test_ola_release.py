@@ -113,7 +113,7 @@ def test_export_writes_the_release_names_and_shapes(loaded, tmp_path):
     release = json.load(open(os.path.join(RELEASE, "config.json")))
     same = ("architectures", "model_type", "vocab_size", "hidden_size", "num_hidden_layers", "mm_hidden_size",
             "mm_projector_type", "speech_encoder", "music_encoder", "speech_encoder_type", "speech_encoder_ds_rate",
-            "speech_encoder_hidden_size", "ola_fixed_sizes", "tie_word_embeddings")
+            "speech_encoder_hidden_size", "ola_fixed_sizes", "tie_word_embeddings", "rope_theta")
     assert {k: config[k] for k in same} == {k: release[k] for k in same}
     again = load_hf(out, progress=False)
     assert again.cfg == loaded.cfg

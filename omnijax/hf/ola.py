@@ -233,6 +233,7 @@ def ola_hf_config(cfg: OmniConfig) -> dict:
     check_ola(cfg)
     files = ["speech_encoder"] + (["music_encoder"] if cfg.beats is not None else [])
     out = {**cfg.llm.to_hf(), "architectures": [NAME], "model_type": MODEL_TYPE,
+           "rope_theta": cfg.llm.rope_theta,  # where Ola's transformers (4.43) reads it
            "mm_vision_tower": "oryx_vit", "mm_projector_type": "ola_mlp", "mm_hidden_size": cfg.vision.hidden_size,
            "mm_vision_select_layer": -1, "mm_vision_select_feature": "patch", "mm_resampler_type": None,
            "use_mm_proj": True, "mm_use_im_patch_token": False, "mm_use_im_start_end": False,
