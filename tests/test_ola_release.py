@@ -78,6 +78,17 @@ def test_import_gives_olas_logits(loaded, golden):
     assert err <= 1e-4 * np.abs(want).max(), err
 
 
+def test_beats_head_gives_olas_audioset_probs(loaded, golden):
+    """The fine-tuned BEATs' AudioSet head (carried, unused by Ola's forward): the reference's extract_features
+    without feature_only on the same windows."""
+    from omnijax.models.beats import BEATsEncoder
+
+    assert loaded.cfg.beats.predictor_class == 5
+    _, state = BEATsEncoder(loaded.cfg.beats).apply({"params": loaded.params["audio"]["beats"]}, golden["fbank"],
+                                                    mutable=["intermediates"])
+    np.testing.assert_allclose(state["intermediates"]["audioset_probs"][0], golden["beats_audioset_probs"], atol=1e-5)
+
+
 def test_omnijax_preprocessing_lays_out_olas_tokens(loaded, golden):
     """omnijax's own views of the image (the image padded to 32-pixel multiples, and Ola's low-res view at
     LOWRES_RESIZE 96x32) and windows of the clip: the same pixels, grids and token counts as Ola's processor and

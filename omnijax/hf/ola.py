@@ -25,7 +25,8 @@ is read from ``<stem>_safetensors/`` beside config.json, what ``omnijax.hf.opena
 loader reads the ``.pt`` files only, so an exported directory's two subdirectories are turned back into ``.pt``
 (``torch.save`` of their tensors and config) for Ola's own code. The files' configs are kept in config.json as
 ``speech_encoder_config`` / ``music_encoder_config`` (Ola reads neither). The Whisper decoder a ``large-v3.pt`` holds
-is no part of Ola's model and is not carried; neither is the AudioSet head (``predictor.*``) of a fine-tuned BEATs.
+is no part of Ola's model and is not carried; the AudioSet head of the fine-tuned BEATs Ola ships (``predictor.*``,
+unused by Ola's forward) is (``BEATsConfig.predictor_class``).
 
 Sizes Ola's code fixes instead of configuring: OryxViT's (``create_siglip_vit``: SigLIP-so400m widths at patch 16,
 a 128 x 128 position table; ``OryxViTConfig``'s defaults) and the speech projector's hidden width (2048). A directory
@@ -273,8 +274,7 @@ OLA = register(Architecture(
     init_inputs=lambda cfg: (example_batch(cfg),),
     init_method="forward",
     hf_forward=omni_forward,
-    expected_unused=(f"{subdir(FILES['speech_encoder'][0])}/decoder.",
-                     f"{subdir(FILES['music_encoder'][0])}/predictor.", f"{BEATS_COPY}predictor."),
+    expected_unused=(f"{subdir(FILES['speech_encoder'][0])}/decoder.",),
     open_dir=open_release,
     extra_configs=_extra_configs,
 ))
