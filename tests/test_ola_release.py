@@ -13,8 +13,7 @@ import pytest
 import omnijax.hf  # noqa: F401  (registers the architectures)
 from data_pipelines import audio as audio_features
 from data_pipelines import image_tiles
-from omnijax.hf import ola
-from omnijax.hf.exporter import save_hf
+from omnijax.hf import convert, ola
 from omnijax.hf.importer import load_hf
 from omnijax.hf.omni import omni_forward
 from omnijax.hf.safetensors_io import CheckpointError, SafetensorsDir
@@ -114,8 +113,11 @@ def test_omnijax_preprocessing_lays_out_olas_tokens(loaded, golden):
 
 
 def test_export_writes_the_release_names_and_shapes(loaded, tmp_path):
-    out = str(tmp_path / "ola")
-    save_hf(out, loaded.arch, loaded.cfg, loaded.params, progress=False)
+    """``convert import`` then ``convert export``: the release's tensor names and shapes (and the two files beside
+    it), its architecture keys; the exported directory re-imports bit for bit."""
+    ckpt, out = str(tmp_path / "ckpt"), str(tmp_path / "ola")
+    assert convert.main(["import", "--hf", RELEASE, "--out", ckpt]) == 0
+    assert convert.main(["export", "--ckpt", ckpt, "--out", out]) == 0
     got, want = _names_shapes(out), _names_shapes(RELEASE)
     # the Whisper decoder of large-v3.pt is no part of Ola's model and is not carried
     want = {k: v for k, v in want.items() if not k.startswith(f"{WHISPER_DIR}/decoder.")}
