@@ -80,11 +80,13 @@ ORYX_PATCHES = {"tiny": dict(image_patches=256, video_patches=512),
 ORYX_LOWRES = {"tiny": 32, "7b": 384}
 # BEATs, Ola's music encoder beside Whisper (the ``audio=dual`` knob): `7b` is BEATs_iter3+ (``BEATsConfig``'s
 # defaults: 768 wide, 12 layers), imported from ``@hf/`` (``BEATS_HF_DIR``, read by ``omnijax.hf.beats``); `tiny` as
-# wide as the tiny Whisper, started fresh (no tiny BEATs is shipped).
+# wide as the tiny Whisper, started fresh (no tiny BEATs is shipped). `7b` keeps the AudioSet head (527 classes) of the
+# fine-tuned checkpoint Ola ships, unused by the forward, so the model is Ola-7B's parameter for parameter
+# (``python -m experiments.ola.sizes``).
 BEATS = {
     "tiny": dict(embed_dim=32, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
                  encoder_attention_heads=4, conv_pos=16, conv_pos_groups=4, num_buckets=32, max_distance=64),
-    "7b": dict(dtype="bfloat16", remat="full"),
+    "7b": dict(predictor_class=527, dtype="bfloat16", remat="full"),
 }
 BEATS_HF_DIR = "BEATs_iter3_plus_AS2M"
 FRAME_STACK = {"tiny": dict(frame_stack_k=4, frame_stack_hidden=256),  # Ola's speech projector at each preset

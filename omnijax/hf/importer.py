@@ -95,6 +95,7 @@ def resolve_keys(arch: Architecture, reader: SafetensorsDir, table: list[Entry],
     """For each entry, the checkpoint key per layer (aliases applied), after checking presence and shape."""
     resolved: dict[str, list[str]] = {}
     problems: list[str] = []
+    tied: set[str] = set()
     for e in table:
         leaf = get_path(abstract, e.path)
         layers = range(leaf.shape[0]) if e.stacked else [None]
@@ -108,14 +109,16 @@ def resolve_keys(arch: Architecture, reader: SafetensorsDir, table: list[Entry],
             if found is None:
                 problems.append(f"tensor {key!r} is missing (needed for omnijax parameter {e.path})")
                 continue
-            if reader.shape(found) != want:
-                problems.append(f"tensor {found!r} has shape {reader.shape(found)}, the config expects {want}")
             keys.append(found)
+            tied.update(e.tied_keys(i))
+            for k in (found, *(t for t in e.tied_keys(i) if t in reader)):  # a tied copy is checked where present
+                if reader.shape(k) != want:
+                    problems.append(f"tensor {k!r} has shape {reader.shape(k)}, the config expects {want}")
         resolved[e.path] = keys
     if problems:
         shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise CheckpointError(f"{source} does not match its config.json ({arch.name}):\n  {shown}")
-    used = {k for ks in resolved.values() for k in ks} | {k for e in table for k in e.tied}
+    used = {k for ks in resolved.values() for k in ks} | tied
     unused = [k for k in reader.keys() if k not in used and not k.endswith(_IGNORED_SUFFIXES)]
     unexpected = [k for k in unused if not k.startswith(arch.expected_unused)]
     if len(unused) > len(unexpected):
@@ -162,7 +165,10 @@ def load_hf(
     """
     hf_config = read_config(hf_dir)
     arch = architectures.from_config(hf_config, os.path.join(hf_dir, "config.json"))
-    reader = SafetensorsDir(hf_dir)
+    if arch.open_dir is not None:
+        hf_config, reader = arch.open_dir(hf_dir, hf_config)
+    else:
+        reader = SafetensorsDir(hf_dir)
     module, cfg = arch.build(hf_config, **overrides)
     specs, abstract = abstract_model(arch, module, cfg)
     table = arch.table(cfg)
