@@ -113,9 +113,10 @@ def run_recipe(recipe, workdir: str, *, corpus: str | None = None, hf_root: str 
 
     ``recipe``: a spec (``"experiments/ola/recipe.py:tiny"``), a loaded ``omnijax.recipe.Recipe``, or a list of
     ``(stage name, ml_collections.ConfigDict)`` (``omnijax.recipe.from_stages``: evaluated on ``eval_tasks``
-    -- after every stage, or ``{stage name: tasks}`` --, default the evaluable tasks it trains on, from the ``corpus``; ``prepare(preset, roots)`` builds data
-    first, e.g. ``experiments.common.prepare_synth``). ``corpus``, ``hf_root``, ``data_root``: the roots
-    (default ``ROOTS``'s). ``overrides``: ``{stage name or '*': {dotted config key: value}}``, e.g.
+    -- after every stage, or ``{stage name: tasks}`` --, default the evaluable tasks it trains on, from the
+    ``corpus``; ``prepare(preset, roots)`` builds data first, e.g. ``experiments.common.prepare_synth``).
+    ``corpus``, ``hf_root``, ``data_root``: the roots (default ``ROOTS``'s). ``overrides``: ``{stage name or '*':
+    {dotted config key: value}}``, e.g.
     ``{"*": {"optimizer.clip_norm": 0.5}, "3b": {"num_steps": 300}}``. ``steps``: every stage this many steps.
     ``seed``: every stage's parameter init and data order (two seeds are two samples of one configuration).
     ``evaluate``/``eval_limit``: evaluate each stage on that many held-out examples per task. ``progress``: a
