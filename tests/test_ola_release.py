@@ -13,6 +13,7 @@ import pytest
 import omnijax.hf  # noqa: F401  (registers the architectures)
 from data_pipelines import audio as audio_features
 from data_pipelines import image_tiles
+from data_pipelines.features import MediaFeatures
 from omnijax.hf import convert, ola
 from omnijax.hf.importer import load_hf
 from omnijax.hf.omni import omni_forward
@@ -89,22 +90,25 @@ def test_beats_head_gives_olas_audioset_probs(loaded, golden):
 
 
 def test_omnijax_preprocessing_lays_out_olas_tokens(loaded, golden):
-    """omnijax's own views of the image (the image padded to 32-pixel multiples, and Ola's low-res view at
-    LOWRES_RESIZE 96x32) and windows of the clip: the same pixels, grids and token counts as Ola's processor and
-    projectors. Ola makes the low-res view from the padded image (process_anyres_highres_image pads first)."""
+    """omnijax's own views of the image, as the pipeline makes them (``MediaFeatures`` at native resolution with
+    Ola's low-res view at LOWRES_RESIZE 96x32: that view, then the image padded to 32-pixel multiples), and windows
+    of the clip: the same pixels, grids and token counts as Ola's processor and projectors. Ola makes the low-res
+    view from the padded image (process_anyres_highres_image pads first); from the unpadded one it would differ."""
     from PIL import Image
 
     image = Image.fromarray(golden["image_uint8"])
-    high = image_tiles.native_view(image, max_patches=4096)
-    np.testing.assert_allclose(high, golden["highres_pixels"].transpose(1, 2, 0), atol=1e-6)
-    padded = Image.fromarray(np.round((high * 0.5 + 0.5) * 255).astype(np.uint8))
-    low = image_tiles.lowres_view(padded, base=96)
-    np.testing.assert_array_equal(low, golden["lowres_pixels"].transpose(1, 2, 0))
-    assert image_tiles.lowres_view(image, base=96).shape == low.shape  # the pipeline's, from the unpadded image
-    views = [low, high]
-    layout = loaded.cfg.media_layout
-    assert layout.image_tokens(2, view_sizes=[v.shape[:2] for v in views]) == len(golden["image_features"]) == 26
+    low, high = golden["lowres_pixels"].transpose(1, 2, 0), golden["highres_pixels"].transpose(1, 2, 0)
+    cfg = loaded.cfg.replace(image_slots=2, image_patches=96)
+    feature = MediaFeatures(cfg.budget, cfg.media_layout, native_lowres=96).image(image)
+    (low_patches, low_grid), (high_patches, high_grid) = (image_tiles.native_patches(v) for v in (low, high))
+    assert feature.grids.tolist() == [list(low_grid), list(high_grid)] == [[4, 6], [6, 8]]
+    np.testing.assert_array_equal(feature.data[:len(low_patches)], low_patches)
+    np.testing.assert_allclose(feature.data[len(low_patches):], high_patches, atol=1e-6)
+    unpadded = np.asarray(image.resize((96, 64), Image.BICUBIC), np.float32) / 127.5 - 1
+    assert np.abs(unpadded - low).max() > 0.1  # what the unpadded image's view would have been
     assert [tuple(g) for g in (golden["lowres_grid"], golden["highres_grid"])] == [(4, 6), (6, 8)]
+    assert feature.tokens == len(golden["image_features"]) == 26
+    layout = loaded.cfg.media_layout
     assert layout.audio_tokens(len(golden["mel"])) == len(golden["speech_features"]) == 24
     wave = golden["waveform"].astype(np.float32) / 32768
     windows = [np.pad(wave[i:i + 32000], (0, max(0, i + 32000 - len(wave)))) for i in (0, 32000)]
