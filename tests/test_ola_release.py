@@ -14,11 +14,14 @@ import omnijax.hf  # noqa: F401  (registers the architectures)
 from data_pipelines import audio as audio_features
 from data_pipelines import image_tiles
 from data_pipelines.features import MediaFeatures
+from experiments.ola import stage3b
+from omnijax import launch
 from omnijax.hf import convert, ola
 from omnijax.hf.importer import load_hf
 from omnijax.hf.omni import omni_forward
 from omnijax.hf.safetensors_io import CheckpointError, SafetensorsDir
 from omnijax.models.omni import OmniModel
+from omnijax.training.omni_task import omni_config
 
 HERE = os.path.dirname(__file__)
 RELEASE = os.path.join(HERE, "golden", "ola_release_tiny")
@@ -175,3 +178,31 @@ def test_tiny_component_sizes_match_the_release(loaded):
     got = ola.component_sizes(loaded.cfg, loaded.params)
     assert got == want
     assert got["speech_projector"] == 640 * 16 + 16 + 16 * 32 + 32 + 3 * 32  # linear1, linear2, begin/newline/end
+
+
+def test_a_stage_starts_from_the_release(loaded, tmp_path):
+    """Ola's tiny stage 3b with ``init=DIR`` (``common.start_from``) on a copy of the release: its model is the
+    release's (sizes from its config.json, the tiny preset's patch slots), ``init_from`` lands every group, the
+    params at step 0 are the import's bit for bit, and it trains 2 steps (random rows of text and audio)."""
+    release = str(tmp_path / "release")
+    shutil.copytree(RELEASE, release)
+    c = stage3b.get_config(f"tiny,init={release},steps=2")
+    assert c.init_from == release and c.data.pipeline.native_lowres == 32
+    assert omni_config(c) == loaded.cfg.replace(image_slots=2, video_slots=4, audio_slots=2, image_patches=256,
+                                                video_patches=512)
+    c.data.source, c.data.sources = "random", []  # the release's 64-token vocabulary is not the tiny tokenizer's
+    c.media.update(image_slots=0, video_slots=0, audio_slots=1)
+    c.seq_len = 64
+    c.checkpoint.update(every=2, keep=1, async_save=False)
+    params = launch.setup(c).init_params()
+    want = jax.tree_util.tree_leaves_with_path(loaded.params)
+    assert jax.tree.structure(params) == jax.tree.structure(loaded.params)
+    for (path, a), b in zip(want, jax.tree.leaves(params)):
+        assert np.array_equal(np.asarray(a), np.asarray(b)), jax.tree_util.keystr(path)
+    result = launch.run(c, str(tmp_path / "run"))
+    assert result.status == "finished" and result.step == 2
+    assert np.isfinite([row["loss"] for row in result.metrics if "loss" in row]).all()
+    with pytest.raises(ValueError, match=r"init= takes the model of its directory; drop \['audio'\]"):
+        stage3b.get_config(f"tiny,init={release},audio=dual")
+    with pytest.raises(ValueError, match=r"init='@hf/Ola-7b': give the model directory as a folder"):
+        stage3b.get_config("tiny,init=@hf/Ola-7b")
