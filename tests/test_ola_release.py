@@ -13,11 +13,15 @@ import pytest
 import omnijax.hf  # noqa: F401  (registers the architectures)
 from data_pipelines import audio as audio_features
 from data_pipelines import image_tiles
+from data_pipelines.features import MediaFeatures
+from experiments.ola import stage3b
+from omnijax import launch
 from omnijax.hf import convert, ola
 from omnijax.hf.importer import load_hf
 from omnijax.hf.omni import omni_forward
 from omnijax.hf.safetensors_io import CheckpointError, SafetensorsDir
 from omnijax.models.omni import OmniModel
+from omnijax.training.omni_task import omni_config
 
 HERE = os.path.dirname(__file__)
 RELEASE = os.path.join(HERE, "golden", "ola_release_tiny")
@@ -89,22 +93,25 @@ def test_beats_head_gives_olas_audioset_probs(loaded, golden):
 
 
 def test_omnijax_preprocessing_lays_out_olas_tokens(loaded, golden):
-    """omnijax's own views of the image (the image padded to 32-pixel multiples, and Ola's low-res view at
-    LOWRES_RESIZE 96x32) and windows of the clip: the same pixels, grids and token counts as Ola's processor and
-    projectors. Ola makes the low-res view from the padded image (process_anyres_highres_image pads first)."""
+    """omnijax's own views of the image, as the pipeline makes them (``MediaFeatures`` at native resolution with
+    Ola's low-res view at LOWRES_RESIZE 96x32: that view, then the image padded to 32-pixel multiples), and windows
+    of the clip: the same pixels, grids and token counts as Ola's processor and projectors. Ola makes the low-res
+    view from the padded image (process_anyres_highres_image pads first); from the unpadded one it would differ."""
     from PIL import Image
 
     image = Image.fromarray(golden["image_uint8"])
-    high = image_tiles.native_view(image, max_patches=4096)
-    np.testing.assert_allclose(high, golden["highres_pixels"].transpose(1, 2, 0), atol=1e-6)
-    padded = Image.fromarray(np.round((high * 0.5 + 0.5) * 255).astype(np.uint8))
-    low = image_tiles.lowres_view(padded, base=96)
-    np.testing.assert_array_equal(low, golden["lowres_pixels"].transpose(1, 2, 0))
-    assert image_tiles.lowres_view(image, base=96).shape == low.shape  # the pipeline's, from the unpadded image
-    views = [low, high]
-    layout = loaded.cfg.media_layout
-    assert layout.image_tokens(2, view_sizes=[v.shape[:2] for v in views]) == len(golden["image_features"]) == 26
+    low, high = golden["lowres_pixels"].transpose(1, 2, 0), golden["highres_pixels"].transpose(1, 2, 0)
+    cfg = loaded.cfg.replace(image_slots=2, image_patches=96)
+    feature = MediaFeatures(cfg.budget, cfg.media_layout, native_lowres=96).image(image)
+    (low_patches, low_grid), (high_patches, high_grid) = (image_tiles.native_patches(v) for v in (low, high))
+    assert feature.grids.tolist() == [list(low_grid), list(high_grid)] == [[4, 6], [6, 8]]
+    np.testing.assert_array_equal(feature.data[:len(low_patches)], low_patches)
+    np.testing.assert_allclose(feature.data[len(low_patches):], high_patches, atol=1e-6)
+    unpadded = np.asarray(image.resize((96, 64), Image.BICUBIC), np.float32) / 127.5 - 1
+    assert np.abs(unpadded - low).max() > 0.1  # what the unpadded image's view would have been
     assert [tuple(g) for g in (golden["lowres_grid"], golden["highres_grid"])] == [(4, 6), (6, 8)]
+    assert feature.tokens == len(golden["image_features"]) == 26
+    layout = loaded.cfg.media_layout
     assert layout.audio_tokens(len(golden["mel"])) == len(golden["speech_features"]) == 24
     wave = golden["waveform"].astype(np.float32) / 32768
     windows = [np.pad(wave[i:i + 32000], (0, max(0, i + 32000 - len(wave)))) for i in (0, 32000)]
@@ -171,3 +178,35 @@ def test_tiny_component_sizes_match_the_release(loaded):
     got = ola.component_sizes(loaded.cfg, loaded.params)
     assert got == want
     assert got["speech_projector"] == 640 * 16 + 16 + 16 * 32 + 32 + 3 * 32  # linear1, linear2, begin/newline/end
+
+
+def test_a_stage_starts_from_the_release(loaded, tmp_path):
+    """Ola's tiny stage 3b with ``init=DIR`` (``common.start_from``) on a copy of the release: its model is the
+    release's (sizes from its config.json, the tiny preset's patch slots), ``init_from`` lands every group, the
+    params at step 0 are the import's bit for bit, and it trains 2 steps (random rows of text and audio)."""
+    release = str(tmp_path / "release")
+    shutil.copytree(RELEASE, release)
+    c = stage3b.get_config(f"tiny,init={release},steps=2")
+    assert c.init_from == release and c.data.pipeline.native_lowres == 32
+    assert omni_config(c) == loaded.cfg.replace(image_slots=2, video_slots=4, audio_slots=2, image_patches=256,
+                                                video_patches=512)
+    c.data.source, c.data.sources = "random", []  # the release's 64-token vocabulary is not the tiny tokenizer's
+    c.media.update(image_slots=0, video_slots=0, audio_slots=1)
+    c.seq_len = 64
+    c.checkpoint.update(every=2, keep=1, async_save=False)
+    params = launch.setup(c).init_params()
+    want = jax.tree_util.tree_leaves_with_path(loaded.params)
+    assert jax.tree.structure(params) == jax.tree.structure(loaded.params)
+    for (path, a), b in zip(want, jax.tree.leaves(params)):
+        assert np.array_equal(np.asarray(a), np.asarray(b)), jax.tree_util.keystr(path)
+    result = launch.run(c, str(tmp_path / "run"))
+    assert result.status == "finished" and result.step == 2
+    assert np.isfinite([row["loss"] for row in result.metrics if "loss" in row]).all()
+    seven = omni_config(stage3b.get_config(f"7b,init={release}"))  # the 7b preset's numerics on the release's sizes
+    assert (seven.llm.hidden_size, seven.llm.dtype, seven.vision.remat, seven.beats.dtype) == (32, "bfloat16", "full",
+                                                                                              "bfloat16")
+    assert seven.image_patches == 9216 and seven.beats.predictor_class == 5
+    with pytest.raises(ValueError, match=r"init= takes the model of its directory; drop \['audio'\]"):
+        stage3b.get_config(f"tiny,init={release},audio=dual")
+    with pytest.raises(ValueError, match=r"init='@hf/Ola-7b': give the model directory as a folder"):
+        stage3b.get_config("tiny,init=@hf/Ola-7b")

@@ -148,6 +148,17 @@ def _load_entry(reader: SafetensorsDir, e: Entry, keys: list[str], leaf, shardin
     return jax.make_array_from_callback(leaf.shape, sharding, shard)
 
 
+def open_hf(hf_dir: str) -> tuple[Architecture, dict, SafetensorsDir]:
+    """A HF model directory's architecture, its config (with what the architecture's ``open_dir`` adds: Ola's
+    release reads its speech encoders' configs) and a reader of its tensors; no tensor is read."""
+    hf_config = read_config(hf_dir)
+    arch = architectures.from_config(hf_config, os.path.join(hf_dir, "config.json"))
+    if arch.open_dir is not None:
+        hf_config, reader = arch.open_dir(hf_dir, hf_config)
+        return arch, hf_config, reader
+    return arch, hf_config, SafetensorsDir(hf_dir)
+
+
 def load_hf(
     hf_dir: str,
     *,
@@ -163,12 +174,7 @@ def load_hf(
         the first device.
       overrides: model config fields (e.g. ``dtype='bfloat16'``, ``param_dtype``, ``attention``).
     """
-    hf_config = read_config(hf_dir)
-    arch = architectures.from_config(hf_config, os.path.join(hf_dir, "config.json"))
-    if arch.open_dir is not None:
-        hf_config, reader = arch.open_dir(hf_dir, hf_config)
-    else:
-        reader = SafetensorsDir(hf_dir)
+    arch, hf_config, reader = open_hf(hf_dir)
     module, cfg = arch.build(hf_config, **overrides)
     specs, abstract = abstract_model(arch, module, cfg)
     table = arch.table(cfg)

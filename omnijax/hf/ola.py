@@ -208,7 +208,7 @@ def check_ola(cfg: OmniConfig) -> None:
     form = {"an OryxViT tower": cfg.native, "the 'ola' 2x2 pooling vision connector":
             isinstance(cfg.vision_connector, LocalGlobalPool), "a Whisper audio tower":
             cfg.audio is not None and cfg.audio.variant == "whisper", "the 'frame_stack' audio connector":
-            isinstance(cfg.audio_connector, FrameStack), "layout 'ola_native'": cfg.layout == "ola_native",
+            isinstance(cfg.audio_connector, FrameStack), "layout 'ola_native'": cfg.media_layout.native,
             "an untied LM head": not cfg.llm.tie_word_embeddings}
     missing = [k for k, ok in form.items() if not ok]
     if missing:
