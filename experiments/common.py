@@ -70,11 +70,17 @@ ORYX = {
     "7b": dict(native=True, patch_size=16, hidden_size=1152, intermediate_size=4304, num_layers=27, num_heads=16,
                pos_grid=128, dtype="bfloat16", remat="full", attention="auto"),
 }
-# Its patch slots per row. `tiny`: 4 images or 8 frames of 64 x 64 pixels. `7b` (our choice): one image at Ola's
-# largest (MAXRES 1536: 96 x 96 patches) or several smaller; 64 frames of at most 144 patches (192 x 192 pixels, 43
-# tokens each), so a video's tokens fit a 4096-token row.
+# Ola's MAXRES (ola/mm_utils.py line 36, 1536 in Ola's inference and training scripts): an image above this side
+# squared (its own area) is scaled to it, a smaller one only padded to 32-pixel multiples; `tiny`: 96 pixels, 12 x 12
+# of its 8-pixel patches as 1536 is 96 x 96 of 16.
+ORYX_MAXRES = {"tiny": 96, "7b": 1536}
+# Its patch slots per row. `tiny`: 3 images (with their low-res views) or 8 frames of 64 x 64 pixels; any image of
+# aspect ratio up to 4 (its Ola-sized views take at most 204 patches). `7b` (our choice): one image at Ola's largest
+# and its low-res view (any aspect ratio up to 4: at most 10200 patches, e.g. 801 x 2945 pixels padded to 832 x 2976
+# and its 192 x 736 view) or several smaller; 64 frames of at most 144 patches (192 x 192 pixels, 43 tokens each),
+# so a video's tokens fit a 4096-token row. An image whose views take more is dropped as too long.
 ORYX_PATCHES = {"tiny": dict(image_patches=256, video_patches=512),
-                "7b": dict(image_patches=9216, video_patches=9216)}
+                "7b": dict(image_patches=10240, video_patches=9216)}
 # Each image's low-resolution view before it, as Ola's inference makes it (LOWRES_RESIZE='384x32': 384 x 384 pixels
 # of area); `tiny`: 32 x 32 of a 64-pixel image.
 ORYX_LOWRES = {"tiny": 32, "7b": 384}
@@ -331,7 +337,7 @@ def use_oryx(c: mlc.ConfigDict, preset: str) -> None:
     c.model.vision = dict(ORYX[preset])  # replaced, not merged (ConfigDict.update merges)
     c.model.update(vision_connector="ola", layout="ola_native")
     c.media.update(ORYX_PATCHES[preset])
-    c.data.pipeline.native_lowres = ORYX_LOWRES[preset]
+    c.data.pipeline.update(native_lowres=ORYX_LOWRES[preset], native_maxres=ORYX_MAXRES[preset])
     if isinstance(c.get("init_from"), list | tuple):
         kept = [(src, tuple(g for g in groups if g != "vision")) for src, groups in c.init_from]
         c.init_from = [(src, groups) for src, groups in kept if groups]
@@ -379,7 +385,7 @@ def start_from(c: mlc.ConfigDict, preset: str, path: str) -> None:
     c.model = mlc.ConfigDict(model)
     if model["vision"] is not None and model["vision"].get("native"):
         c.media.update(ORYX_PATCHES[preset])
-        c.data.pipeline.native_lowres = ORYX_LOWRES[preset]
+        c.data.pipeline.update(native_lowres=ORYX_LOWRES[preset], native_maxres=ORYX_MAXRES[preset])
     c.init_from = path
 
 

@@ -44,9 +44,9 @@ CFG = OmniConfig(
     vision_connector=LocalGlobalPool(), layout="ola_native", image_token_id=IMAGE_ID, video_token_id=VIDEO_ID,
     image_slots=3, image_patches=96)
 CODES = {"begin": 100.0, "newline": 200.0, "sep": 300.0, "end": 400.0}  # mm_embed vectors, easy to find
-# Three aspect ratios -> the view Ola's processor makes of each within 96 patches of 16 pixels: 2.5:1 and 1:2.4
-# padded (centred, grey) to multiples of 32 pixels; 3:5 over the budget, scaled to 96 patches of area, sides
-# floored to multiples of 32.
+MAXRES = 160  # Ola's MAXRES for these tests: images above 160 x 160 pixels are scaled to that area
+# Three aspect ratios -> the view Ola's processor makes of each: 2.5:1 and 1:2.4 padded (centred, grey) to multiples
+# of 32 pixels; 3:5 over MAXRES squared, scaled to that area, sides floored to multiples of 32.
 VIEWS = {(40, 100): (64, 128), (120, 50): (128, 64), (300, 500): (96, 192)}
 # Ola's low-resolution view of each (``native_lowres=64``): that view scaled to 64 x 64 pixels of area, sides floored
 # to multiples of 32 (made from the padded image: the unpadded 40 x 100 and 120 x 50 would give 32 x 96 and 96 x 32).
@@ -83,7 +83,7 @@ def _rows(path, n=3, **kw):
     """The first ``n`` batches of the pipeline over ``path`` (as many examples per row as fit), checked."""
     config = PipelineConfig(sources=(Source("s", (path,)),), tokenizer=common.tiny_dir("llm"), batch_size=2,
                             seq_len=128, budget=CFG.budget, layout=CFG.media_layout, process_index=0, process_count=1,
-                            **kw)
+                            **{"native_maxres": MAXRES, **kw})
     pipeline = Pipeline(config)
     try:
         out = []
@@ -215,14 +215,15 @@ def test_video_frames_at_their_own_size(model, tmp_path):
     np.testing.assert_allclose(run[feature_at], np.concatenate(pooled), rtol=1e-5, atol=1e-5)
 
 
-def test_ola_processor_pads_centred_or_scales_to_the_budget():
-    assert mt.ola_native_size((40, 100), 96) == (64, 128, False)
-    assert mt.ola_native_size((300, 500), 96) == (96, 192, True)
-    assert mt.ola_native_size((1, 10000), 16) == (32, 128, True)  # too thin: the long side cut to fit
-    assert mt.ola_lowres_size((300, 500), 384, max_patches=9216) == (288, 480)  # Ola's LOWRES_RESIZE='384x32'
-    assert [mt.ola_lowres_size(size, 64, max_patches=96) for size in VIEWS] == list(LOWRES.values())
+def test_ola_processor_pads_centred_or_scales_above_maxres():
+    assert mt.ola_native_size((40, 100), MAXRES) == (64, 128, False)
+    assert mt.ola_native_size((300, 500), MAXRES) == (96, 192, True)
+    assert mt.ola_native_size((160, 160), MAXRES) == (160, 160, False)  # not above MAXRES squared: padded only
+    assert mt.ola_native_size((1, 10000), 16) == (32, 1600, True)  # too thin: at least one stride (Ola's max())
+    assert mt.ola_lowres_size((300, 500), 384) == (288, 480)  # Ola's LOWRES_RESIZE='384x32', MAXRES 1536
+    assert [mt.ola_lowres_size(size, 64, maxres=MAXRES) for size in VIEWS] == list(LOWRES.values())
     image = Image.fromarray(np.full((40, 100, 3), 255, np.uint8))
-    view = image_tiles.native_view(image, max_patches=96)
+    view = image_tiles.native_view(image, maxres=MAXRES)
     grey = (127 / 255 - 0.5) / 0.5
     assert view.shape == (64, 128, 3)
     assert (view[12:52, 14:114] == 1.0).all() and np.allclose(view[:12], grey) and np.allclose(view[:, :14], grey)
@@ -233,10 +234,10 @@ def _ola_resize_images(size, patch_size, base_size, maxres=1536):
     ``size`` (height, width) with ``inference/infer.py``'s settings (``PAD2STRIDE``, ``MINRES`` 0, ``MAXRES``
     1536). Ola calls PIL's (width, height) ``h, w`` (line 101); the rule treats both sides alike."""
     h, w = size
-    if base_size == 0:  # lines 102-112: scaled only above MAXRES x MAXRES pixels
-        scale = maxres / math.sqrt(h * w) if h * w > maxres * maxres else None
-    else:  # lines 113-115: scaled to base_size x base_size pixels of area
-        scale = base_size / math.sqrt(h * w)
+    if base_size == 0:  # lines 102-112: scaled only above MAXRES x MAXRES pixels, by sqrt of the area ratio
+        scale = math.sqrt(maxres * maxres / (h * w)) if h * w > maxres * maxres else None
+    else:  # lines 113-115: scaled to base_size x base_size pixels of area (sqrt of the ratio, as Ola computes it:
+        scale = math.sqrt(base_size * base_size / (h * w))  # base / sqrt(h w) floors 1504 x 1504 to 352, not 384)
     if scale is not None:  # lines 118-123: sides floored to patch multiples, at least one patch
         return max(int(h * scale / patch_size) * patch_size, patch_size), \
             max(int(w * scale / patch_size) * patch_size, patch_size)
@@ -261,14 +262,53 @@ def test_lowres_view_is_made_from_the_padded_image_as_olas():
         assert got.grids.tolist() == [list(mt.native_patch_grid(v)) for v in views], size
         unpadded = [_ola_resize_images(size, 32, 384), views[1]]
         assert got.tokens == mt.ola_native_image_tokens(views) != mt.ola_native_image_tokens(unpadded), size
-    assert _ola_views((427, 640))[0] == mt.ola_lowres_size((427, 640), 384, max_patches=9216) == (320, 448)
+    assert _ola_views((427, 640))[0] == mt.ola_lowres_size((427, 640), 384) == (320, 448)
     # over Ola's MAXRES (9216 patches of area): Ola scales the image first, and the low-res view comes from that
-    assert mt.ola_lowres_size((1600, 2000), 384, max_patches=9216) == _ola_views((1600, 2000))[0]
+    assert mt.ola_lowres_size((1600, 2000), 384) == _ola_views((1600, 2000))[0]
+
+
+def test_highres_view_is_sized_by_maxres_alone_as_olas():
+    """At the 7b settings (MAXRES 1536, ``native_lowres=384``, 10240 patch slots) Ola sizes the high-res view by
+    MAXRES alone, on the image's own area (``resize_images``, ``ola/mm_utils.py`` lines 102-112, 124-134; re-derived
+    in ``_ola_resize_images``), whatever the low-res view takes: images padded to near 9216 patches, or whose padded
+    area passes 1536 x 1536 while their own does not, keep their padded size; larger ones are scaled to 1536 x 1536
+    pixels of area. Sized as before within the row's slots less the low-res view (8640 of the 9216 slots then), each
+    came out smaller; the last two would still at today's 10240 (9664 left: 801 x 2945 padded takes 9672)."""
+    c = stage1a.get_config("7b,vision=oryx")
+    assert (c.data.pipeline.native_maxres, c.data.pipeline.native_lowres, c.media.image_patches) == (1536, 384, 10240)
+    cfg = omni_config(c)
+    features = MediaFeatures(cfg.budget, cfg.media_layout, native_lowres=384, native_maxres=1536)
+    for size, high in [((1500, 1500), (1504, 1504)), ((1505, 1537), (1536, 1568)), ((2000, 3000), (1248, 1856)),
+                       ((1200, 1900), (1216, 1920)), ((801, 2945), (832, 2976))]:
+        views = _ola_views(size)
+        assert views[1] == high and mt.ola_native_views(size, maxres=1536, lowres=384) == views, size
+        assert math.prod(mt.native_patch_grid(high)) > 9216 - 576, size  # past the old rule's share of the row
+        got = features.image(Image.new("RGB", size[::-1], (200, 10, 90)))
+        assert got.grids.tolist() == [list(mt.native_patch_grid(v)) for v in views], size
+        assert got.tokens == mt.ola_native_image_tokens(views) == cfg.media_layout.image_tokens(2, view_sizes=views)
+    assert mt.ola_native_patches(_ola_views((801, 2945))) == 10200  # the largest of aspect ratio <= 4 (common.py)
+
+
+def test_views_over_the_patch_slots_drop_the_example(images):
+    """Sized by MAXRES alone (1536 here), the 300 x 500 image's view (320 x 512: 640 patches) takes more than the
+    row's 96 patch slots: that example is dropped as too long, counted under its source; the others pass."""
+    config = PipelineConfig(sources=(Source("s", (images,)),), tokenizer=common.tiny_dir("llm"), batch_size=2,
+                            seq_len=128, budget=CFG.budget, layout=CFG.media_layout, process_index=0, process_count=1)
+    assert config.native_maxres == 1536 and mt.ola_native_size((300, 500)) == (320, 512, False)
+    pipeline = Pipeline(config)
+    try:
+        grids = {tuple(map(tuple, batch["image_grid"][b][batch["image_grid"][b, :, 0] > 0]))
+                 for batch in (next(pipeline) for _ in range(3)) for b in range(2)}
+        metrics = pipeline.metrics
+    finally:
+        pipeline.close()
+    assert metrics["dropped_too_long/s"] == metrics["dropped_too_long"] > 0
+    assert {g for row in grids for g in row} == {(4, 8), (8, 4)}  # 64 x 128 and 128 x 64 views only
 
 
 def test_vision_knob_swaps_the_tower_in_both_presets():
     """``vision=oryx``: OryxViT (Ola's sizes for 7b), the 'ola_native' layout, patch slots, no SigLIP import."""
-    for preset, patches, lowres, params in (("tiny", 256, 32, 95_680), ("7b", 9216, 384, 431_226_864)):
+    for preset, patches, lowres, params in (("tiny", 256, 32, 95_680), ("7b", 10240, 384, 431_226_864)):
         c = stage1a.get_config(f"{preset},vision=oryx")
         cfg = omni_config(c)
         assert cfg.native and cfg.media_layout.native and cfg.image_patches == patches

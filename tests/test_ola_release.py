@@ -205,7 +205,7 @@ def test_a_stage_starts_from_the_release(loaded, tmp_path):
     seven = omni_config(stage3b.get_config(f"7b,init={release}"))  # the 7b preset's numerics on the release's sizes
     assert (seven.llm.hidden_size, seven.llm.dtype, seven.vision.remat, seven.beats.dtype) == (32, "bfloat16", "full",
                                                                                               "bfloat16")
-    assert seven.image_patches == 9216 and seven.beats.predictor_class == 5
+    assert seven.image_patches == 10240 and seven.beats.predictor_class == 5
     with pytest.raises(ValueError, match=r"init= takes the model of its directory; drop \['audio'\]"):
         stage3b.get_config(f"tiny,init={release},audio=dual")
     with pytest.raises(ValueError, match=r"init='@hf/Ola-7b': give the model directory as a folder"):
