@@ -335,9 +335,9 @@ def use_oryx(c: mlc.ConfigDict, preset: str) -> None:
     if c.model.get("vision") is None:
         raise ValueError(f"stage {c.name!r} has no vision tower for vision=oryx to replace")
     c.model.vision = dict(ORYX[preset])  # replaced, not merged (ConfigDict.update merges)
-    c.model.update(vision_connector="ola", layout="ola_native")
+    c.model.update(vision_connector="ola", layout="ola_native", native_lowres=ORYX_LOWRES[preset],
+                   native_maxres=ORYX_MAXRES[preset])
     c.media.update(ORYX_PATCHES[preset])
-    c.data.pipeline.update(native_lowres=ORYX_LOWRES[preset], native_maxres=ORYX_MAXRES[preset])
     if isinstance(c.get("init_from"), list | tuple):
         kept = [(src, tuple(g for g in groups if g != "vision")) for src, groups in c.init_from]
         c.init_from = [(src, groups) for src, groups in kept if groups]
@@ -385,7 +385,7 @@ def start_from(c: mlc.ConfigDict, preset: str, path: str) -> None:
     c.model = mlc.ConfigDict(model)
     if model["vision"] is not None and model["vision"].get("native"):
         c.media.update(ORYX_PATCHES[preset])
-        c.data.pipeline.update(native_lowres=ORYX_LOWRES[preset], native_maxres=ORYX_MAXRES[preset])
+        c.model.update(native_lowres=ORYX_LOWRES[preset], native_maxres=ORYX_MAXRES[preset])
     c.init_from = path
 
 

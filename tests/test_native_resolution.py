@@ -26,6 +26,10 @@ from experiments.ola import stage1a
 from omnijax import launch
 from omnijax.checkpoint import load_model
 from omnijax.hf import convert
+from omnijax.hf.exporter import save_hf
+from omnijax.hf.omni import OMNI
+from omnijax.launch import grain_pipeline_config
+from omnijax.training.stages import StageConfigError
 from omnijax import media_tokens as mt
 from omnijax.batch import check_batch
 from omnijax.models.connector_configs import LocalGlobalPool
@@ -244,11 +248,11 @@ def _ola_resize_images(size, patch_size, base_size, maxres=1536):
     return -(-h // patch_size) * patch_size, -(-w // patch_size) * patch_size  # lines 124-134: padded (grey 127)
 
 
-def _ola_views(size):
+def _ola_views(size, maxres=1536, lowres=384):
     """``process_anyres_highres_image`` (lines 193-218) with infer.py's ``HIGHRES_BASE='0x32'`` and
     ``LOWRES_RESIZE='384x32'``: the image resized first (line 199), the low-res view made from that (line 211)."""
-    high = _ola_resize_images(size, 32, 0)
-    return [_ola_resize_images(high, 32, 384), high]
+    high = _ola_resize_images(size, 32, 0, maxres)
+    return [_ola_resize_images(high, 32, lowres), high]
 
 
 def test_lowres_view_is_made_from_the_padded_image_as_olas():
@@ -274,9 +278,8 @@ def test_highres_view_is_sized_by_maxres_alone_as_olas():
     area passes 1536 x 1536 while their own does not, keep their padded size; larger ones are scaled to 1536 x 1536
     pixels of area. Sized as before within the row's slots less the low-res view (8640 of the 9216 slots then), each
     came out smaller; the last two would still at today's 10240 (9664 left: 801 x 2945 padded takes 9672)."""
-    c = stage1a.get_config("7b,vision=oryx")
-    assert (c.data.pipeline.native_maxres, c.data.pipeline.native_lowres, c.media.image_patches) == (1536, 384, 10240)
-    cfg = omni_config(c)
+    cfg = omni_config(stage1a.get_config("7b,vision=oryx"))
+    assert (cfg.native_maxres, cfg.native_lowres, cfg.image_patches) == (1536, 384, 10240)
     features = MediaFeatures(cfg.budget, cfg.media_layout, native_lowres=384, native_maxres=1536)
     for size, high in [((1500, 1500), (1504, 1504)), ((1505, 1537), (1536, 1568)), ((2000, 3000), (1248, 1856)),
                        ((1200, 1900), (1216, 1920)), ((801, 2945), (832, 2976))]:
@@ -308,11 +311,12 @@ def test_views_over_the_patch_slots_drop_the_example(images):
 
 def test_vision_knob_swaps_the_tower_in_both_presets():
     """``vision=oryx``: OryxViT (Ola's sizes for 7b), the 'ola_native' layout, patch slots, no SigLIP import."""
-    for preset, patches, lowres, params in (("tiny", 256, 32, 95_680), ("7b", 10240, 384, 431_226_864)):
+    for preset, patches, lowres, maxres, params in (("tiny", 256, 32, 96, 95_680),
+                                                    ("7b", 10240, 384, 1536, 431_226_864)):
         c = stage1a.get_config(f"{preset},vision=oryx")
         cfg = omni_config(c)
         assert cfg.native and cfg.media_layout.native and cfg.image_patches == patches
-        assert c.data.pipeline.native_lowres == lowres  # Ola's low-resolution view before each image
+        assert (cfg.native_lowres, cfg.native_maxres) == (lowres, maxres)  # Ola's low-res view, Ola's MAXRES
         assert all("vision" not in groups for _, groups in c.init_from)
         shapes = jax.eval_shape(OryxViTModel(cfg.vision).init, jax.random.key(0), *example_inputs(cfg.vision))
         assert sum(x.size for x in jax.tree.leaves(shapes)) == params  # 7b: Ola's tower, pos_embed 128 x 128
@@ -325,6 +329,34 @@ def test_vision_knob_swaps_the_tower_in_both_presets():
         CFG.replace(image_patches=0)
     with pytest.raises(ValueError, match="vision='vit' is not one of siglip, oryx"):
         stage1a.get_config("tiny,vision=vit")
+
+
+def test_ola_processor_settings_round_trip_through_export(model, tmp_path):
+    """``native_lowres`` and ``native_maxres`` are the model's: its export records them in the processor settings
+    (the ``OlaNative`` entry of ``config.json``), import reads them back from there, and a stage's pipeline takes
+    them from the model (``c.data.pipeline`` may not set them)."""
+    params, _, _ = model
+    cfg = CFG.replace(native_lowres=64, native_maxres=MAXRES)
+    save_hf(str(tmp_path / "hf"), OMNI, cfg, params, progress=False)
+    with open(tmp_path / "hf" / "config.json") as f:
+        config = json.load(f)
+    image = config["processor"]["image"]
+    assert image["image_processor_type"] == "OlaNative"
+    assert (image["native_lowres"], image["native_maxres"]) == (64, 160)
+    assert "native_lowres" not in config and OmniConfig.from_dict(cfg.to_dict()) == cfg
+    loaded = load_model(str(tmp_path / "hf"), progress=False).module.cfg
+    assert loaded == cfg and (loaded.native_lowres, loaded.native_maxres) == (64, 160)
+    image["native_lowres"] = 0  # what import reads is the processor entry
+    assert OmniConfig.from_dict(config).native_lowres == 0
+    assert OmniConfig.from_dict(CFG.replace(image_patches=96).to_dict()).native_maxres == mt.OLA_MAXRES
+    with pytest.raises(ValueError, match="native_lowres=32, native_maxres=1536: Ola's processor settings of a "):
+        omni_config(stage1a.get_config("tiny")).replace(native_lowres=32)
+
+    c = stage1a.get_config("tiny,vision=oryx")
+    c.data.update(source="grain", sources=[], pipeline=dict(native_lowres=64))
+    with pytest.raises(StageConfigError, match=r"c.data.pipeline.native_lowres: Ola's processor settings are the "
+                                               r"model's \(exported with it\): set c.model.native_lowres"):
+        grain_pipeline_config(c, 0, 1)
 
 
 def test_ola_tiny_stage_trains_with_native_resolution_vision(corpus, tmp_path):  # noqa: F811
@@ -347,6 +379,7 @@ def test_ola_tiny_stage_trains_with_native_resolution_vision(corpus, tmp_path): 
     convert.main(["export", "--ckpt", str(tmp_path / "w"), "--out", str(tmp_path / "hf")])
     loaded = load_model(str(tmp_path / "hf"), progress=False)
     assert loaded.module.cfg.native and loaded.module.cfg.image_patches == 256
+    assert (loaded.module.cfg.native_lowres, loaded.module.cfg.native_maxres) == (32, 96)  # Ola's processor settings
     same = jax.tree.map(lambda a, z: bool((np.asarray(a) == np.asarray(z)).all()), end, loaded.params)
     assert all(jax.tree.leaves(same))
     with open(tmp_path / "hf" / "config.json") as f:

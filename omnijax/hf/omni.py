@@ -143,9 +143,11 @@ def processor_settings(cfg: OmniConfig) -> dict:
     """Keyword arguments of the stock processors that make the towers' inputs as the data pipeline does
     (``data_pipelines.features``): SigLIP's per view / tile / frame, Whisper's log-mel per window."""
     out = {}
-    if cfg.native:  # Ola's processor: each image at its own size (data_pipelines.image_tiles.native_view)
+    if cfg.native:  # Ola's processor: each image at its own size (data_pipelines.image_tiles.native_view), its
+        # low-res view first when native_lowres (Ola's LOWRES_RESIZE side), scaled above native_maxres (Ola's MAXRES)
         out["image"] = {"image_processor_type": "OlaNative", "patch_size": cfg.vision.patch_size,
                         "image_patches": cfg.image_patches, "video_patches": cfg.video_patches,
+                        "native_lowres": cfg.native_lowres, "native_maxres": cfg.native_maxres,
                         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
     elif cfg.vision is not None:
         size = cfg.vision.image_size

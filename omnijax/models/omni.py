@@ -48,7 +48,7 @@ import jax.numpy as jnp
 
 from omnijax.batch import NATIVE_MODALITIES, SLOT_FIELDS, MediaBudget, batch_spec
 from omnijax.media_layouts import MediaLayout, layout_class
-from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, MODALITIES, beats_fbank_frames
+from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, MODALITIES, OLA_MAXRES, beats_fbank_frames
 from omnijax.models import connector_configs, layouts
 from omnijax.models.audio import AudioConfig, WhisperEncoder
 from omnijax.models.beats import BEATsConfig
@@ -62,7 +62,8 @@ from omnijax.models.vision import VisionConfig, VisionTower
 # Fields of the LLM / tower configs that are load-time choices, not part of a model's description.
 NUMERICS = ("dtype", "param_dtype", "attention", "remat", "scan_unroll")
 _TOWERS = ("llm", "vision", "audio", "beats")  # the sub-config fields of OmniConfig
-_NOT_FLAT = _TOWERS + ("vision_connector", "audio_connector")  # fields to_dict writes in another form
+_PROCESSOR = ("native_lowres", "native_maxres")  # fields to_dict writes under processor.image (Ola's processor)
+_NOT_FLAT = _TOWERS + ("vision_connector", "audio_connector") + _PROCESSOR  # fields to_dict writes in another form
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +90,8 @@ class OmniConfig:
     anyres_max_num_patches: int = 9  # N of 'anyres_max_N'
     image_patches: int = 0  # native resolution: patch slots per row for the images' views (OryxViT)
     video_patches: int = 0  # and for the video frames
+    native_lowres: int = 0  # native resolution: side of Ola's low-res view before each image (its area; Ola: 384)
+    native_maxres: int = OLA_MAXRES  # native resolution: images above this side squared scaled to it (Ola's MAXRES)
 
     def __post_init__(self):
         object.__setattr__(self, "anyres_pinpoints", tuple((int(h), int(w)) for h, w in self.anyres_pinpoints))
@@ -128,6 +131,9 @@ class OmniConfig:
                                  f"slots per row its {m}s' views fill (e.g. {m}_patches={64 * slots})")
             if patches and not native:
                 raise ValueError(f"{m}_patches={patches} needs a native-resolution vision tower (OryxViT)")
+        if self.native_lowres < 0 or self.native_maxres < 1 or (self.native_lowres and not native):
+            raise ValueError(f"native_lowres={self.native_lowres}, native_maxres={self.native_maxres}: Ola's processor "
+                             "settings of a native-resolution tower (OryxViT), lowres >= 0 and maxres >= 1")
         if self.vision is not None and not native:
             self.vision_connector.grid(self.vision.grid_side, self.vision.grid_side)
         if self.beats is not None and (self.audio is None or self.audio.variant != "whisper"):
@@ -209,7 +215,9 @@ class OmniConfig:
         fields transformers keeps outside its vision config
         (``vision_feature_layer``, ``vision_interpolate_pos_encoding``); the connectors by name with their
         flat settings (``connector_configs``: ``audio_connector='frame_stack'``, ``frame_stack_k``, ...);
-        every other field by name."""
+        with a native-resolution tower, Ola's processor settings (``native_lowres``, ``native_maxres``) under
+        ``processor.image``, where ``omnijax.hf.omni.processor_settings`` writes them too; every other field by
+        name."""
         def hf(sub):
             return None if sub is None else {k: v for k, v in sub.to_hf().items() if k != "architectures"}
 
@@ -218,8 +226,9 @@ class OmniConfig:
         for t in connector_configs.TOWERS:
             conn = getattr(self, f"{t}_connector")
             own.update(conn.to_fields(t) if conn is not None else {f"{t}_connector": None})
+        processor = {"processor": {"image": {k: getattr(self, k) for k in _PROCESSOR}}} if self.native else {}
         return {"text_config": hf(self.llm), "vision_config": hf(self.vision), "audio_config": hf(self.audio),
-                "beats_config": hf(self.beats),
+                "beats_config": hf(self.beats), **processor,
                 "vision_feature_layer": getattr(self.vision, "feature_layer", -1),
                 "vision_interpolate_pos_encoding": bool(getattr(self.vision, "interpolate_pos_encoding", False)),
                 **own}
@@ -244,6 +253,8 @@ class OmniConfig:
             return config_cls.from_hf(d[key], **extra, **kw)
 
         kw = {k: d[k] for k in own - set(_NOT_FLAT) if k in d}
+        image = (d.get("processor") or {}).get("image") or {}
+        kw.update({k: image[k] for k in _PROCESSOR if k in image})
         kw.update({f"{t}_connector": connector_configs.from_fields(t, d) for t in connector_configs.TOWERS})
         kw.update({k: v for k, v in overrides.items() if k in own})
         if (d.get("vision_config") or {}).get("model_type") == "oryx_vit":
