@@ -23,11 +23,13 @@ from data_pipelines.features import MediaFeatures
 from data_pipelines.pipeline import Pipeline, PipelineConfig, Source
 from experiments import common
 from experiments.ola import stage1a
-from omnijax import launch
+from omnijax import experiment, launch
 from omnijax.checkpoint import load_model
 from omnijax.hf import convert
 from omnijax.hf.exporter import save_hf
 from omnijax.hf.omni import OMNI
+from omnijax.inference.chat import question_example
+from omnijax.tools import generate
 from omnijax.launch import grain_pipeline_config
 from omnijax.training.stages import StageConfigError
 from omnijax import media_tokens as mt
@@ -357,6 +359,38 @@ def test_ola_processor_settings_round_trip_through_export(model, tmp_path):
     with pytest.raises(StageConfigError, match=r"c.data.pipeline.native_lowres: Ola's processor settings are the "
                                                r"model's \(exported with it\): set c.model.native_lowres"):
         grain_pipeline_config(c, 0, 1)
+
+
+def test_ask_lays_out_a_native_image_as_the_pipeline(model, tmp_path, capsys):
+    """``experiment.load_model(DIR).ask(question, image=PIL)`` of an OryxViT model: a non-square image gets the
+    pipeline's native views (Ola's low-res view, then the image over MAXRES squared scaled to it, by the model's
+    ``native_lowres`` / ``native_maxres`` read back from its export: Ola's rule re-derived in ``_ola_views``), the
+    same patches, grids and placeholder tokens, Ola's layout of them in the embeddings; the generate CLI's answer
+    is ``ask``'s."""
+    params, embed, _ = model
+    cfg = CFG.replace(native_lowres=64, native_maxres=MAXRES)
+    save_hf(str(tmp_path / "hf"), OMNI, cfg, params, assets_dir=common.tiny_dir("llm"), progress=False)
+    chat = experiment.load_model(str(tmp_path / "hf"))
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (300, 500, 3), np.uint8))
+    gen = chat.generator(1, 2)
+    batch = gen.batch([gen.prepare(question_example("What is it?", image=image))], 1)
+    want = MediaFeatures(cfg.budget, cfg.media_layout, native_lowres=64, native_maxres=MAXRES).image(image)
+    views = _ola_views((300, 500), MAXRES, 64)
+    assert views == [(32, 64), (96, 192)]
+    assert batch["image_grid"][0].tolist() == want.grids.tolist() + [[0, 0]] == [[2, 4], [6, 12], [0, 0]]
+    np.testing.assert_array_equal(batch["image_patches"][0, :80], want.data)
+    assert batch["image_patch_slot"][0].tolist() == [0] * 8 + [1] * 72 + [-1] * 16
+    assert batch["image_item"][0].tolist() == [0, 0, -1]
+    (start, length), = _runs(batch["input_ids"][0])
+    assert length == want.tokens == mt.ola_native_image_tokens(views) == 1 + 1 * 3 + 1 + 3 * 7 + 1  # pooled 2x2
+    run = np.asarray(embed(batch))[0, start:start + length]
+    code = {name: np.flatnonzero((run == v).all(axis=1)).tolist() for name, v in CODES.items()}
+    assert code["newline"] == mt.ola_native_image_newlines(views) and code["sep"] == [4]
+    answer = chat.ask("What is it?", image=image, max_new_tokens=2)
+    image.save(tmp_path / "a.png")  # the generate CLI: the same model, views and answer
+    assert generate.main(["--model", str(tmp_path / "hf"), "--image", str(tmp_path / "a.png"), "--prompt",
+                          "What is it?", "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().out.strip() == answer
 
 
 def test_ola_tiny_stage_trains_with_native_resolution_vision(corpus, tmp_path):  # noqa: F811
