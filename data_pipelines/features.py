@@ -15,8 +15,9 @@ model will produce for it, from the shared count functions (the layout, `omnijax
   too long (`media_expansion`). Pixels are normalised as SigLIP's processor does (/255, mean = std = 0.5).
 - videos: PyAV (one decoder thread); `video_frames` frames taken uniformly
   (`linspace(0, n - 1, k)` floored, Ola's sampling), fewer when the video has fewer; each resized to
-  `video_size`, or at native resolution (`video_patches`) each kept at its size within
-  `video_patches // video_frames` patches (`frame_view`) and cut into patches. `jpeg_frames` videos
+  `video_size`, or at native resolution (`video_patches`) each sized as Ola's `resize_video` does (padded, or
+  scaled to `native_video_maxres` / `native_video_minres` squared pixels, `frame_view`) and cut into patches; a
+  video whose frames take more than the row's `video_patches` is dropped as too long. `jpeg_frames` videos
   sample their JPEG list the same way.
 - audio: soundfile, channels averaged, resampled to 16 kHz, cut into windows of the budget's
   `audio_frames / 100` seconds (`audio.split_into_chunks`), Whisper log-mel per window
@@ -216,6 +217,8 @@ class MediaFeatures:
     max_image_tiles: int = 9
     native_lowres: int = 0  # native resolution: side of Ola's low-resolution view (its area), 0 = none
     native_maxres: int = media_tokens.OLA_MAXRES  # native resolution: images above this side squared are scaled
+    native_video_maxres: int = media_tokens.OLA_VIDEO_MAXRES  # and frames above this side squared
+    native_video_minres: int = media_tokens.OLA_VIDEO_MINRES  # and frames below this side squared (scaled up)
 
     def __post_init__(self):
         if self.image_tiling not in IMAGE_TILINGS:
@@ -255,8 +258,9 @@ class MediaFeatures:
         return self._patches("image", views, self.layout.image_tokens(len(sizes), view_sizes=sizes))
 
     def native_video(self, frames: list) -> Feature:
-        """Video frames at native resolution, each at its own size within its share of the row's patch slots."""
-        views = [image_tiles.frame_view(f, max_patches=self.budget.video_patches // self.video_frames,
+        """Video frames at native resolution, each sized as Ola's ``resize_video`` sizes it (``native_video_maxres``,
+        ``native_video_minres``); whether they fit the row's patch slots is ``MediaExpansion.fit``'s check."""
+        views = [image_tiles.frame_view(f, maxres=self.native_video_maxres, minres=self.native_video_minres,
                                         patch_size=self.budget.patch_size) for f in frames]
         return self._patches("video", views, self.layout.video_tokens(len(views), frame_size=views[0].shape[:2]))
 

@@ -32,7 +32,8 @@ second, low-resolution view before that one (``LOWRES_RESIZE='384x32'``): the im
 it (padded or scaled, as Ola pads before it makes this view), scaled to ``384 x 384`` pixels of area, sides floored
 to multiples of 32 (``omnijax.media_tokens.ola_lowres_size``, ``lowres_view``). Neither view depends on the row's
 patch slots: an image whose views do not fit them is the pipeline's to drop (``media_expansion.MediaExpansion.fit``).
-``frame_view`` sizes a video frame within its share of the row's patch slots (``ola_frame_size``).
+``frame_view`` sizes a video frame as Ola's ``resize_video`` does (``VIDEO_MAXRES``, ``VIDEO_MINRES``:
+``omnijax.media_tokens.ola_frame_size``).
 
 Sizes are ``(height, width)`` throughout, tiles NHWC float32 (HF processors give NCHW).
 """
@@ -45,8 +46,9 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from omnijax.media_tokens import (LLAVA_ONEVISION_GRID_PINPOINTS, OLA_MAXRES, check_size, native_patch_grid,
-                                  ola_frame_size, ola_lowres_size, ola_native_size, select_best_resolution)
+from omnijax.media_tokens import (LLAVA_ONEVISION_GRID_PINPOINTS, OLA_MAXRES, OLA_VIDEO_MAXRES, OLA_VIDEO_MINRES,
+                                  check_size, native_patch_grid, ola_frame_size, ola_lowres_size, ola_native_size,
+                                  select_best_resolution)
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
@@ -189,11 +191,11 @@ def native_view(image, *, maxres: int = OLA_MAXRES, patch_size: int = 16, mean: 
     return _normalize([_ola_pixels(image, size)], mean, std)[0]
 
 
-def frame_view(image, *, max_patches: int, patch_size: int = 16, mean: Sequence[float] = SIGLIP_MEAN,
-               std: Sequence[float] = SIGLIP_STD) -> np.ndarray:
-    """A video frame (PIL, RGB) at its own size within ``max_patches`` patches: ``[H, W, 3]`` float32 normalised,
-    ``H x W`` = ``ola_frame_size``."""
-    size = ola_frame_size((image.height, image.width), max_patches, patch_size)
+def frame_view(image, *, maxres: int = OLA_VIDEO_MAXRES, minres: int = OLA_VIDEO_MINRES, patch_size: int = 16,
+               mean: Sequence[float] = SIGLIP_MEAN, std: Sequence[float] = SIGLIP_STD) -> np.ndarray:
+    """A video frame (PIL, RGB) as Ola's ``resize_video`` gives it to OryxViT: ``[H, W, 3]`` float32 normalised,
+    ``H x W`` = ``ola_frame_size`` (padded with grey, or scaled to ``maxres`` / ``minres`` squared pixels)."""
+    size = ola_frame_size((image.height, image.width), maxres=maxres, minres=minres, patch_size=patch_size)
     return _normalize([_ola_pixels(image, size)], mean, std)[0]
 
 

@@ -24,7 +24,7 @@ import jax
 from data_pipelines.pipeline import Pipeline, PipelineConfig, Source
 from omnijax import sharding
 from omnijax.checkpoint import describe_stage, load_model
-from omnijax.models.omni import OmniConfig
+from omnijax.models.omni import NATIVE_PROCESSOR, OmniConfig
 from omnijax.training import trainer
 from omnijax.training.omni_task import omni_config
 from omnijax.training.stages import StageConfigError
@@ -65,7 +65,7 @@ def grain_pipeline_config(c, process_index: int | None = None, process_count: in
     (``c.model``). Self-KD sources and ``c.objective.self_kd`` come together: the pairs are what the Self-KD loss
     reads, and the loss is what pairs are for."""
     extra = dict(c.data.get("pipeline") or {})
-    for name in ("native_lowres", "native_maxres"):
+    for name in NATIVE_PROCESSOR:
         if name in extra:
             raise StageConfigError(f"stage {c.name!r}: c.data.pipeline.{name}: Ola's processor settings are the "
                                    f"model's (exported with it): set c.model.{name}")
@@ -85,8 +85,8 @@ def grain_pipeline_config(c, process_index: int | None = None, process_count: in
     return PipelineConfig(sources=tuple(sources), tokenizer=c.data.tokenizer, batch_size=c.batch_size // count,
                           seq_len=c.seq_len, budget=cfg.budget, layout=cfg.media_layout, seed=int(c.data.seed),
                           task_names=tuple(c.task_names), workers=int(c.data.get("workers", 0)),
-                          process_index=index, process_count=count, native_lowres=cfg.native_lowres,
-                          native_maxres=cfg.native_maxres, **extra)
+                          process_index=index, process_count=count,
+                          **{k: getattr(cfg, k) for k in NATIVE_PROCESSOR}, **extra)
 
 
 def build_data(stage: trainer.Stage):

@@ -171,6 +171,7 @@ def native_patch_grid(image_size: Sequence[int], patch_size: int = 16) -> tuple[
 
 
 OLA_MAXRES = 1536  # Ola's MAXRES (ola/mm_utils.py line 36; inference/infer.py and its training scripts set 1536)
+OLA_VIDEO_MAXRES, OLA_VIDEO_MINRES = 448, 288  # Ola's scripts/finetune_ola*.sh (inference/infer.py: 480, 288)
 
 
 def ola_resize_size(image_size: Sequence[int], *, stride: int, maxres: int, minres: int = 0) -> tuple[int, int, bool]:
@@ -196,24 +197,14 @@ def ola_native_size(image_size: Sequence[int], maxres: int = OLA_MAXRES, patch_s
     return ola_resize_size(image_size, stride=2 * patch_size, maxres=maxres)
 
 
-def ola_frame_size(image_size: Sequence[int], max_patches: int, patch_size: int = 16) -> tuple[int, int, bool]:
-    """``(height, width, resized)`` of a video frame at native resolution within ``max_patches`` patches (the frame's
-    share of the row): its sides padded up to multiples of ``2 * patch_size`` when those take at most
-    ``max_patches`` patches; else the frame scaled to ``max_patches`` patches of area (aspect ratio kept), sides
-    floored to multiples of ``2 * patch_size`` (an extreme aspect ratio has its long side cut to the budget)."""
-    h, w = check_size(image_size)
-    stride = 2 * patch_size
-    if max_patches < 4:
-        raise ValueError(f"max_patches={max_patches}: a native view takes at least 2 x 2 patches")
-    padded = (-(-h // stride) * stride, -(-w // stride) * stride)
-    if padded[0] * padded[1] <= max_patches * patch_size * patch_size:
-        return padded[0], padded[1], False
-    scale = math.sqrt(max_patches * patch_size * patch_size / (h * w))
-    sides = [max(stride, int(x * scale / stride) * stride) for x in (h, w)]
-    for i in sorted((0, 1), key=lambda i: -sides[i]):  # an extreme aspect ratio: the long side takes what is left
-        most = max_patches // (sides[1 - i] // patch_size) // 2 * 2 * patch_size
-        sides[i] = min(sides[i], most)
-    return sides[0], sides[1], True
+def ola_frame_size(image_size: Sequence[int], *, maxres: int = OLA_VIDEO_MAXRES, minres: int = OLA_VIDEO_MINRES,
+                   patch_size: int = 16) -> tuple[int, int, bool]:
+    """``(height, width, resized)`` of a video frame as Ola's ``resize_video`` sizes it (``ola/mm_utils.py`` lines
+    145-183; ``VIDEO_RESIZE='0x32'``, ``VIDEO_MAXRES``, ``VIDEO_MINRES``, ``PAD2STRIDE`` of Ola's training scripts):
+    ``ola_resize_size`` at a stride of two patches, scaled down above ``maxres x maxres`` pixels and up below
+    ``minres x minres``. (Ola's ``resize_video`` has no floor of one stride, so a frame of aspect ratio past
+    ``maxres / 32`` fails there; here it keeps one.)"""
+    return ola_resize_size(image_size, stride=2 * patch_size, maxres=maxres, minres=minres)
 
 
 def ola_lowres_size(image_size: Sequence[int], base: int, *, maxres: int = OLA_MAXRES,

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from training_fixtures import compile_once, corpus  # noqa: F401
 
 from data_pipelines import image_tiles, schema, tokenizer as tok
-from data_pipelines.features import MediaFeatures
+from data_pipelines.features import MediaFeatures, _uniform
 from data_pipelines.pipeline import Pipeline, PipelineConfig, Source
 from experiments import common
 from experiments.ola import stage1a
@@ -181,8 +181,9 @@ def test_odd_grids_pool_a_repeated_last_row_and_column(model):
 
 
 def test_video_frames_at_their_own_size(model, tmp_path):
-    """A video of four 48 x 80 frames (JPEG frames): each padded to 64 x 96 (4 x 6 patches) in the patch slots,
-    pooled 2 x 3; each frame's rows + newline then sep, the video in begin ... end (``ola_native_video_tokens``)."""
+    """A video of four 48 x 80 frames (JPEG frames; no upscaling): each padded to 64 x 96 (4 x 6 patches) in the
+    patch slots, pooled 2 x 3; each frame's rows + newline then sep, the video in begin ... end
+    (``ola_native_video_tokens``)."""
     params, _, _ = model
     cfg = CFG.replace(image_slots=0, image_patches=0, video_slots=4, video_patches=96)
     encode = jax.jit(lambda x: OmniModel(cfg).apply({"params": params}, x, "video", method=OmniModel.encode_native))
@@ -200,7 +201,7 @@ def test_video_frames_at_their_own_size(model, tmp_path):
     writer.close()
     config = PipelineConfig(sources=(Source("v", (path,)),), tokenizer=common.tiny_dir("llm"), batch_size=1,
                             seq_len=128, budget=cfg.budget, layout=cfg.media_layout, video_frames=4, process_index=0,
-                            process_count=1)
+                            process_count=1, native_video_maxres=160, native_video_minres=0)
     pipeline = Pipeline(config)
     try:
         batch = next(pipeline)
@@ -219,6 +220,46 @@ def test_video_frames_at_their_own_size(model, tmp_path):
     pooled = [_spatial(params, patches[24 * f:24 * f + 24].reshape(1, 4, 6, -1)) for f in range(4)]
     feature_at = [i + d for i in frame for d in (0, 1, 2, 4, 5, 6)]
     np.testing.assert_allclose(run[feature_at], np.concatenate(pooled), rtol=1e-5, atol=1e-5)
+
+
+def _ola_resize_video(size, patch_size=32, maxres=448, minres=288):
+    """The size Ola's ``resize_video`` (Ola-Omni/Ola f681820, ``ola/mm_utils.py`` lines 145-183) gives a frame of
+    ``size`` with its training scripts' settings (``scripts/finetune_ola*.sh``: ``VIDEO_RESIZE='0x32'``,
+    ``VIDEO_MAXRES=448``, ``VIDEO_MINRES=288``, ``PAD2STRIDE``)."""
+    h, w = size
+    if h * w > maxres * maxres:  # lines 148-151: scaled down to VIDEO_MAXRES squared pixels
+        scale = math.sqrt(maxres * maxres / (h * w))
+    elif h * w < minres * minres:  # lines 152-155: scaled up to VIDEO_MINRES squared pixels
+        scale = math.sqrt(minres * minres / (h * w))
+    else:  # lines 166-176: padded (grey 127) to multiples of the stride
+        return -(-h // patch_size) * patch_size, -(-w // patch_size) * patch_size
+    return int(h * scale / patch_size) * patch_size, int(w * scale / patch_size) * patch_size  # lines 162-165
+
+
+def _ola_frame_indices(n, frames_upbound):
+    """The frames Ola's training keeps of a video of ``n`` (``ola/train/train.py`` lines 784-798): all when
+    ``n <= frames_upbound``, else those whose index is in ``linspace(0, n - 1, frames_upbound, dtype=int)``."""
+    if n <= frames_upbound:
+        return list(range(n))
+    idx = np.linspace(0, n - 1, frames_upbound, dtype=int).tolist()
+    return [i for i in range(n) if i in idx]
+
+
+def test_video_frames_are_sized_and_sampled_as_olas():
+    """Frames sized by Ola's ``resize_video`` rule (``_ola_resize_video``): a small one scaled up to VIDEO_MINRES
+    squared pixels (48 x 80 would have been only padded), a middling one padded, a large one scaled down to
+    VIDEO_MAXRES squared; the video's tokens from the shared count (``ola_native_video_tokens``); the frames the
+    pipeline samples are the ones Ola's training keeps."""
+    cfg = CFG.replace(image_slots=0, image_patches=0, video_slots=4, video_patches=4096)
+    features = MediaFeatures(cfg.budget, cfg.media_layout, video_frames=4)
+    for size, want in [((48, 80), (192, 352)), ((300, 400), (320, 416)), ((720, 1280), (320, 576))]:
+        assert _ola_resize_video(size) == want == mt.ola_frame_size(size)[:2], size
+        got = features.native_video([Image.new("RGB", size[::-1], (9, 99, 199))] * 2)
+        assert got.grids.tolist() == [[want[0] // 16, want[1] // 16]] * 2, size
+        assert got.tokens == mt.ola_native_video_tokens([want] * 2) == cfg.media_layout.video_tokens(2, frame_size=want)
+    assert mt.ola_frame_size((48, 80), maxres=160, minres=0) == (64, 96, False)
+    for n, k in [(3, 8), (8, 8), (9, 8), (100, 8), (1000, 64)]:
+        assert _uniform(n, k).tolist() == _ola_frame_indices(n, k), (n, k)
 
 
 def test_ola_processor_pads_centred_or_scales_above_maxres():
@@ -313,12 +354,13 @@ def test_views_over_the_patch_slots_drop_the_example(images):
 
 def test_vision_knob_swaps_the_tower_in_both_presets():
     """``vision=oryx``: OryxViT (Ola's sizes for 7b), the 'ola_native' layout, patch slots, no SigLIP import."""
-    for preset, patches, lowres, maxres, params in (("tiny", 256, 32, 96, 95_680),
-                                                    ("7b", 10240, 384, 1536, 431_226_864)):
+    for preset, patches, lowres, maxres, video, params in (("tiny", 256, 32, 96, (64, 40), 95_680),
+                                                           ("7b", 10240, 384, 1536, (160, 0), 431_226_864)):
         c = stage1a.get_config(f"{preset},vision=oryx")
         cfg = omni_config(c)
         assert cfg.native and cfg.media_layout.native and cfg.image_patches == patches
         assert (cfg.native_lowres, cfg.native_maxres) == (lowres, maxres)  # Ola's low-res view, Ola's MAXRES
+        assert (cfg.native_video_maxres, cfg.native_video_minres) == video  # frames within these sides squared
         assert all("vision" not in groups for _, groups in c.init_from)
         shapes = jax.eval_shape(OryxViTModel(cfg.vision).init, jax.random.key(0), *example_inputs(cfg.vision))
         assert sum(x.size for x in jax.tree.leaves(shapes)) == params  # 7b: Ola's tower, pos_embed 128 x 128
@@ -344,15 +386,19 @@ def test_ola_processor_settings_round_trip_through_export(model, tmp_path):
         config = json.load(f)
     image = config["processor"]["image"]
     assert image["image_processor_type"] == "OlaNative"
-    assert (image["native_lowres"], image["native_maxres"]) == (64, 160)
+    assert (image["native_lowres"], image["native_maxres"], image["native_video_maxres"],
+            image["native_video_minres"]) == (64, 160, 448, 288)
     assert "native_lowres" not in config and OmniConfig.from_dict(cfg.to_dict()) == cfg
     loaded = load_model(str(tmp_path / "hf"), progress=False).module.cfg
     assert loaded == cfg and (loaded.native_lowres, loaded.native_maxres) == (64, 160)
     image["native_lowres"] = 0  # what import reads is the processor entry
     assert OmniConfig.from_dict(config).native_lowres == 0
     assert OmniConfig.from_dict(CFG.replace(image_patches=96).to_dict()).native_maxres == mt.OLA_MAXRES
-    with pytest.raises(ValueError, match="native_lowres=32, native_maxres=1536: Ola's processor settings of a "):
+    with pytest.raises(ValueError, match="native_lowres=32, native_maxres=1536, native_video_maxres=448, "
+                                         "native_video_minres=288: Ola's processor settings of a native-resolution"):
         omni_config(stage1a.get_config("tiny")).replace(native_lowres=32)
+    with pytest.raises(ValueError, match="native_video_minres=500: .* 0 <= video minres <= video maxres"):
+        cfg.replace(native_video_minres=500)
 
     c = stage1a.get_config("tiny,vision=oryx")
     c.data.update(source="grain", sources=[], pipeline=dict(native_lowres=64))

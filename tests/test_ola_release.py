@@ -189,7 +189,8 @@ def test_a_stage_starts_from_the_release(loaded, tmp_path):
     c = stage3b.get_config(f"tiny,init={release},steps=2")
     assert c.init_from == release and c.model.native_lowres == 32
     assert omni_config(c) == loaded.cfg.replace(image_slots=2, video_slots=4, audio_slots=2, image_patches=256,
-                                                video_patches=512, native_lowres=32, native_maxres=96)
+                                                video_patches=512, native_lowres=32, native_maxres=96,
+                                                native_video_maxres=64, native_video_minres=40)
     c.data.source, c.data.sources = "random", []  # the release's 64-token vocabulary is not the tiny tokenizer's
     c.media.update(image_slots=0, video_slots=0, audio_slots=1)
     c.seq_len = 64

@@ -53,7 +53,7 @@ from omnijax.inference.generate import GenerationResult, decode_loop, left_pad, 
 from omnijax.inference.sentences import sentences
 from omnijax.media_tokens import MODALITIES
 from omnijax.models.llm import init_cache
-from omnijax.models.omni import OmniConfig, OmniModel
+from omnijax.models.omni import NATIVE_PROCESSOR, OmniConfig, OmniModel
 
 PROMPT_OPTIONS = ("system_prompt", "video_frames", "image_tiling", "max_image_tiles")
 
@@ -175,7 +175,7 @@ class OmniGenerator:
                                         for m in MODALITIES if cfg.budget.patches(m)})
         config = PipelineConfig(sources=(Source("prompts", ("<examples>",)),), tokenizer=tokenizer_dir, batch_size=1,
                                 seq_len=max_prompt_len, budget=budget, layout=cfg.media_layout,
-                                native_lowres=cfg.native_lowres, native_maxres=cfg.native_maxres, **prompt_options)
+                                **{k: getattr(cfg, k) for k in NATIVE_PROCESSOR}, **prompt_options)
         self._prepare = Prepare(config, config.sources[0], None, self.tokenizer)
         special = self.tokenizer.added_tokens_encoder
         self.stop_token_ids = tuple(sorted({special[t] for t in (IM_END, ENDOFTEXT) if t in special}))
