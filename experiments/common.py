@@ -336,8 +336,9 @@ def finish(c: mlc.ConfigDict, a: mlc.ConfigDict, tiny=None) -> mlc.ConfigDict:
 def use_oryx(c: mlc.ConfigDict, preset: str) -> None:
     """The stage with Ola's native-resolution tower, OryxViT, for SigLIP: images and frames at their own size and
     aspect ratio (up to the row's patch slots, ``ORYX_PATCHES``) in Ola's layout of them (``'ola_native'``), the
-    2x2 local-global pooling connector. No OryxViT checkpoint is shipped or imported yet: a first stage starts the
-    tower fresh (its ``vision`` entry leaves ``c.init_from``)."""
+    2x2 local-global pooling connector; Ola's processor settings in ``c.model`` (``ORYX_LOWRES``, ``ORYX_MAXRES``,
+    ``ORYX_VIDEO_RES``: exported with the model). No OryxViT checkpoint is shipped or imported yet: a first stage
+    starts the tower fresh (its ``vision`` entry leaves ``c.init_from``)."""
     if c.model.get("vision") is None:
         raise ValueError(f"stage {c.name!r} has no vision tower for vision=oryx to replace")
     c.model.vision = dict(ORYX[preset])  # replaced, not merged (ConfigDict.update merges)
