@@ -8,14 +8,16 @@ model will produce for it, from the shared count functions (the layout, `omnijax
   `image_tiling='dynamic'`: thumbnail + MiniCPM-V tiles (`image_tiles.dynamic_pixel_tiles`), one view
   per tile; `llava_onevision`: AnyRes tiles and plan, or the base tile alone for an image of a
   multi-image example; a native-resolution budget (`image_patches`, layout `ola_native`): one view at
-  the image's own size, padded or (over the row's patch budget) scaled as Ola's processor does
-  (`image_tiles.native_view`), after Ola's low-resolution view when `native_lowres` is set
+  the image's own size, padded or (over `native_maxres` squared pixels, Ola's MAXRES) scaled as Ola's processor
+  does (`image_tiles.native_view`), after Ola's low-resolution view when `native_lowres` is set
   (`image_tiles.lowres_view`, made as Ola makes it from the padded or scaled image), each cut into patches
-  (`image_tiles.native_patches`). Pixels are normalised as SigLIP's processor does (/255, mean = std = 0.5).
+  (`image_tiles.native_patches`); an image whose views take more than the row's `image_patches` is dropped as
+  too long (`media_expansion`). Pixels are normalised as SigLIP's processor does (/255, mean = std = 0.5).
 - videos: PyAV (one decoder thread); `video_frames` frames taken uniformly
   (`linspace(0, n - 1, k)` floored, Ola's sampling), fewer when the video has fewer; each resized to
-  `video_size`, or at native resolution (`video_patches`) each kept at its size within
-  `video_patches // video_frames` patches (`native_view`) and cut into patches. `jpeg_frames` videos
+  `video_size`, or at native resolution (`video_patches`) each sized as Ola's `resize_video` does (padded, or
+  scaled to `native_video_maxres` / `native_video_minres` squared pixels, `frame_view`) and cut into patches; a
+  video whose frames take more than the row's `video_patches` is dropped as too long. `jpeg_frames` videos
   sample their JPEG list the same way.
 - audio: soundfile, channels averaged, resampled to 16 kHz, cut into windows of the budget's
   `audio_frames / 100` seconds (`audio.split_into_chunks`), Whisper log-mel per window
@@ -214,6 +216,9 @@ class MediaFeatures:
     image_tiling: str = "resize"  # ola layout: 'resize' (one view) or 'dynamic' (thumbnail + tiles)
     max_image_tiles: int = 9
     native_lowres: int = 0  # native resolution: side of Ola's low-resolution view (its area), 0 = none
+    native_maxres: int = media_tokens.OLA_MAXRES  # native resolution: images above this side squared are scaled
+    native_video_maxres: int = media_tokens.OLA_VIDEO_MAXRES  # and frames above this side squared
+    native_video_minres: int = media_tokens.OLA_VIDEO_MINRES  # and frames below this side squared (scaled up)
 
     def __post_init__(self):
         if self.image_tiling not in IMAGE_TILINGS:
@@ -240,26 +245,33 @@ class MediaFeatures:
             return self.video(media)
         return self.audio(media, trim=trim_audio)
 
-    def native(self, kind: str, frames: list, max_patches: int) -> Feature:
-        """An image (Ola's low-resolution view if ``native_lowres``, then the image at its own size within
-        what is left of ``max_patches``) or video frames (each at its own size within ``max_patches``)."""
+    def native_image(self, image) -> Feature:
+        """An image at native resolution: Ola's low-resolution view if ``native_lowres``, then its high-resolution
+        view, both sized by ``native_maxres`` alone as Ola's processor sizes them (``media_tokens.ola_native_views``);
+        whether they fit the row's patch slots is ``MediaExpansion.fit``'s check."""
         p = self.budget.patch_size
-        views = []
-        if kind == "image" and self.native_lowres:
-            views.append(image_tiles.lowres_view(frames[0], base=self.native_lowres, max_patches=max_patches,
-                                                patch_size=p))
-            max_patches -= views[0].shape[0] * views[0].shape[1] // (p * p)
-        views += [image_tiles.native_view(f, max_patches=max_patches, patch_size=p) for f in frames]
-        cut = [image_tiles.native_patches(v, p) for v in views]
-        data, grids = np.concatenate([c[0] for c in cut]), np.asarray([c[1] for c in cut], np.int32)
+        views = [image_tiles.native_view(image, maxres=self.native_maxres, patch_size=p)]
+        if self.native_lowres:
+            views.insert(0, image_tiles.lowres_view(image, base=self.native_lowres, maxres=self.native_maxres,
+                                                    patch_size=p))
         sizes = [v.shape[:2] for v in views]
-        tokens = (self.layout.image_tokens(len(sizes), view_sizes=sizes) if kind == "image" else
-                  self.layout.video_tokens(len(views), frame_size=sizes[0]))
-        return Feature(kind, data, tokens, grids=grids)
+        return self._patches("image", views, self.layout.image_tokens(len(sizes), view_sizes=sizes))
+
+    def native_video(self, frames: list) -> Feature:
+        """Video frames at native resolution, each sized as Ola's ``resize_video`` sizes it (``native_video_maxres``,
+        ``native_video_minres``); whether they fit the row's patch slots is ``MediaExpansion.fit``'s check."""
+        views = [image_tiles.frame_view(f, maxres=self.native_video_maxres, minres=self.native_video_minres,
+                                        patch_size=self.budget.patch_size) for f in frames]
+        return self._patches("video", views, self.layout.video_tokens(len(views), frame_size=views[0].shape[:2]))
+
+    def _patches(self, kind: str, views: list, tokens: int) -> Feature:
+        cut = [image_tiles.native_patches(v, self.budget.patch_size) for v in views]
+        grids = np.asarray([c[1] for c in cut], np.int32)
+        return Feature(kind, np.concatenate([c[0] for c in cut]), tokens, grids=grids)
 
     def image(self, image, *, multi_image: bool = False) -> Feature:
         if self.budget.patches("image"):
-            return self.native("image", [image], self.budget.image_patches)
+            return self.native_image(image)
         size = self.budget.image_size
         hw = (image.height, image.width)
         if self.layout.image_plans:
@@ -285,8 +297,7 @@ class MediaFeatures:
         else:
             frames = _video_frames(media.data, self.video_frames)
         if self.budget.patches("video"):  # every frame of the video the same size: its share of the row
-            return self.native("video", [f.convert("RGB") for f in frames],
-                               self.budget.video_patches // self.video_frames)
+            return self.native_video([f.convert("RGB") for f in frames])
         data = np.concatenate([_view(frame.convert("RGB"), self.budget.video_size) for frame in frames])
         return Feature("video", data, self.layout.video_tokens(len(frames)))
 

@@ -24,14 +24,16 @@ pixels are zero-padded at the bottom and right to multiples of the patch and cut
 (``omnijax.media_tokens.native_patch_grid``), and several images and video frames share one row of
 fixed-size patch slots, each under its own segment id (``omnijax.models.oryx_vit``). ``native_view``
 is Ola's processor for such an image (``resize_images`` of ``ola/mm_utils.py`` as Ola's inference
-runs it: ``HIGHRES_BASE='0x32'``, ``PAD2STRIDE``): an image whose sides padded to a multiple of two
-patches fit the patch budget keeps its size and is padded, centred, with grey (127); a larger one is
-scaled, aspect ratio kept, to the budget's area and its sides floored to multiples of two patches
+and training scripts run it: ``HIGHRES_BASE='0x32'``, ``MAXRES=1536``, ``PAD2STRIDE``): an image of at most
+``maxres x maxres`` pixels (its own area) keeps its size and is padded, centred, with grey (127) to multiples of two
+patches; a larger one is scaled, aspect ratio kept, to that area and its sides floored to multiples of two patches
 (``omnijax.media_tokens.ola_native_size``), so the 2x2 pooling always sees whole groups. Ola gives each image a
-second, low-resolution view before that one (``LOWRES_RESIZE='384x32'``): the image as the processor has just
-sized it (padded or scaled within the row's whole image budget, as Ola pads before it makes this view), scaled to
-``384 x 384`` pixels of area, sides floored to multiples of 32 (``omnijax.media_tokens.ola_lowres_size``,
-``lowres_view``); the high-res view then takes what is left of the budget.
+second, low-resolution view before that one (``LOWRES_RESIZE='384x32'``): the image as the processor has just sized
+it (padded or scaled, as Ola pads before it makes this view), scaled to ``384 x 384`` pixels of area, sides floored
+to multiples of 32 (``omnijax.media_tokens.ola_lowres_size``, ``lowres_view``). Neither view depends on the row's
+patch slots: an image whose views do not fit them is the pipeline's to drop (``media_expansion.MediaExpansion.fit``).
+``frame_view`` sizes a video frame as Ola's ``resize_video`` does (``VIDEO_MAXRES``, ``VIDEO_MINRES``:
+``omnijax.media_tokens.ola_frame_size``).
 
 Sizes are ``(height, width)`` throughout, tiles NHWC float32 (HF processors give NCHW).
 """
@@ -44,8 +46,9 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from omnijax.media_tokens import (LLAVA_ONEVISION_GRID_PINPOINTS, check_size, native_patch_grid, ola_lowres_size,
-                                  ola_native_size, select_best_resolution)
+from omnijax.media_tokens import (LLAVA_ONEVISION_GRID_PINPOINTS, OLA_MAXRES, OLA_VIDEO_MAXRES, OLA_VIDEO_MINRES,
+                                  check_size, native_patch_grid, ola_frame_size, ola_lowres_size, ola_native_size,
+                                  select_best_resolution)
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
@@ -167,11 +170,11 @@ def pack_native(images: Sequence[np.ndarray], *, slots: int, max_images: int,
     return {"patches": patches, "segment_ids": segment_ids, "grids": grids}
 
 
-def _ola_pixels(image, max_patches: int, patch_size: int) -> np.ndarray:
-    """The image (PIL, RGB) as Ola's processor sizes it, ``[H, W, 3]`` uint8, ``H x W`` = ``ola_native_size``:
-    padded, centred, with grey (127), or scaled (bicubic)."""
+def _ola_pixels(image, size: tuple[int, int, bool]) -> np.ndarray:
+    """The image (PIL, RGB) as Ola's processor sizes it, ``[H, W, 3]`` uint8, ``size = (H, W, resized)``
+    (``ola_native_size`` / ``ola_frame_size``): padded, centred, with grey (127), or scaled (bicubic)."""
     rgb = _rgb_array(image)
-    h, w, resized = ola_native_size((image.height, image.width), max_patches, patch_size)
+    h, w, resized = size
     if resized:
         return np.asarray(image.resize((w, h), Image.BICUBIC))
     out = np.full((h, w, 3), 127, np.uint8)
@@ -180,18 +183,27 @@ def _ola_pixels(image, max_patches: int, patch_size: int) -> np.ndarray:
     return out
 
 
-def native_view(image, *, max_patches: int, patch_size: int = 16, mean: Sequence[float] = SIGLIP_MEAN,
+def native_view(image, *, maxres: int = OLA_MAXRES, patch_size: int = 16, mean: Sequence[float] = SIGLIP_MEAN,
                 std: Sequence[float] = SIGLIP_STD) -> np.ndarray:
-    """One image or frame (PIL, RGB) as Ola's processor gives it to OryxViT (module docstring):
+    """Ola's high-resolution view of an image (PIL, RGB) as its processor gives it to OryxViT (module docstring):
     ``[H, W, 3]`` float32 normalised, ``H x W`` = ``ola_native_size``."""
-    return _normalize([_ola_pixels(image, max_patches, patch_size)], mean, std)[0]
+    size = ola_native_size((image.height, image.width), maxres, patch_size)
+    return _normalize([_ola_pixels(image, size)], mean, std)[0]
 
 
-def lowres_view(image, *, base: int, max_patches: int, patch_size: int = 16, mean: Sequence[float] = SIGLIP_MEAN,
-                std: Sequence[float] = SIGLIP_STD) -> np.ndarray:
+def frame_view(image, *, maxres: int = OLA_VIDEO_MAXRES, minres: int = OLA_VIDEO_MINRES, patch_size: int = 16,
+               mean: Sequence[float] = SIGLIP_MEAN, std: Sequence[float] = SIGLIP_STD) -> np.ndarray:
+    """A video frame (PIL, RGB) as Ola's ``resize_video`` gives it to OryxViT: ``[H, W, 3]`` float32 normalised,
+    ``H x W`` = ``ola_frame_size`` (padded with grey, or scaled to ``maxres`` / ``minres`` squared pixels)."""
+    size = ola_frame_size((image.height, image.width), maxres=maxres, minres=minres, patch_size=patch_size)
+    return _normalize([_ola_pixels(image, size)], mean, std)[0]
+
+
+def lowres_view(image, *, base: int, maxres: int = OLA_MAXRES, patch_size: int = 16,
+                mean: Sequence[float] = SIGLIP_MEAN, std: Sequence[float] = SIGLIP_STD) -> np.ndarray:
     """Ola's low-resolution view of an image (PIL, RGB): ``[H, W, 3]`` float32 normalised, ``ola_lowres_size``;
-    resized (bicubic) from the image as Ola's processor has sized it within ``max_patches`` (``native_view``'s
-    pixels: padded with grey, or scaled), not from the image itself."""
-    h, w = ola_lowres_size((image.height, image.width), base, max_patches=max_patches, patch_size=patch_size)
-    sized = Image.fromarray(_ola_pixels(image, max_patches, patch_size))
+    resized (bicubic) from the image as Ola's processor has sized it (``native_view``'s pixels: padded with grey,
+    or scaled to ``maxres x maxres`` pixels of area), not from the image itself."""
+    h, w = ola_lowres_size((image.height, image.width), base, maxres=maxres, patch_size=patch_size)
+    sized = Image.fromarray(_ola_pixels(image, ola_native_size((image.height, image.width), maxres, patch_size)))
     return _normalize([np.asarray(sized.resize((w, h), Image.BICUBIC))], mean, std)[0]

@@ -30,7 +30,9 @@ class MediaExpansion:
         self.truncate = config.too_long == "truncate"
         self.features = features_lib.MediaFeatures(
             config.budget, config.layout, video_frames=config.video_frames, image_tiling=config.image_tiling,
-            max_image_tiles=config.max_image_tiles, native_lowres=config.native_lowres)
+            max_image_tiles=config.max_image_tiles, native_lowres=config.native_lowres,
+            native_maxres=config.native_maxres, native_video_maxres=config.native_video_maxres,
+            native_video_minres=config.native_video_minres)
         self.modalities = tuple(m for m in MODALITIES if config.budget.slots(m))
         self.pad_ids = {m: config.layout.token_id(m) for m in self.modalities}
         self.plan = config.layout.image_plans and "image" in self.modalities

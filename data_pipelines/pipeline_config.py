@@ -8,7 +8,7 @@ import dataclasses
 from data_pipelines.tokenizer import DEFAULT_SYSTEM_PROMPT
 from omnijax.batch import MediaBudget
 from omnijax.media_layouts import MediaLayout
-from omnijax.media_tokens import MODALITIES
+from omnijax.media_tokens import MODALITIES, OLA_MAXRES, OLA_VIDEO_MAXRES, OLA_VIDEO_MINRES
 
 
 TOO_LONG_POLICIES = ("drop", "truncate")
@@ -65,6 +65,9 @@ class PipelineConfig:
     image_tiling: str = "resize"  # ola layout: 'resize' or 'dynamic' (features.MediaFeatures)
     max_image_tiles: int = 9
     native_lowres: int = 0  # native resolution: Ola's low-resolution view first, of this side's area (Ola: 384)
+    native_maxres: int = OLA_MAXRES  # native resolution: images above this side squared scaled to it (Ola's MAXRES)
+    native_video_maxres: int = OLA_VIDEO_MAXRES  # and video frames above it (VIDEO_MAXRES)
+    native_video_minres: int = OLA_VIDEO_MINRES  # and video frames below it, scaled up (VIDEO_MINRES)
     too_long: str = "drop"  # or 'truncate'
     max_bad_fraction: float = 0.01
     bad_window: int = 1000  # records

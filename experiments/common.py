@@ -70,11 +70,23 @@ ORYX = {
     "7b": dict(native=True, patch_size=16, hidden_size=1152, intermediate_size=4304, num_layers=27, num_heads=16,
                pos_grid=128, dtype="bfloat16", remat="full", attention="auto"),
 }
-# Its patch slots per row. `tiny`: 4 images or 8 frames of 64 x 64 pixels. `7b` (our choice): one image at Ola's
-# largest (MAXRES 1536: 96 x 96 patches) or several smaller; 64 frames of at most 144 patches (192 x 192 pixels, 43
-# tokens each), so a video's tokens fit a 4096-token row.
+# Ola's MAXRES (ola/mm_utils.py line 36, 1536 in Ola's inference and training scripts): an image above this side
+# squared (its own area) is scaled to it, a smaller one only padded to 32-pixel multiples; `tiny`: 96 pixels, 12 x 12
+# of its 8-pixel patches as 1536 is 96 x 96 of 16.
+ORYX_MAXRES = {"tiny": 96, "7b": 1536}
+# Video frames as Ola's resize_video sizes them: above the first side squared scaled down, below the second scaled up,
+# else padded to 32-pixel multiples. Ola's scripts set 448 and 288 (infer.py 480, 288): 324 to 784 patches, 91 to 211
+# tokens a frame, 64 frames past a 4096-token row. `7b` (our choice): 160, no upscaling, so a frame of aspect ratio up
+# to 2 takes at most 140 patches, 64 of them within video_patches; `tiny`: 64 and 40 (8 x 8 and 5 x 5 of its patches).
+ORYX_VIDEO_RES = {"tiny": dict(native_video_maxres=64, native_video_minres=40),
+                  "7b": dict(native_video_maxres=160, native_video_minres=0)}
+# Its patch slots per row. `tiny`: 3 images (with their low-res views) or 8 frames of 64 x 64 pixels; any image of
+# aspect ratio up to 4 (its Ola-sized views take at most 204 patches). `7b` (our choice): one image at Ola's largest
+# and its low-res view (any aspect ratio up to 4: at most 10200 patches, e.g. 801 x 2945 pixels padded to 832 x 2976
+# and its 192 x 736 view) or several smaller; 64 frames of at most 144 patches (ORYX_VIDEO_RES; 43 tokens each), so
+# a video's tokens fit a 4096-token row. An image or video whose views take more is dropped as too long.
 ORYX_PATCHES = {"tiny": dict(image_patches=256, video_patches=512),
-                "7b": dict(image_patches=9216, video_patches=9216)}
+                "7b": dict(image_patches=10240, video_patches=9216)}
 # Each image's low-resolution view before it, as Ola's inference makes it (LOWRES_RESIZE='384x32': 384 x 384 pixels
 # of area); `tiny`: 32 x 32 of a 64-pixel image.
 ORYX_LOWRES = {"tiny": 32, "7b": 384}
@@ -324,14 +336,15 @@ def finish(c: mlc.ConfigDict, a: mlc.ConfigDict, tiny=None) -> mlc.ConfigDict:
 def use_oryx(c: mlc.ConfigDict, preset: str) -> None:
     """The stage with Ola's native-resolution tower, OryxViT, for SigLIP: images and frames at their own size and
     aspect ratio (up to the row's patch slots, ``ORYX_PATCHES``) in Ola's layout of them (``'ola_native'``), the
-    2x2 local-global pooling connector. No OryxViT checkpoint is shipped or imported yet: a first stage starts the
-    tower fresh (its ``vision`` entry leaves ``c.init_from``)."""
+    2x2 local-global pooling connector; Ola's processor settings in ``c.model`` (``ORYX_LOWRES``, ``ORYX_MAXRES``,
+    ``ORYX_VIDEO_RES``: exported with the model). No OryxViT checkpoint is shipped or imported yet: a first stage
+    starts the tower fresh (its ``vision`` entry leaves ``c.init_from``)."""
     if c.model.get("vision") is None:
         raise ValueError(f"stage {c.name!r} has no vision tower for vision=oryx to replace")
     c.model.vision = dict(ORYX[preset])  # replaced, not merged (ConfigDict.update merges)
-    c.model.update(vision_connector="ola", layout="ola_native")
+    c.model.update(vision_connector="ola", layout="ola_native", native_lowres=ORYX_LOWRES[preset],
+                   native_maxres=ORYX_MAXRES[preset], **ORYX_VIDEO_RES[preset])
     c.media.update(ORYX_PATCHES[preset])
-    c.data.pipeline.native_lowres = ORYX_LOWRES[preset]
     if isinstance(c.get("init_from"), list | tuple):
         kept = [(src, tuple(g for g in groups if g != "vision")) for src, groups in c.init_from]
         c.init_from = [(src, groups) for src, groups in kept if groups]
@@ -379,7 +392,7 @@ def start_from(c: mlc.ConfigDict, preset: str, path: str) -> None:
     c.model = mlc.ConfigDict(model)
     if model["vision"] is not None and model["vision"].get("native"):
         c.media.update(ORYX_PATCHES[preset])
-        c.data.pipeline.native_lowres = ORYX_LOWRES[preset]
+        c.model.update(native_lowres=ORYX_LOWRES[preset], native_maxres=ORYX_MAXRES[preset], **ORYX_VIDEO_RES[preset])
     c.init_from = path
 
 

@@ -186,7 +186,8 @@ class MediaItem:
     ``[c, n_mels, frames]``; ``valid_frames``: audio only, valid mel frames per window ``[c]``
     (default: whole windows); ``plan``: images of a layout with ``image_plans`` only,
     ``media_tokens.anyres_plan``; ``fbank``: audio of a model with BEATs only, BEATs' fbank per window
-    ``[c, fbank_frames, 128]``.
+    ``[c, fbank_frames, 128]``; ``grids``: native resolution only, the views' (frames') patch grids ``[n, 2]``,
+    ``data`` then their patches one view after another ``[sum rows * cols, p, p, 3]``.
     """
 
     kind: str
@@ -194,6 +195,7 @@ class MediaItem:
     valid_frames: Sequence[int] | None = None
     plan: Sequence[int] | None = None
     fbank: np.ndarray | None = None
+    grids: np.ndarray | None = None
 
     def __post_init__(self):
         if self.kind not in MODALITIES:
@@ -203,46 +205,41 @@ class MediaItem:
 def media_slots(rows: Sequence[Sequence[Sequence[MediaItem]]], budget: MediaBudget,
                 layout: MediaLayout | None = None) -> dict[str, np.ndarray]:
     """The media fields of a batch: ``rows[b][e]`` lists the items of the e-th example packed into row
-    b (segment e + 1), in placeholder order. Raises ``ValueError`` naming the row and example when a
-    row's items need more slots than the budget has. Native-resolution images are packed by the data
-    pipeline (``data_pipelines.media_expansion``), not here."""
-    if any(budget.patches(m) for m in NATIVE_MODALITIES):
-        raise ValueError("media_slots fills S x S views; a budget with image_patches / video_patches (native "
-                         "resolution) gets its patch slots from data_pipelines.media_expansion")
+    b (segment e + 1), in placeholder order; native-resolution views fill the patch slots in slot order
+    (``_place_patches``; the data pipeline packs its rows itself, ``data_pipelines.media_expansion``). Raises
+    ``ValueError`` naming the row and example when a row's items need more slots than the budget has."""
     spec = batch_spec(len(rows), 1, budget, layout)
     out = {k: np.zeros(s.shape, s.dtype) for k, s in spec.items() if k not in TEXT_FIELDS}
     for m in MODALITIES:
         if budget.slots(m):
             out[f"{m}_item"][:] = -1
+        if f"{m}_patch_slot" in out:
+            out[f"{m}_patch_slot"][:] = -1
     for b, examples in enumerate(rows):
         used = dict.fromkeys(MODALITIES, 0)
         count = dict.fromkeys(MODALITIES, 0)
+        patches = dict.fromkeys(MODALITIES, 0)
         for e, items in enumerate(examples):
             for item in items:
                 m, data = item.kind, np.asarray(item.data)
-                n, cap = data.shape[0], budget.slots(m)
+                n, cap = data.shape[0] if item.grids is None else len(item.grids), budget.slots(m)
                 if used[m] + n > cap:
                     raise ValueError(
                         f"row {b}, example {e} (segment {e + 1}): its {m} (item {count[m]} of the row) needs {n} "
                         f"{_WHAT[m]}, but only {cap - used[m]} of the stage's {m}_slots={cap} are left: more "
                         f"media than the budget holds; pack fewer examples per row or raise {m}_slots")
-                field = out[SLOT_FIELDS[m]]
-                if data.shape[1:] != field.shape[2:]:
-                    raise ValueError(f"row {b}, example {e}: {m} data has shape {data.shape}, slots hold "
-                                     f"{list(field.shape[2:])}")
                 sl = slice(used[m], used[m] + n)
-                field[b, sl] = data
+                if budget.patches(m):
+                    patches[m] = _place_patches(out, b, e, item, sl, patches[m], budget)
+                else:
+                    field = out[SLOT_FIELDS[m]]
+                    if data.shape[1:] != field.shape[2:]:
+                        raise ValueError(f"row {b}, example {e}: {m} data has shape {data.shape}, slots hold "
+                                         f"{list(field.shape[2:])}")
+                    field[b, sl] = data
                 out[f"{m}_item"][b, sl] = count[m]
                 if m == "audio":
-                    valid = budget.audio_frames if item.valid_frames is None else item.valid_frames
-                    out["audio_valid_frames"][b, sl] = valid
-                    if "audio_fbank" in out:
-                        want = (n, *out["audio_fbank"].shape[2:])
-                        if item.fbank is None or np.shape(item.fbank) != want:
-                            got = None if item.fbank is None else list(np.shape(item.fbank))
-                            raise ValueError(f"row {b}, example {e}: the model's BEATs needs each audio window's fbank "
-                                             f"{list(want)} (data_pipelines.audio.beats_fbank), got {got}")
-                        out["audio_fbank"][b, sl] = item.fbank
+                    _place_audio(out, b, e, item, sl, budget)
                 if m == "image" and "image_plan" in out:
                     if item.plan is None:
                         raise ValueError(f"row {b}, example {e}: layout {layout.name!r} needs each image's "
@@ -251,6 +248,35 @@ def media_slots(rows: Sequence[Sequence[Sequence[MediaItem]]], budget: MediaBudg
                 used[m] += n
                 count[m] += 1
     return out
+
+
+def _place_audio(out: dict, b: int, e: int, item: MediaItem, sl: slice, budget: MediaBudget) -> None:
+    """An audio item's valid frames (and BEATs fbank) into slots ``sl`` of row b."""
+    out["audio_valid_frames"][b, sl] = budget.audio_frames if item.valid_frames is None else item.valid_frames
+    if "audio_fbank" in out:
+        want = (sl.stop - sl.start, *out["audio_fbank"].shape[2:])
+        if item.fbank is None or np.shape(item.fbank) != want:
+            got = None if item.fbank is None else list(np.shape(item.fbank))
+            raise ValueError(f"row {b}, example {e}: the model's BEATs needs each audio window's fbank "
+                             f"{list(want)} (data_pipelines.audio.beats_fbank), got {got}")
+        out["audio_fbank"][b, sl] = item.fbank
+
+
+def _place_patches(out: dict, b: int, e: int, item: MediaItem, sl: slice, start: int, budget: MediaBudget) -> int:
+    """A native-resolution item's views into view slots ``sl`` of row b and its patches into the patch slots
+    from ``start`` on (each patch's view slot in ``{m}_patch_slot``); returns the next free patch slot."""
+    m, cap = item.kind, budget.patches(item.kind)
+    if item.grids is None:
+        raise ValueError(f"row {b}, example {e}: a native-resolution {m} needs its views' patch grids "
+                         "(MediaItem.grids, as features.Feature.grids)")
+    grids, data = np.asarray(item.grids, np.int32), np.asarray(item.data)
+    if start + len(data) > cap:
+        raise ValueError(f"row {b}, example {e}: its {m} needs {len(data)} patch slots, but only {cap - start} of "
+                         f"the budget's {m}_patches={cap} are left; raise {m}_patches")
+    out[f"{m}_patches"][b, start:start + len(data)] = data
+    out[f"{m}_grid"][b, sl] = grids
+    out[f"{m}_patch_slot"][b, start:start + len(data)] = np.repeat(np.arange(sl.start, sl.stop), grids.prod(axis=1))
+    return start + len(data)
 
 
 def _segment_of(seg_row: np.ndarray, pos: int) -> str:

@@ -24,7 +24,7 @@ import jax
 from data_pipelines.pipeline import Pipeline, PipelineConfig, Source
 from omnijax import sharding
 from omnijax.checkpoint import describe_stage, load_model
-from omnijax.models.omni import OmniConfig
+from omnijax.models.omni import NATIVE_PROCESSOR, OmniConfig
 from omnijax.training import trainer
 from omnijax.training.omni_task import omni_config
 from omnijax.training.stages import StageConfigError
@@ -64,6 +64,11 @@ def grain_pipeline_config(c, process_index: int | None = None, process_count: in
     share of ``c.batch_size``; ``c.seq_len``, ``c.task_names``; the media budget and layout of the omni model
     (``c.model``). Self-KD sources and ``c.objective.self_kd`` come together: the pairs are what the Self-KD loss
     reads, and the loss is what pairs are for."""
+    extra = dict(c.data.get("pipeline") or {})
+    for name in NATIVE_PROCESSOR:
+        if name in extra:
+            raise StageConfigError(f"stage {c.name!r}: c.data.pipeline.{name}: Ola's processor settings are the "
+                                   f"model's (exported with it): set c.model.{name}")
     sources = _sources(c)
     pairs = [s.name for s in sources if s.self_kd]
     self_kd = (c.get("objective") or {}).get("self_kd")
@@ -77,11 +82,11 @@ def grain_pipeline_config(c, process_index: int | None = None, process_count: in
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     cfg = omni_config(c)
-    extra = dict(c.data.get("pipeline") or {})
     return PipelineConfig(sources=tuple(sources), tokenizer=c.data.tokenizer, batch_size=c.batch_size // count,
                           seq_len=c.seq_len, budget=cfg.budget, layout=cfg.media_layout, seed=int(c.data.seed),
                           task_names=tuple(c.task_names), workers=int(c.data.get("workers", 0)),
-                          process_index=index, process_count=count, **extra)
+                          process_index=index, process_count=count,
+                          **{k: getattr(cfg, k) for k in NATIVE_PROCESSOR}, **extra)
 
 
 def build_data(stage: trainer.Stage):

@@ -170,37 +170,69 @@ def native_patch_grid(image_size: Sequence[int], patch_size: int = 16) -> tuple[
     return -(-h // patch_size), -(-w // patch_size)
 
 
-def ola_native_size(image_size: Sequence[int], max_patches: int, patch_size: int = 16) -> tuple[int, int, bool]:
-    """``(height, width, resized)`` of the view Ola's processor makes of an image of ``image_size``
-    (``data_pipelines.image_tiles.native_view``): its sides padded up to multiples of ``2 * patch_size`` when
-    those take at most ``max_patches`` patches; else the image scaled to ``max_patches`` patches of area (aspect
-    ratio kept) and its sides floored to multiples of ``2 * patch_size`` (at least one; an image too thin for that
-    has its long side cut to the budget)."""
+OLA_MAXRES = 1536  # Ola's MAXRES (ola/mm_utils.py line 36; inference/infer.py and its training scripts set 1536)
+OLA_VIDEO_MAXRES, OLA_VIDEO_MINRES = 448, 288  # Ola's scripts/finetune_ola*.sh (inference/infer.py: 480, 288)
+
+
+def ola_resize_size(image_size: Sequence[int], *, stride: int, maxres: int, minres: int = 0) -> tuple[int, int, bool]:
+    """``(height, width, resized)`` Ola's ``resize_images`` / ``resize_video`` (``ola/mm_utils.py`` lines 100-183,
+    ``base_size`` 0, ``PAD2STRIDE`` as Ola's scripts set it) give an image of ``image_size``: above ``maxres x maxres``
+    pixels of area (the image's own area, not its padded one) scaled to that area, below ``minres x minres`` scaled up
+    to it, aspect ratio kept, sides floored to multiples of ``stride`` (at least one); else its sides padded up to
+    multiples of ``stride`` (centred, grey)."""
     h, w = check_size(image_size)
-    stride = 2 * patch_size
-    if max_patches < 4:
-        raise ValueError(f"max_patches={max_patches}: a native view takes at least 2 x 2 patches")
-    padded = (-(-h // stride) * stride, -(-w // stride) * stride)
-    if padded[0] * padded[1] <= max_patches * patch_size * patch_size:
-        return padded[0], padded[1], False
-    scale = math.sqrt(max_patches * patch_size * patch_size / (h * w))
-    sides = [max(stride, int(x * scale / stride) * stride) for x in (h, w)]
-    for i in sorted((0, 1), key=lambda i: -sides[i]):  # an extreme aspect ratio: the long side takes what is left
-        most = max_patches // (sides[1 - i] // patch_size) // 2 * 2 * patch_size
-        sides[i] = min(sides[i], most)
-    return sides[0], sides[1], True
+    if h * w > maxres * maxres:
+        scale = math.sqrt(maxres * maxres / (h * w))
+    elif h * w < minres * minres:
+        scale = math.sqrt(minres * minres / (h * w))
+    else:
+        return -(-h // stride) * stride, -(-w // stride) * stride, False
+    return max(int(h * scale / stride) * stride, stride), max(int(w * scale / stride) * stride, stride), True
 
 
-def ola_lowres_size(image_size: Sequence[int], base: int, *, max_patches: int, patch_size: int = 16) -> tuple[int, int]:
+def ola_native_size(image_size: Sequence[int], maxres: int = OLA_MAXRES, patch_size: int = 16) -> tuple[int, int, bool]:
+    """``(height, width, resized)`` of Ola's high-resolution view of an image (``image_tiles.native_view``;
+    ``HIGHRES_BASE='0x32'`` at patch 16): ``ola_resize_size`` at a stride of two patches, so the 2x2 pooling sees
+    whole groups. Whether the view fits a row's patch slots is the caller's check (``ola_native_patches``)."""
+    return ola_resize_size(image_size, stride=2 * patch_size, maxres=maxres)
+
+
+def ola_frame_size(image_size: Sequence[int], *, maxres: int = OLA_VIDEO_MAXRES, minres: int = OLA_VIDEO_MINRES,
+                   patch_size: int = 16) -> tuple[int, int, bool]:
+    """``(height, width, resized)`` of a video frame as Ola's ``resize_video`` sizes it (``ola/mm_utils.py`` lines
+    145-183; ``VIDEO_RESIZE='0x32'``, ``VIDEO_MAXRES``, ``VIDEO_MINRES``, ``PAD2STRIDE`` of Ola's training scripts):
+    ``ola_resize_size`` at a stride of two patches, scaled down above ``maxres x maxres`` pixels and up below
+    ``minres x minres``. (Ola's ``resize_video`` has no floor of one stride, so a frame of aspect ratio past
+    ``maxres / 32`` fails there; here it keeps one.)"""
+    return ola_resize_size(image_size, stride=2 * patch_size, maxres=maxres, minres=minres)
+
+
+def ola_lowres_size(image_size: Sequence[int], base: int, *, maxres: int = OLA_MAXRES,
+                    patch_size: int = 16) -> tuple[int, int]:
     """``(height, width)`` of Ola's low-resolution view of an image of ``image_size``. Ola makes it from the image
-    its processor has already sized (``ola_native_size`` within ``max_patches``, the row's image budget: padded to
-    multiples of ``2 * patch_size``, or scaled; ``process_anyres_highres_image`` of Ola's ``ola/mm_utils.py``
-    calls ``resize_images`` for the high-res view, then again on that image with ``LOWRES_RESIZE``), scaled to
+    its processor has already sized (``ola_native_size``: padded to multiples of ``2 * patch_size``, or scaled to
+    ``maxres x maxres`` pixels of area; ``process_anyres_highres_image`` of Ola's ``ola/mm_utils.py`` calls
+    ``resize_images`` for the high-res view, then again on that image with ``LOWRES_RESIZE``), scaled to
     ``base x base`` pixels of area, aspect ratio kept, sides floored to multiples of ``2 * patch_size`` (at least
     one)."""
-    h, w, _ = ola_native_size(image_size, max_patches, patch_size)
-    stride, scale = 2 * patch_size, base / math.sqrt(h * w)
+    h, w, _ = ola_native_size(image_size, maxres, patch_size)
+    stride, scale = 2 * patch_size, math.sqrt(base * base / (h * w))
     return max(stride, int(h * scale / stride) * stride), max(stride, int(w * scale / stride) * stride)
+
+
+def ola_native_views(image_size: Sequence[int], *, maxres: int = OLA_MAXRES, lowres: int = 0,
+                     patch_size: int = 16) -> list[tuple[int, int]]:
+    """``(height, width)`` of each view Ola's processor makes of an image: the low-resolution one first when
+    ``lowres`` (``ola_lowres_size``), then the high-resolution one (``ola_native_size``). Its tokens are
+    ``ola_native_image_tokens`` of these, its patches ``ola_native_patches``."""
+    high = ola_native_size(image_size, maxres, patch_size)[:2]
+    low = [ola_lowres_size(image_size, lowres, maxres=maxres, patch_size=patch_size)] if lowres else []
+    return low + [high]
+
+
+def ola_native_patches(view_sizes: Sequence[Sequence[int]], patch_size: int = 16) -> int:
+    """Patch slots the views take (``native_patch_grid`` of each)."""
+    return sum(math.prod(native_patch_grid(s, patch_size)) for s in view_sizes)
 
 
 # ---- audio: Whisper / Qwen2-Audio / Ola (integer formulas work on ints and numpy / jax int arrays) ----

@@ -19,13 +19,19 @@ from safetensors import safe_open
 from training_fixtures import compile_once, corpus  # noqa: F401
 
 from data_pipelines import image_tiles, schema, tokenizer as tok
-from data_pipelines.features import MediaFeatures
+from data_pipelines.features import MediaFeatures, _uniform
 from data_pipelines.pipeline import Pipeline, PipelineConfig, Source
 from experiments import common
 from experiments.ola import stage1a
-from omnijax import launch
+from omnijax import experiment, launch
 from omnijax.checkpoint import load_model
 from omnijax.hf import convert
+from omnijax.hf.exporter import save_hf
+from omnijax.hf.omni import OMNI
+from omnijax.inference.chat import question_example
+from omnijax.tools import generate
+from omnijax.launch import grain_pipeline_config
+from omnijax.training.stages import StageConfigError
 from omnijax import media_tokens as mt
 from omnijax.batch import check_batch
 from omnijax.models.connector_configs import LocalGlobalPool
@@ -44,9 +50,9 @@ CFG = OmniConfig(
     vision_connector=LocalGlobalPool(), layout="ola_native", image_token_id=IMAGE_ID, video_token_id=VIDEO_ID,
     image_slots=3, image_patches=96)
 CODES = {"begin": 100.0, "newline": 200.0, "sep": 300.0, "end": 400.0}  # mm_embed vectors, easy to find
-# Three aspect ratios -> the view Ola's processor makes of each within 96 patches of 16 pixels: 2.5:1 and 1:2.4
-# padded (centred, grey) to multiples of 32 pixels; 3:5 over the budget, scaled to 96 patches of area, sides
-# floored to multiples of 32.
+MAXRES = 160  # Ola's MAXRES for these tests: images above 160 x 160 pixels are scaled to that area
+# Three aspect ratios -> the view Ola's processor makes of each: 2.5:1 and 1:2.4 padded (centred, grey) to multiples
+# of 32 pixels; 3:5 over MAXRES squared, scaled to that area, sides floored to multiples of 32.
 VIEWS = {(40, 100): (64, 128), (120, 50): (128, 64), (300, 500): (96, 192)}
 # Ola's low-resolution view of each (``native_lowres=64``): that view scaled to 64 x 64 pixels of area, sides floored
 # to multiples of 32 (made from the padded image: the unpadded 40 x 100 and 120 x 50 would give 32 x 96 and 96 x 32).
@@ -83,7 +89,7 @@ def _rows(path, n=3, **kw):
     """The first ``n`` batches of the pipeline over ``path`` (as many examples per row as fit), checked."""
     config = PipelineConfig(sources=(Source("s", (path,)),), tokenizer=common.tiny_dir("llm"), batch_size=2,
                             seq_len=128, budget=CFG.budget, layout=CFG.media_layout, process_index=0, process_count=1,
-                            **kw)
+                            **{"native_maxres": MAXRES, **kw})
     pipeline = Pipeline(config)
     try:
         out = []
@@ -175,8 +181,9 @@ def test_odd_grids_pool_a_repeated_last_row_and_column(model):
 
 
 def test_video_frames_at_their_own_size(model, tmp_path):
-    """A video of four 48 x 80 frames (JPEG frames): each padded to 64 x 96 (4 x 6 patches) in the patch slots,
-    pooled 2 x 3; each frame's rows + newline then sep, the video in begin ... end (``ola_native_video_tokens``)."""
+    """A video of four 48 x 80 frames (JPEG frames; no upscaling): each padded to 64 x 96 (4 x 6 patches) in the
+    patch slots, pooled 2 x 3; each frame's rows + newline then sep, the video in begin ... end
+    (``ola_native_video_tokens``)."""
     params, _, _ = model
     cfg = CFG.replace(image_slots=0, image_patches=0, video_slots=4, video_patches=96)
     encode = jax.jit(lambda x: OmniModel(cfg).apply({"params": params}, x, "video", method=OmniModel.encode_native))
@@ -194,7 +201,7 @@ def test_video_frames_at_their_own_size(model, tmp_path):
     writer.close()
     config = PipelineConfig(sources=(Source("v", (path,)),), tokenizer=common.tiny_dir("llm"), batch_size=1,
                             seq_len=128, budget=cfg.budget, layout=cfg.media_layout, video_frames=4, process_index=0,
-                            process_count=1)
+                            process_count=1, native_video_maxres=160, native_video_minres=0)
     pipeline = Pipeline(config)
     try:
         batch = next(pipeline)
@@ -215,14 +222,55 @@ def test_video_frames_at_their_own_size(model, tmp_path):
     np.testing.assert_allclose(run[feature_at], np.concatenate(pooled), rtol=1e-5, atol=1e-5)
 
 
-def test_ola_processor_pads_centred_or_scales_to_the_budget():
-    assert mt.ola_native_size((40, 100), 96) == (64, 128, False)
-    assert mt.ola_native_size((300, 500), 96) == (96, 192, True)
-    assert mt.ola_native_size((1, 10000), 16) == (32, 128, True)  # too thin: the long side cut to fit
-    assert mt.ola_lowres_size((300, 500), 384, max_patches=9216) == (288, 480)  # Ola's LOWRES_RESIZE='384x32'
-    assert [mt.ola_lowres_size(size, 64, max_patches=96) for size in VIEWS] == list(LOWRES.values())
+def _ola_resize_video(size, patch_size=32, maxres=448, minres=288):
+    """The size Ola's ``resize_video`` (Ola-Omni/Ola f681820, ``ola/mm_utils.py`` lines 145-183) gives a frame of
+    ``size`` with its training scripts' settings (``scripts/finetune_ola*.sh``: ``VIDEO_RESIZE='0x32'``,
+    ``VIDEO_MAXRES=448``, ``VIDEO_MINRES=288``, ``PAD2STRIDE``)."""
+    h, w = size
+    if h * w > maxres * maxres:  # lines 148-151: scaled down to VIDEO_MAXRES squared pixels
+        scale = math.sqrt(maxres * maxres / (h * w))
+    elif h * w < minres * minres:  # lines 152-155: scaled up to VIDEO_MINRES squared pixels
+        scale = math.sqrt(minres * minres / (h * w))
+    else:  # lines 166-176: padded (grey 127) to multiples of the stride
+        return -(-h // patch_size) * patch_size, -(-w // patch_size) * patch_size
+    return int(h * scale / patch_size) * patch_size, int(w * scale / patch_size) * patch_size  # lines 162-165
+
+
+def _ola_frame_indices(n, frames_upbound):
+    """The frames Ola's training keeps of a video of ``n`` (``ola/train/train.py`` lines 784-798): all when
+    ``n <= frames_upbound``, else those whose index is in ``linspace(0, n - 1, frames_upbound, dtype=int)``."""
+    if n <= frames_upbound:
+        return list(range(n))
+    idx = np.linspace(0, n - 1, frames_upbound, dtype=int).tolist()
+    return [i for i in range(n) if i in idx]
+
+
+def test_video_frames_are_sized_and_sampled_as_olas():
+    """Frames sized by Ola's ``resize_video`` rule (``_ola_resize_video``): a small one scaled up to VIDEO_MINRES
+    squared pixels (48 x 80 would have been only padded), a middling one padded, a large one scaled down to
+    VIDEO_MAXRES squared; the video's tokens from the shared count (``ola_native_video_tokens``); the frames the
+    pipeline samples are the ones Ola's training keeps."""
+    cfg = CFG.replace(image_slots=0, image_patches=0, video_slots=4, video_patches=4096)
+    features = MediaFeatures(cfg.budget, cfg.media_layout, video_frames=4)
+    for size, want in [((48, 80), (192, 352)), ((300, 400), (320, 416)), ((720, 1280), (320, 576))]:
+        assert _ola_resize_video(size) == want == mt.ola_frame_size(size)[:2], size
+        got = features.native_video([Image.new("RGB", size[::-1], (9, 99, 199))] * 2)
+        assert got.grids.tolist() == [[want[0] // 16, want[1] // 16]] * 2, size
+        assert got.tokens == mt.ola_native_video_tokens([want] * 2) == cfg.media_layout.video_tokens(2, frame_size=want)
+    assert mt.ola_frame_size((48, 80), maxres=160, minres=0) == (64, 96, False)
+    for n, k in [(3, 8), (8, 8), (9, 8), (100, 8), (1000, 64)]:
+        assert _uniform(n, k).tolist() == _ola_frame_indices(n, k), (n, k)
+
+
+def test_ola_processor_pads_centred_or_scales_above_maxres():
+    assert mt.ola_native_size((40, 100), MAXRES) == (64, 128, False)
+    assert mt.ola_native_size((300, 500), MAXRES) == (96, 192, True)
+    assert mt.ola_native_size((160, 160), MAXRES) == (160, 160, False)  # not above MAXRES squared: padded only
+    assert mt.ola_native_size((1, 10000), 16) == (32, 1600, True)  # too thin: at least one stride (Ola's max())
+    assert mt.ola_lowres_size((300, 500), 384) == (288, 480)  # Ola's LOWRES_RESIZE='384x32', MAXRES 1536
+    assert [mt.ola_lowres_size(size, 64, maxres=MAXRES) for size in VIEWS] == list(LOWRES.values())
     image = Image.fromarray(np.full((40, 100, 3), 255, np.uint8))
-    view = image_tiles.native_view(image, max_patches=96)
+    view = image_tiles.native_view(image, maxres=MAXRES)
     grey = (127 / 255 - 0.5) / 0.5
     assert view.shape == (64, 128, 3)
     assert (view[12:52, 14:114] == 1.0).all() and np.allclose(view[:12], grey) and np.allclose(view[:, :14], grey)
@@ -233,21 +281,21 @@ def _ola_resize_images(size, patch_size, base_size, maxres=1536):
     ``size`` (height, width) with ``inference/infer.py``'s settings (``PAD2STRIDE``, ``MINRES`` 0, ``MAXRES``
     1536). Ola calls PIL's (width, height) ``h, w`` (line 101); the rule treats both sides alike."""
     h, w = size
-    if base_size == 0:  # lines 102-112: scaled only above MAXRES x MAXRES pixels
-        scale = maxres / math.sqrt(h * w) if h * w > maxres * maxres else None
-    else:  # lines 113-115: scaled to base_size x base_size pixels of area
-        scale = base_size / math.sqrt(h * w)
+    if base_size == 0:  # lines 102-112: scaled only above MAXRES x MAXRES pixels, by sqrt of the area ratio
+        scale = math.sqrt(maxres * maxres / (h * w)) if h * w > maxres * maxres else None
+    else:  # lines 113-115: scaled to base_size x base_size pixels of area (sqrt of the ratio, as Ola computes it:
+        scale = math.sqrt(base_size * base_size / (h * w))  # base / sqrt(h w) floors 1504 x 1504 to 352, not 384)
     if scale is not None:  # lines 118-123: sides floored to patch multiples, at least one patch
         return max(int(h * scale / patch_size) * patch_size, patch_size), \
             max(int(w * scale / patch_size) * patch_size, patch_size)
     return -(-h // patch_size) * patch_size, -(-w // patch_size) * patch_size  # lines 124-134: padded (grey 127)
 
 
-def _ola_views(size):
+def _ola_views(size, maxres=1536, lowres=384):
     """``process_anyres_highres_image`` (lines 193-218) with infer.py's ``HIGHRES_BASE='0x32'`` and
     ``LOWRES_RESIZE='384x32'``: the image resized first (line 199), the low-res view made from that (line 211)."""
-    high = _ola_resize_images(size, 32, 0)
-    return [_ola_resize_images(high, 32, 384), high]
+    high = _ola_resize_images(size, 32, 0, maxres)
+    return [_ola_resize_images(high, 32, lowres), high]
 
 
 def test_lowres_view_is_made_from_the_padded_image_as_olas():
@@ -261,18 +309,58 @@ def test_lowres_view_is_made_from_the_padded_image_as_olas():
         assert got.grids.tolist() == [list(mt.native_patch_grid(v)) for v in views], size
         unpadded = [_ola_resize_images(size, 32, 384), views[1]]
         assert got.tokens == mt.ola_native_image_tokens(views) != mt.ola_native_image_tokens(unpadded), size
-    assert _ola_views((427, 640))[0] == mt.ola_lowres_size((427, 640), 384, max_patches=9216) == (320, 448)
+    assert _ola_views((427, 640))[0] == mt.ola_lowres_size((427, 640), 384) == (320, 448)
     # over Ola's MAXRES (9216 patches of area): Ola scales the image first, and the low-res view comes from that
-    assert mt.ola_lowres_size((1600, 2000), 384, max_patches=9216) == _ola_views((1600, 2000))[0]
+    assert mt.ola_lowres_size((1600, 2000), 384) == _ola_views((1600, 2000))[0]
+
+
+def test_highres_view_is_sized_by_maxres_alone_as_olas():
+    """At the 7b settings (MAXRES 1536, ``native_lowres=384``, 10240 patch slots) Ola sizes the high-res view by
+    MAXRES alone, on the image's own area (``resize_images``, ``ola/mm_utils.py`` lines 102-112, 124-134; re-derived
+    in ``_ola_resize_images``), whatever the low-res view takes: images padded to near 9216 patches, or whose padded
+    area passes 1536 x 1536 while their own does not, keep their padded size; larger ones are scaled to 1536 x 1536
+    pixels of area. Sized as before within the row's slots less the low-res view (8640 of the 9216 slots then), each
+    came out smaller; the last two would still at today's 10240 (9664 left: 801 x 2945 padded takes 9672)."""
+    cfg = omni_config(stage1a.get_config("7b,vision=oryx"))
+    assert (cfg.native_maxres, cfg.native_lowres, cfg.image_patches) == (1536, 384, 10240)
+    features = MediaFeatures(cfg.budget, cfg.media_layout, native_lowres=384, native_maxres=1536)
+    for size, high in [((1500, 1500), (1504, 1504)), ((1505, 1537), (1536, 1568)), ((2000, 3000), (1248, 1856)),
+                       ((1200, 1900), (1216, 1920)), ((801, 2945), (832, 2976))]:
+        views = _ola_views(size)
+        assert views[1] == high and mt.ola_native_views(size, maxres=1536, lowres=384) == views, size
+        assert math.prod(mt.native_patch_grid(high)) > 9216 - 576, size  # past the old rule's share of the row
+        got = features.image(Image.new("RGB", size[::-1], (200, 10, 90)))
+        assert got.grids.tolist() == [list(mt.native_patch_grid(v)) for v in views], size
+        assert got.tokens == mt.ola_native_image_tokens(views) == cfg.media_layout.image_tokens(2, view_sizes=views)
+    assert mt.ola_native_patches(_ola_views((801, 2945))) == 10200  # the largest of aspect ratio <= 4 (common.py)
+
+
+def test_views_over_the_patch_slots_drop_the_example(images):
+    """Sized by MAXRES alone (1536 here), the 300 x 500 image's view (320 x 512: 640 patches) takes more than the
+    row's 96 patch slots: that example is dropped as too long, counted under its source; the others pass."""
+    config = PipelineConfig(sources=(Source("s", (images,)),), tokenizer=common.tiny_dir("llm"), batch_size=2,
+                            seq_len=128, budget=CFG.budget, layout=CFG.media_layout, process_index=0, process_count=1)
+    assert config.native_maxres == 1536 and mt.ola_native_size((300, 500)) == (320, 512, False)
+    pipeline = Pipeline(config)
+    try:
+        grids = {tuple(map(tuple, batch["image_grid"][b][batch["image_grid"][b, :, 0] > 0]))
+                 for batch in (next(pipeline) for _ in range(3)) for b in range(2)}
+        metrics = pipeline.metrics
+    finally:
+        pipeline.close()
+    assert metrics["dropped_too_long/s"] == metrics["dropped_too_long"] > 0
+    assert {g for row in grids for g in row} == {(4, 8), (8, 4)}  # 64 x 128 and 128 x 64 views only
 
 
 def test_vision_knob_swaps_the_tower_in_both_presets():
     """``vision=oryx``: OryxViT (Ola's sizes for 7b), the 'ola_native' layout, patch slots, no SigLIP import."""
-    for preset, patches, lowres, params in (("tiny", 256, 32, 95_680), ("7b", 9216, 384, 431_226_864)):
+    for preset, patches, lowres, maxres, video, params in (("tiny", 256, 32, 96, (64, 40), 95_680),
+                                                           ("7b", 10240, 384, 1536, (160, 0), 431_226_864)):
         c = stage1a.get_config(f"{preset},vision=oryx")
         cfg = omni_config(c)
         assert cfg.native and cfg.media_layout.native and cfg.image_patches == patches
-        assert c.data.pipeline.native_lowres == lowres  # Ola's low-resolution view before each image
+        assert (cfg.native_lowres, cfg.native_maxres) == (lowres, maxres)  # Ola's low-res view, Ola's MAXRES
+        assert (cfg.native_video_maxres, cfg.native_video_minres) == video  # frames within these sides squared
         assert all("vision" not in groups for _, groups in c.init_from)
         shapes = jax.eval_shape(OryxViTModel(cfg.vision).init, jax.random.key(0), *example_inputs(cfg.vision))
         assert sum(x.size for x in jax.tree.leaves(shapes)) == params  # 7b: Ola's tower, pos_embed 128 x 128
@@ -285,6 +373,70 @@ def test_vision_knob_swaps_the_tower_in_both_presets():
         CFG.replace(image_patches=0)
     with pytest.raises(ValueError, match="vision='vit' is not one of siglip, oryx"):
         stage1a.get_config("tiny,vision=vit")
+
+
+def test_ola_processor_settings_round_trip_through_export(model, tmp_path):
+    """``native_lowres`` and ``native_maxres`` are the model's: its export records them in the processor settings
+    (the ``OlaNative`` entry of ``config.json``), import reads them back from there, and a stage's pipeline takes
+    them from the model (``c.data.pipeline`` may not set them)."""
+    params, _, _ = model
+    cfg = CFG.replace(native_lowres=64, native_maxres=MAXRES)
+    save_hf(str(tmp_path / "hf"), OMNI, cfg, params, progress=False)
+    with open(tmp_path / "hf" / "config.json") as f:
+        config = json.load(f)
+    image = config["processor"]["image"]
+    assert image["image_processor_type"] == "OlaNative"
+    assert (image["native_lowres"], image["native_maxres"], image["native_video_maxres"],
+            image["native_video_minres"]) == (64, 160, 448, 288)
+    assert "native_lowres" not in config and OmniConfig.from_dict(cfg.to_dict()) == cfg
+    loaded = load_model(str(tmp_path / "hf"), progress=False).module.cfg
+    assert loaded == cfg and (loaded.native_lowres, loaded.native_maxres) == (64, 160)
+    image["native_lowres"] = 0  # what import reads is the processor entry
+    assert OmniConfig.from_dict(config).native_lowres == 0
+    assert OmniConfig.from_dict(CFG.replace(image_patches=96).to_dict()).native_maxres == mt.OLA_MAXRES
+    with pytest.raises(ValueError, match="native_lowres=32, native_maxres=1536, native_video_maxres=448, "
+                                         "native_video_minres=288: Ola's processor settings of a native-resolution"):
+        omni_config(stage1a.get_config("tiny")).replace(native_lowres=32)
+    with pytest.raises(ValueError, match="native_video_minres=500: .* 0 <= video minres <= video maxres"):
+        cfg.replace(native_video_minres=500)
+
+    c = stage1a.get_config("tiny,vision=oryx")
+    c.data.update(source="grain", sources=[], pipeline=dict(native_lowres=64))
+    with pytest.raises(StageConfigError, match=r"c.data.pipeline.native_lowres: Ola's processor settings are the "
+                                               r"model's \(exported with it\): set c.model.native_lowres"):
+        grain_pipeline_config(c, 0, 1)
+
+
+def test_ask_lays_out_a_native_image_as_the_pipeline(model, tmp_path, capsys):
+    """``experiment.load_model(DIR).ask(question, image=PIL)`` of an OryxViT model: a non-square image gets the
+    pipeline's native views (Ola's low-res view, then the image over MAXRES squared scaled to it, by the model's
+    ``native_lowres`` / ``native_maxres`` read back from its export: Ola's rule re-derived in ``_ola_views``), the
+    same patches, grids and placeholder tokens, Ola's layout of them in the embeddings; the generate CLI's answer
+    is ``ask``'s."""
+    params, embed, _ = model
+    cfg = CFG.replace(native_lowres=64, native_maxres=MAXRES)
+    save_hf(str(tmp_path / "hf"), OMNI, cfg, params, assets_dir=common.tiny_dir("llm"), progress=False)
+    chat = experiment.load_model(str(tmp_path / "hf"))
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (300, 500, 3), np.uint8))
+    gen = chat.generator(1, 2)
+    batch = gen.batch([gen.prepare(question_example("What is it?", image=image))], 1)
+    want = MediaFeatures(cfg.budget, cfg.media_layout, native_lowres=64, native_maxres=MAXRES).image(image)
+    views = _ola_views((300, 500), MAXRES, 64)
+    assert views == [(32, 64), (96, 192)]
+    assert batch["image_grid"][0].tolist() == want.grids.tolist() + [[0, 0]] == [[2, 4], [6, 12], [0, 0]]
+    np.testing.assert_array_equal(batch["image_patches"][0, :80], want.data)
+    assert batch["image_patch_slot"][0].tolist() == [0] * 8 + [1] * 72 + [-1] * 16
+    assert batch["image_item"][0].tolist() == [0, 0, -1]
+    (start, length), = _runs(batch["input_ids"][0])
+    assert length == want.tokens == mt.ola_native_image_tokens(views) == 1 + 1 * 3 + 1 + 3 * 7 + 1  # pooled 2x2
+    run = np.asarray(embed(batch))[0, start:start + length]
+    code = {name: np.flatnonzero((run == v).all(axis=1)).tolist() for name, v in CODES.items()}
+    assert code["newline"] == mt.ola_native_image_newlines(views) and code["sep"] == [4]
+    answer = chat.ask("What is it?", image=image, max_new_tokens=2)
+    image.save(tmp_path / "a.png")  # the generate CLI: the same model, views and answer
+    assert generate.main(["--model", str(tmp_path / "hf"), "--image", str(tmp_path / "a.png"), "--prompt",
+                          "What is it?", "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().out.strip() == answer
 
 
 def test_ola_tiny_stage_trains_with_native_resolution_vision(corpus, tmp_path):  # noqa: F811
@@ -307,6 +459,7 @@ def test_ola_tiny_stage_trains_with_native_resolution_vision(corpus, tmp_path): 
     convert.main(["export", "--ckpt", str(tmp_path / "w"), "--out", str(tmp_path / "hf")])
     loaded = load_model(str(tmp_path / "hf"), progress=False)
     assert loaded.module.cfg.native and loaded.module.cfg.image_patches == 256
+    assert (loaded.module.cfg.native_lowres, loaded.module.cfg.native_maxres) == (32, 96)  # Ola's processor settings
     same = jax.tree.map(lambda a, z: bool((np.asarray(a) == np.asarray(z)).all()), end, loaded.params)
     assert all(jax.tree.leaves(same))
     with open(tmp_path / "hf" / "config.json") as f:

@@ -187,9 +187,10 @@ def test_a_stage_starts_from_the_release(loaded, tmp_path):
     release = str(tmp_path / "release")
     shutil.copytree(RELEASE, release)
     c = stage3b.get_config(f"tiny,init={release},steps=2")
-    assert c.init_from == release and c.data.pipeline.native_lowres == 32
+    assert c.init_from == release and c.model.native_lowres == 32
     assert omni_config(c) == loaded.cfg.replace(image_slots=2, video_slots=4, audio_slots=2, image_patches=256,
-                                                video_patches=512)
+                                                video_patches=512, native_lowres=32, native_maxres=96,
+                                                native_video_maxres=64, native_video_minres=40)
     c.data.source, c.data.sources = "random", []  # the release's 64-token vocabulary is not the tiny tokenizer's
     c.media.update(image_slots=0, video_slots=0, audio_slots=1)
     c.seq_len = 64
@@ -205,7 +206,7 @@ def test_a_stage_starts_from_the_release(loaded, tmp_path):
     seven = omni_config(stage3b.get_config(f"7b,init={release}"))  # the 7b preset's numerics on the release's sizes
     assert (seven.llm.hidden_size, seven.llm.dtype, seven.vision.remat, seven.beats.dtype) == (32, "bfloat16", "full",
                                                                                               "bfloat16")
-    assert seven.image_patches == 9216 and seven.beats.predictor_class == 5
+    assert seven.image_patches == 10240 and seven.beats.predictor_class == 5
     with pytest.raises(ValueError, match=r"init= takes the model of its directory; drop \['audio'\]"):
         stage3b.get_config(f"tiny,init={release},audio=dual")
     with pytest.raises(ValueError, match=r"init='@hf/Ola-7b': give the model directory as a folder"):

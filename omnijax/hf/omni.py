@@ -73,7 +73,7 @@ from omnijax.media_layouts import AnyResLayout, Qwen2AudioLayout
 from omnijax.models.connector_configs import MLP, ConvGMLP, FrameStack, Linear, LocalGlobalPool, StridePool
 from omnijax.models.llava_onevision import LlavaOnevisionConfig
 from omnijax.models.llm import CausalLM
-from omnijax.models.omni import OmniConfig, OmniModel, example_batch
+from omnijax.models.omni import NATIVE_PROCESSOR, OmniConfig, OmniModel, example_batch
 from omnijax.models.qwen2_audio import Qwen2AudioConfig
 
 NAME = "OmnijaxOmniModel"
@@ -143,9 +143,12 @@ def processor_settings(cfg: OmniConfig) -> dict:
     """Keyword arguments of the stock processors that make the towers' inputs as the data pipeline does
     (``data_pipelines.features``): SigLIP's per view / tile / frame, Whisper's log-mel per window."""
     out = {}
-    if cfg.native:  # Ola's processor: each image at its own size (data_pipelines.image_tiles.native_view)
+    if cfg.native:  # Ola's processor: each image at its own size (data_pipelines.image_tiles.native_view), its
+        # low-res view first when native_lowres (Ola's LOWRES_RESIZE side), scaled above native_maxres (Ola's MAXRES);
+        # frames within native_video_minres .. native_video_maxres (VIDEO_MINRES, VIDEO_MAXRES)
         out["image"] = {"image_processor_type": "OlaNative", "patch_size": cfg.vision.patch_size,
                         "image_patches": cfg.image_patches, "video_patches": cfg.video_patches,
+                        **{k: getattr(cfg, k) for k in NATIVE_PROCESSOR},
                         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
     elif cfg.vision is not None:
         size = cfg.vision.image_size

@@ -53,7 +53,7 @@ from omnijax.inference.generate import GenerationResult, decode_loop, left_pad, 
 from omnijax.inference.sentences import sentences
 from omnijax.media_tokens import MODALITIES
 from omnijax.models.llm import init_cache
-from omnijax.models.omni import OmniConfig, OmniModel
+from omnijax.models.omni import NATIVE_PROCESSOR, OmniConfig, OmniModel
 
 PROMPT_OPTIONS = ("system_prompt", "video_frames", "image_tiling", "max_image_tiles")
 
@@ -76,7 +76,8 @@ GENERATION_SLOTS = {"image": 4, "audio": 8}  # one image's views, 32 s of speech
 def generation_config(cfg: OmniConfig, video_frames: int | None = None) -> OmniConfig:
     """``cfg`` with slots for every modality it has a tower and a placeholder token for: a modality without
     slots (the training stage had none of its media) gets ``GENERATION_SLOTS`` of them, or ``video_frames``
-    (default: the pipeline's) for videos. Slots are shapes only: the params are the same."""
+    (default: the pipeline's) for videos, and with a native-resolution tower the patch slots the other vision
+    modality has. Slots are shapes only: the params are the same."""
     frames = video_frames or next(f.default for f in dataclasses.fields(PipelineConfig) if f.name == "video_frames")
     wanted = {"image": GENERATION_SLOTS["image"], "video": frames, "audio": GENERATION_SLOTS["audio"]}
     extra = {}
@@ -84,6 +85,8 @@ def generation_config(cfg: OmniConfig, video_frames: int | None = None) -> OmniC
         tower = cfg.audio if kind == "audio" else cfg.vision
         if tower is not None and getattr(cfg, f"{kind}_token_id") is not None and not cfg.budget.slots(kind):
             extra[f"{kind}_slots"] = slots
+            if cfg.native and kind != "audio":  # patch slots as the other modality's; a batch grows them to its input
+                extra[f"{kind}_patches"] = max(cfg.image_patches, cfg.video_patches)
     return cfg.replace(**extra) if extra else cfg
 
 
@@ -165,10 +168,14 @@ class OmniGenerator:
             raise ValueError(f"the tokenizer {tokenizer_dir} has {len(self.tokenizer)} tokens, more than the model's "
                              f"vocabulary ({cfg.vocab_size}): it is not the model's tokenizer")
         # Slots grow to the input (``batch``): a prompt's media are bounded by the items' limits and its length.
+        # Native-resolution views take at most 4 patches per token (2x2 pooling), so 4 * max_prompt_len bound them.
         budget = dataclasses.replace(cfg.budget, **{f"{m}_slots": max(cfg.budget.slots(m), max_prompt_len)
-                                                    for m in MODALITIES if cfg.budget.slots(m)})
+                                                    for m in MODALITIES if cfg.budget.slots(m)},
+                                     **{f"{m}_patches": max(cfg.budget.patches(m), 4 * max_prompt_len)
+                                        for m in MODALITIES if cfg.budget.patches(m)})
         config = PipelineConfig(sources=(Source("prompts", ("<examples>",)),), tokenizer=tokenizer_dir, batch_size=1,
-                                seq_len=max_prompt_len, budget=budget, layout=cfg.media_layout, **prompt_options)
+                                seq_len=max_prompt_len, budget=budget, layout=cfg.media_layout,
+                                **{k: getattr(cfg, k) for k in NATIVE_PROCESSOR}, **prompt_options)
         self._prepare = Prepare(config, config.sources[0], None, self.tokenizer)
         special = self.tokenizer.added_tokens_encoder
         self.stop_token_ids = tuple(sorted({special[t] for t in (IM_END, ENDOFTEXT) if t in special}))
@@ -206,9 +213,13 @@ class OmniGenerator:
         width = min(self.bucket << (-(-longest // self.bucket) - 1).bit_length(), self.max_prompt_len)
         ids, segment_ids, positions = left_pad([p for p, _ in prompts], self.pad_token_id, width)
         needed = {m: max(sum(f.slots for f in items if f.kind == m) for _, items in prompts) for m in MODALITIES}
+        patches = {m: max(sum(f.patches for f in items if f.kind == m) for _, items in prompts)
+                   for m in MODALITIES if self.cfg.budget.patches(m)}
         budget = dataclasses.replace(self.cfg.budget, **{
-            f"{m}_slots": grown_slots(needed[m], self.cfg.budget.slots(m)) if needed[m] else 0 for m in MODALITIES})
-        media = media_slots([[[MediaItem(f.kind, f.data, f.valid_frames, f.plan, f.fbank) for f in items]]
+            f"{m}_slots": grown_slots(needed[m], self.cfg.budget.slots(m)) if needed[m] else 0 for m in MODALITIES},
+            **{f"{m}_patches": grown_slots(n, self.cfg.budget.patches(m)) if needed[m] else 0
+               for m, n in patches.items()})
+        media = media_slots([[[MediaItem(f.kind, f.data, f.valid_frames, f.plan, f.fbank, f.grids) for f in items]]
                              for _, items in prompts], budget, self.cfg.media_layout)
         return {"input_ids": ids, "segment_ids": segment_ids, "positions": positions, **media}
 

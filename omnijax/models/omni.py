@@ -48,7 +48,8 @@ import jax.numpy as jnp
 
 from omnijax.batch import NATIVE_MODALITIES, SLOT_FIELDS, MediaBudget, batch_spec
 from omnijax.media_layouts import MediaLayout, layout_class
-from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, MODALITIES, beats_fbank_frames
+from omnijax.media_tokens import (LLAVA_ONEVISION_GRID_PINPOINTS, MODALITIES, OLA_MAXRES, OLA_VIDEO_MAXRES,
+                                  OLA_VIDEO_MINRES, beats_fbank_frames)
 from omnijax.models import connector_configs, layouts
 from omnijax.models.audio import AudioConfig, WhisperEncoder
 from omnijax.models.beats import BEATsConfig
@@ -62,7 +63,10 @@ from omnijax.models.vision import VisionConfig, VisionTower
 # Fields of the LLM / tower configs that are load-time choices, not part of a model's description.
 NUMERICS = ("dtype", "param_dtype", "attention", "remat", "scan_unroll")
 _TOWERS = ("llm", "vision", "audio", "beats")  # the sub-config fields of OmniConfig
-_NOT_FLAT = _TOWERS + ("vision_connector", "audio_connector")  # fields to_dict writes in another form
+# Ola's processor settings of a native-resolution tower: fields to_dict writes under processor.image, and the data
+# pipeline's (PipelineConfig) fields of the same names
+NATIVE_PROCESSOR = ("native_lowres", "native_maxres", "native_video_maxres", "native_video_minres")
+_NOT_FLAT = _TOWERS + ("vision_connector", "audio_connector") + NATIVE_PROCESSOR  # fields to_dict writes otherwise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +93,10 @@ class OmniConfig:
     anyres_max_num_patches: int = 9  # N of 'anyres_max_N'
     image_patches: int = 0  # native resolution: patch slots per row for the images' views (OryxViT)
     video_patches: int = 0  # and for the video frames
+    native_lowres: int = 0  # native resolution: side of Ola's low-res view before each image (its area; Ola: 384)
+    native_maxres: int = OLA_MAXRES  # native resolution: images above this side squared scaled to it (Ola's MAXRES)
+    native_video_maxres: int = OLA_VIDEO_MAXRES  # and video frames above it (Ola's VIDEO_MAXRES)
+    native_video_minres: int = OLA_VIDEO_MINRES  # and video frames below it, scaled up (Ola's VIDEO_MINRES)
 
     def __post_init__(self):
         object.__setattr__(self, "anyres_pinpoints", tuple((int(h), int(w)) for h, w in self.anyres_pinpoints))
@@ -128,6 +136,13 @@ class OmniConfig:
                                  f"slots per row its {m}s' views fill (e.g. {m}_patches={64 * slots})")
             if patches and not native:
                 raise ValueError(f"{m}_patches={patches} needs a native-resolution vision tower (OryxViT)")
+        if self.native_lowres < 0 or self.native_lowres and not native or \
+                not 0 <= self.native_video_minres <= self.native_video_maxres or min(self.native_maxres,
+                                                                                     self.native_video_maxres) < 1:
+            raise ValueError(f"native_lowres={self.native_lowres}, native_maxres={self.native_maxres}, "
+                             f"native_video_maxres={self.native_video_maxres}, native_video_minres="
+                             f"{self.native_video_minres}: Ola's processor settings of a native-resolution tower "
+                             "(OryxViT); lowres >= 0, maxres >= 1, 0 <= video minres <= video maxres")
         if self.vision is not None and not native:
             self.vision_connector.grid(self.vision.grid_side, self.vision.grid_side)
         if self.beats is not None and (self.audio is None or self.audio.variant != "whisper"):
@@ -209,7 +224,9 @@ class OmniConfig:
         fields transformers keeps outside its vision config
         (``vision_feature_layer``, ``vision_interpolate_pos_encoding``); the connectors by name with their
         flat settings (``connector_configs``: ``audio_connector='frame_stack'``, ``frame_stack_k``, ...);
-        every other field by name."""
+        with a native-resolution tower, Ola's processor settings (``NATIVE_PROCESSOR``) under
+        ``processor.image``, where ``omnijax.hf.omni.processor_settings`` writes them too; every other field by
+        name."""
         def hf(sub):
             return None if sub is None else {k: v for k, v in sub.to_hf().items() if k != "architectures"}
 
@@ -218,8 +235,9 @@ class OmniConfig:
         for t in connector_configs.TOWERS:
             conn = getattr(self, f"{t}_connector")
             own.update(conn.to_fields(t) if conn is not None else {f"{t}_connector": None})
+        processor = {"processor": {"image": {k: getattr(self, k) for k in NATIVE_PROCESSOR}}} if self.native else {}
         return {"text_config": hf(self.llm), "vision_config": hf(self.vision), "audio_config": hf(self.audio),
-                "beats_config": hf(self.beats),
+                "beats_config": hf(self.beats), **processor,
                 "vision_feature_layer": getattr(self.vision, "feature_layer", -1),
                 "vision_interpolate_pos_encoding": bool(getattr(self.vision, "interpolate_pos_encoding", False)),
                 **own}
@@ -244,6 +262,8 @@ class OmniConfig:
             return config_cls.from_hf(d[key], **extra, **kw)
 
         kw = {k: d[k] for k in own - set(_NOT_FLAT) if k in d}
+        image = (d.get("processor") or {}).get("image") or {}
+        kw.update({k: image[k] for k in NATIVE_PROCESSOR if k in image})
         kw.update({f"{t}_connector": connector_configs.from_fields(t, d) for t in connector_configs.TOWERS})
         kw.update({k: v for k, v in overrides.items() if k in own})
         if (d.get("vision_config") or {}).get("model_type") == "oryx_vit":
