@@ -160,7 +160,8 @@ def test_ola_evaluates_each_stage_on_the_skills_it_has_trained():
     assert {n: recipe.tasks_after(n) for n in recipe.names} == {
         "1a": ("image_qa", "image_choice"), "1b": ("image_qa", "image_choice"),
         "2": ("image_qa", "image_choice", "video_visual_qa"), "3a": ("asr",),
-        "3b": ("asr", "image_qa", "image_choice", "video_visual_qa", "video_audio_qa", "spoken_image_qa")}
+        "3b": ("asr", "image_qa", "image_choice", "video_visual_qa", "video_audio_qa", "spoken_image_qa", "sound_qa",
+               "aspect_qa")}
     assert recipe_lib.load_recipe("experiments/capybara/recipe.py:tiny").tasks_after("2_audio") == (
         "asr", "image_qa", "video_audio_qa")
 
