@@ -4,7 +4,7 @@ spaced beats -- played by a few synthetic instruments of distinct timbre, sample
     flute    sine tones (the fundamental alone)
     organ    square waves (odd harmonics at 1/k), band-limited
     violin   sawtooth waves (every harmonic at 1/k), band-limited
-    guitar   Karplus-Strong plucked strings (a noise burst in a damped delay line: bright, decaying)
+    guitar   Karplus-Strong plucked strings (a string's plucked shape in a damped delay line: bright, decaying)
     drum     noise bursts over a low thump (no pitch; rhythms only)
 
     sample_clip(rng, kind) -> {"kind", "instrument", "notes": [{"start": s, "seconds": s, "pitches": [midi, ...]}],
