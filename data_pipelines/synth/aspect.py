@@ -1,7 +1,9 @@
 """omni-synth's non-square pictures: wide (128 x 48), tall (48 x 128) and square (64 x 64) images whose answers
 live in their geometry, which squashing the picture to a square distorts: a circle drawn in a wide picture
 becomes an upright oval there, and the wide oval beside it -- as many times wider than high as the picture is
--- becomes a circle; the picture's own shape is lost; small shapes in a strip shrink to a few pixels.
+-- becomes a circle; the picture's own shape is lost; small shapes in a strip shrink to a few pixels. Ovals and
+rectangles are stretched by that ratio (8:3) in every picture, so what a squashed picture shows is ambiguous:
+an upright oval may be a wide picture's circle or a square picture's oval.
 
     sample_aspect_scene(rng, question) -> {"layout": "wide" | "tall" | "square", "size": [width, height],
                                            "background", "shapes": [{"shape", "colour", "box": [x0, y0, x1, y1]}]}
@@ -10,8 +12,8 @@ becomes an upright oval there, and the wide oval beside it -- as many times wide
                                             "boxes": one box per frame}: one of FORMS crossing the frame
     render_aspect_video(motion)         -> frames [8, height, width, 3] uint8
 
-`question` "form" draws one or two circles, ovals, squares or rectangles (ovals and rectangles are stretched
-along the picture's long side by its aspect ratio; in a square picture by 2, either way); "count" draws two to
+`question` "form" draws one or two circles, ovals, squares or rectangles (ovals and rectangles stretched along
+the picture's long side; in a square picture either way); "count" draws two to
 six small shapes of one colour; "layout" either of those scenes. A moving form crosses a wide frame left or right,
 a tall one up or down, a square one any way.
 """
@@ -26,20 +28,19 @@ from data_pipelines.synth.scenes import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES
 LAYOUTS = {"wide": (128, 48), "tall": (48, 128), "square": (64, 64)}  # (width, height)
 FORMS = ("circle", "oval", "square", "rectangle")
 QUESTIONS = ("layout", "form", "count")
+STRETCH = 128 / 48  # an oval's or a rectangle's long side over its short one: the wide picture's aspect ratio
 _MARGIN, _GAP = 2, 3
 
 
 def _form_size(rng: np.random.Generator, form: str, layout: str) -> tuple[int, int]:
     """(width, height) of a shape: circles and squares 14-26 pixels; ovals and rectangles 10-14 pixels across
-    their short side and the layout's aspect ratio (2 in a square picture) times that along the long one."""
+    their short side and `STRETCH` times that along the long one (the picture's; either way in a square one)."""
     if form in ("circle", "square"):
         side = int(rng.integers(14, 27))
         return side, side
     short = int(rng.integers(10, 15))
-    width, height = LAYOUTS[layout]
-    ratio = max(width, height) / min(width, height) if layout != "square" else 2.0
     wide = layout == "wide" or (layout == "square" and rng.random() < 0.5)
-    long = int(round(short * ratio))
+    long = int(round(short * STRETCH))
     return (long, short) if wide else (short, long)
 
 
@@ -106,7 +107,7 @@ def moving_form(rng: np.random.Generator) -> dict:
     horizontal = direction in ("left", "right")
     length, side, room = (width, w, height - h) if horizontal else (height, h, width - w)
     margin = 4
-    distance = int(rng.integers(20, length - side - 2 * margin + 1))
+    distance = int(rng.integers(16, length - side - 2 * margin + 1))  # at least 16: a 37-pixel oval in 64
     along = int(rng.integers(margin, length - side - distance - margin + 1))  # start, on the axis of motion
     across = int(rng.integers(_MARGIN, room - _MARGIN + 1))
     sign = 1 if direction in ("right", "down") else -1
