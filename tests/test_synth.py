@@ -156,7 +156,8 @@ def test_default_size_has_more_train_examples_of_the_cheap_tasks():
     assert counts["train"]["image_caption"] == counts["train"]["image_qa"] == 10_000
     assert counts["train"]["asr"] == 3000 and counts["train"]["video_audio_qa"] == 1000
     assert counts["train"]["aspect_qa"] == 10_000 and counts["train"]["sound_qa"] == 3000
-    assert sum(counts["train"].values()) == 4 * 10_000 + 2 * 3000 + 4 * 1000
+    assert counts["train"]["aspect_video_qa"] == 3000
+    assert sum(counts["train"].values()) == 4 * 10_000 + 3 * 3000 + 4 * 1000
     # round-robin: example i of every task that has one, so a prefix of the stream mixes all tasks
     tiny = [e["task"] for e in synth.generate("eval", size="tiny")]
     assert tiny[:len(synth.TASKS)] == list(synth.TASKS) and len(tiny) == 3 * len(synth.TASKS)
