@@ -10,8 +10,8 @@ model will produce for it, from the shared count functions (the layout, `omnijax
   multi-image example; a native-resolution budget (`image_patches`, layout `ola_native`): one view at
   the image's own size, padded or (over the row's patch budget) scaled as Ola's processor does
   (`image_tiles.native_view`), after Ola's low-resolution view when `native_lowres` is set
-  (`image_tiles.lowres_view`), each cut into patches (`image_tiles.native_patches`). Pixels are normalised
-  as SigLIP's processor does (/255, mean = std = 0.5).
+  (`image_tiles.lowres_view`, made as Ola makes it from the padded or scaled image), each cut into patches
+  (`image_tiles.native_patches`). Pixels are normalised as SigLIP's processor does (/255, mean = std = 0.5).
 - videos: PyAV (one decoder thread); `video_frames` frames taken uniformly
   (`linspace(0, n - 1, k)` floored, Ola's sampling), fewer when the video has fewer; each resized to
   `video_size`, or at native resolution (`video_patches`) each kept at its size within
@@ -246,7 +246,8 @@ class MediaFeatures:
         p = self.budget.patch_size
         views = []
         if kind == "image" and self.native_lowres:
-            views.append(image_tiles.lowres_view(frames[0], base=self.native_lowres, patch_size=p))
+            views.append(image_tiles.lowres_view(frames[0], base=self.native_lowres, max_patches=max_patches,
+                                                patch_size=p))
             max_patches -= views[0].shape[0] * views[0].shape[1] // (p * p)
         views += [image_tiles.native_view(f, max_patches=max_patches, patch_size=p) for f in frames]
         cut = [image_tiles.native_patches(v, p) for v in views]

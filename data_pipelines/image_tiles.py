@@ -27,9 +27,11 @@ is Ola's processor for such an image (``resize_images`` of ``ola/mm_utils.py`` a
 runs it: ``HIGHRES_BASE='0x32'``, ``PAD2STRIDE``): an image whose sides padded to a multiple of two
 patches fit the patch budget keeps its size and is padded, centred, with grey (127); a larger one is
 scaled, aspect ratio kept, to the budget's area and its sides floored to multiples of two patches
-(``ola_native_size``), so the 2x2 pooling always sees whole groups. Ola gives each image a second,
-low-resolution view before that one (``LOWRES_RESIZE='384x32'``): the image scaled to ``384 x 384`` pixels
-of area, sides floored to multiples of 32 (``ola_lowres_size``, ``lowres_view``).
+(``omnijax.media_tokens.ola_native_size``), so the 2x2 pooling always sees whole groups. Ola gives each image a
+second, low-resolution view before that one (``LOWRES_RESIZE='384x32'``): the image as the processor has just
+sized it (padded or scaled within the row's whole image budget, as Ola pads before it makes this view), scaled to
+``384 x 384`` pixels of area, sides floored to multiples of 32 (``omnijax.media_tokens.ola_lowres_size``,
+``lowres_view``); the high-res view then takes what is left of the budget.
 
 Sizes are ``(height, width)`` throughout, tiles NHWC float32 (HF processors give NCHW).
 """
@@ -42,7 +44,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from omnijax.media_tokens import LLAVA_ONEVISION_GRID_PINPOINTS, check_size, native_patch_grid, select_best_resolution
+from omnijax.media_tokens import (LLAVA_ONEVISION_GRID_PINPOINTS, check_size, native_patch_grid, ola_lowres_size,
+                                  ola_native_size, select_best_resolution)
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
@@ -164,52 +167,31 @@ def pack_native(images: Sequence[np.ndarray], *, slots: int, max_images: int,
     return {"patches": patches, "segment_ids": segment_ids, "grids": grids}
 
 
-def ola_native_size(image_size: Sequence[int], max_patches: int, patch_size: int = 16) -> tuple[int, int, bool]:
-    """``(height, width, resized)`` of the view ``native_view`` makes of an image of ``image_size``: its sides
-    padded up to multiples of ``2 * patch_size`` when those take at most ``max_patches`` patches; else the
-    image scaled to ``max_patches`` patches of area (aspect ratio kept) and its sides floored to multiples of
-    ``2 * patch_size`` (at least one; an image too thin for that has its long side cut to the budget)."""
-    h, w = check_size(image_size)
-    stride = 2 * patch_size
-    if max_patches < 4:
-        raise ValueError(f"max_patches={max_patches}: a native view takes at least 2 x 2 patches")
-    padded = (-(-h // stride) * stride, -(-w // stride) * stride)
-    if padded[0] * padded[1] <= max_patches * patch_size * patch_size:
-        return padded[0], padded[1], False
-    scale = math.sqrt(max_patches * patch_size * patch_size / (h * w))
-    sides = [max(stride, int(x * scale / stride) * stride) for x in (h, w)]
-    for i in sorted((0, 1), key=lambda i: -sides[i]):  # an extreme aspect ratio: the long side takes what is left
-        most = max_patches // (sides[1 - i] // patch_size) // 2 * 2 * patch_size
-        sides[i] = min(sides[i], most)
-    return sides[0], sides[1], True
+def _ola_pixels(image, max_patches: int, patch_size: int) -> np.ndarray:
+    """The image (PIL, RGB) as Ola's processor sizes it, ``[H, W, 3]`` uint8, ``H x W`` = ``ola_native_size``:
+    padded, centred, with grey (127), or scaled (bicubic)."""
+    rgb = _rgb_array(image)
+    h, w, resized = ola_native_size((image.height, image.width), max_patches, patch_size)
+    if resized:
+        return np.asarray(image.resize((w, h), Image.BICUBIC))
+    out = np.full((h, w, 3), 127, np.uint8)
+    top, left = (h - image.height) // 2, (w - image.width) // 2
+    out[top:top + image.height, left:left + image.width] = rgb
+    return out
 
 
 def native_view(image, *, max_patches: int, patch_size: int = 16, mean: Sequence[float] = SIGLIP_MEAN,
                 std: Sequence[float] = SIGLIP_STD) -> np.ndarray:
     """One image or frame (PIL, RGB) as Ola's processor gives it to OryxViT (module docstring):
     ``[H, W, 3]`` float32 normalised, ``H x W`` = ``ola_native_size``."""
-    rgb = _rgb_array(image)
-    h, w, resized = ola_native_size((image.height, image.width), max_patches, patch_size)
-    if resized:
-        out = np.asarray(image.resize((w, h), Image.BICUBIC))
-    else:
-        out = np.full((h, w, 3), 127, np.uint8)
-        top, left = (h - image.height) // 2, (w - image.width) // 2
-        out[top:top + image.height, left:left + image.width] = rgb
-    return _normalize([out], mean, std)[0]
+    return _normalize([_ola_pixels(image, max_patches, patch_size)], mean, std)[0]
 
 
-def ola_lowres_size(image_size: Sequence[int], base: int, patch_size: int = 16) -> tuple[int, int]:
-    """``(height, width)`` of Ola's low-resolution view of an image of ``image_size``: scaled to ``base x base``
-    pixels of area, aspect ratio kept, sides floored to multiples of ``2 * patch_size`` (at least one)."""
-    h, w = check_size(image_size)
-    stride, scale = 2 * patch_size, base / math.sqrt(h * w)
-    return max(stride, int(h * scale / stride) * stride), max(stride, int(w * scale / stride) * stride)
-
-
-def lowres_view(image, *, base: int, patch_size: int = 16, mean: Sequence[float] = SIGLIP_MEAN,
+def lowres_view(image, *, base: int, max_patches: int, patch_size: int = 16, mean: Sequence[float] = SIGLIP_MEAN,
                 std: Sequence[float] = SIGLIP_STD) -> np.ndarray:
-    """Ola's low-resolution view of an image (PIL, RGB): ``[H, W, 3]`` float32 normalised, ``ola_lowres_size``."""
-    _rgb_array(image)
-    h, w = ola_lowres_size((image.height, image.width), base, patch_size)
-    return _normalize([np.asarray(image.resize((w, h), Image.BICUBIC))], mean, std)[0]
+    """Ola's low-resolution view of an image (PIL, RGB): ``[H, W, 3]`` float32 normalised, ``ola_lowres_size``;
+    resized (bicubic) from the image as Ola's processor has sized it within ``max_patches`` (``native_view``'s
+    pixels: padded with grey, or scaled), not from the image itself."""
+    h, w = ola_lowres_size((image.height, image.width), base, max_patches=max_patches, patch_size=patch_size)
+    sized = Image.fromarray(_ola_pixels(image, max_patches, patch_size))
+    return _normalize([np.asarray(sized.resize((w, h), Image.BICUBIC))], mean, std)[0]

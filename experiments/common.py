@@ -80,11 +80,13 @@ ORYX_PATCHES = {"tiny": dict(image_patches=256, video_patches=512),
 ORYX_LOWRES = {"tiny": 32, "7b": 384}
 # BEATs, Ola's music encoder beside Whisper (the ``audio=dual`` knob): `7b` is BEATs_iter3+ (``BEATsConfig``'s
 # defaults: 768 wide, 12 layers), imported from ``@hf/`` (``BEATS_HF_DIR``, read by ``omnijax.hf.beats``); `tiny` as
-# wide as the tiny Whisper, started fresh (no tiny BEATs is shipped).
+# wide as the tiny Whisper, started fresh (no tiny BEATs is shipped). `7b` keeps the AudioSet head (527 classes) of the
+# fine-tuned checkpoint Ola ships, unused by the forward, so the model is Ola-7B's parameter for parameter
+# (``python -m experiments.ola.sizes``).
 BEATS = {
     "tiny": dict(embed_dim=32, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
                  encoder_attention_heads=4, conv_pos=16, conv_pos_groups=4, num_buckets=32, max_distance=64),
-    "7b": dict(dtype="bfloat16", remat="full"),
+    "7b": dict(predictor_class=527, dtype="bfloat16", remat="full"),
 }
 BEATS_HF_DIR = "BEATs_iter3_plus_AS2M"
 FRAME_STACK = {"tiny": dict(frame_stack_k=4, frame_stack_hidden=256),  # Ola's speech projector at each preset
@@ -244,7 +246,7 @@ class PaperStage:
         return math.ceil(self.epochs * self.samples / (self.batch * self.per_row))
 
 
-KNOBS = ("steps", "freeze", "weight.TASK", "vision_connector", "audio_connector", "vision", "audio")
+KNOBS = ("steps", "freeze", "weight.TASK", "vision_connector", "audio_connector", "vision", "audio", "init")
 VISION_TOWERS = ("siglip", "oryx")  # the vision knob: SigLIP at a fixed size, or OryxViT at each image's own
 AUDIO_ENCODERS = ("whisper", "dual")  # the audio knob: Whisper alone, or Ola's Whisper + BEATs
 
@@ -258,12 +260,13 @@ def parse_arg(arg: str | None, **extra: str) -> mlc.ConfigDict:
     task not in the mixture joins it), ``vision_connector`` / ``audio_connector`` (a connector by name), ``vision``
     (``oryx``: Ola's native-resolution tower, ``use_oryx``; ``siglip``, the default, leaves the stage as it is),
     ``audio`` (``dual``: Ola's Whisper + BEATs encoder, ``use_dual``; ``whisper``, the default, Whisper alone);
+    ``init`` (a model directory the stage starts from whole, with its model: ``start_from``; e.g. Ola's release);
     ``extra``: the stage's own, ``name=default`` (Self-KD's ``vlm=PATH``). After ``get_config`` the same fields are set
     through the recipe runner's overrides: ``num_steps``, ``trainable``, ``data.sources.N.weight``,
     ``model.audio_connector``."""
     preset, *items = (arg or "tiny").split(",")
     a = dict(preset=check_preset(preset.strip()), steps=None, freeze=(), weights={}, vision_connector=None,
-             audio_connector=None, vision="siglip", audio="whisper", **extra)
+             audio_connector=None, vision="siglip", audio="whisper", init=None, **extra)
     for item in items:
         key, _, value = (part.strip() for part in item.partition("="))
         if not value:
@@ -286,6 +289,10 @@ def parse_arg(arg: str | None, **extra: str) -> mlc.ConfigDict:
         else:
             raise ValueError(f"config argument {arg!r}: unknown knob {key!r}; knobs: "
                              f"{', '.join((*KNOBS, *extra))} (e.g. {preset},steps=300,freeze=llm)")
+    model_knobs = [k for k in ("vision_connector", "audio_connector", "vision", "audio")
+                   if a[k] not in (None, "siglip", "whisper")]
+    if a["init"] is not None and model_knobs:
+        raise ValueError(f"config argument {arg!r}: init= takes the model of its directory; drop {model_knobs}")
     return mlc.ConfigDict(a)
 
 
@@ -309,6 +316,8 @@ def finish(c: mlc.ConfigDict, a: mlc.ConfigDict, tiny=None) -> mlc.ConfigDict:
         use_oryx(c, a.preset)
     if a.audio == "dual":
         use_dual(c, a.preset)
+    if a.init is not None:
+        start_from(c, a.preset, a.init)
     return c
 
 
@@ -345,6 +354,33 @@ def use_dual(c: mlc.ConfigDict, preset: str) -> None:
         if preset == "7b":
             entries.append((f"@hf/{BEATS_HF_DIR}", ("beats->audio/beats",)))
         c.init_from = entries
+
+
+def start_from(c: mlc.ConfigDict, preset: str, path: str) -> None:
+    """The stage starting from the model directory at ``path`` whole -- whatever ``load_model`` opens: an omnijax
+    model directory, a HF one, Ola's release layout (``omnijax.hf.ola``) -- as a stage's ``c.init_from`` reads it,
+    every group landing in the params: ``c.model`` is that directory's model (``stage_model`` of its config, read
+    now, so ``path`` is a folder, not an ``@root`` path) with the preset's numerics (dtypes, attention, remat); a
+    native-resolution tower gets the preset's patch slots and low-res view (``use_oryx``'s). The stage keeps its
+    tokenizer, media slots and rules."""
+    from omnijax.checkpoint import model_config
+    from omnijax.models.omni import NUMERICS
+    from omnijax.training.omni_task import stage_model
+
+    if path.startswith("@") or not os.path.isdir(path):
+        raise ValueError(f"stage {c.name!r}: init={path!r}: give the model directory as a folder (its config is "
+                         "read when the stage is configured; @root paths are resolved later)")
+    model = stage_model(model_config(path))
+    presets = {"llm": LLM, "vision": ORYX if (model["vision"] or {}).get("native") else VISION, "audio": AUDIO,
+               "beats": BEATS}
+    for tower, table in presets.items():
+        if model[tower] is not None:
+            model[tower].update({k: v for k, v in table[preset].items() if k in NUMERICS})
+    c.model = mlc.ConfigDict(model)
+    if model["vision"] is not None and model["vision"].get("native"):
+        c.media.update(ORYX_PATCHES[preset])
+        c.data.pipeline.native_lowres = ORYX_LOWRES[preset]
+    c.init_from = path
 
 
 def reweigh(c: mlc.ConfigDict, preset: str, weights: dict[str, float]) -> None:

@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from omnijax import sharding
 from omnijax.hf import architectures
 from omnijax.hf.exporter import copy_assets
-from omnijax.hf.importer import Loaded, abstract_model, load_hf
+from omnijax.hf.importer import Loaded, abstract_model, load_hf, open_hf
 from omnijax.hf.omni import OMNI
 from omnijax.hf.safetensors_io import CheckpointError
 from omnijax.models.omni import OmniConfig
@@ -130,4 +130,16 @@ def load_model(path: str, *, mesh: Mesh | None = None, rules=None, progress: boo
         return load_model_dir(path, mesh=mesh, rules=rules, **overrides)
     if os.path.exists(os.path.join(path, "config.json")):
         return load_hf(path, mesh=mesh, rules=rules, progress=progress, **overrides)
+    raise CheckpointError(f"{path} is neither an omnijax model directory ({MODEL_FILE}) nor a HF one (config.json)")
+
+
+def model_config(path: str, **overrides):
+    """The model config of what ``load_model`` opens at ``path`` (an omnijax model directory, a finished stage
+    workdir, a HF model directory or Ola's release layout), without reading its params."""
+    if os.path.exists(os.path.join(path, MODEL_FILE)):
+        desc = _description(path)
+        return architectures.get(desc["architecture"]).build(desc["hf_config"], **overrides)[1]
+    if os.path.exists(os.path.join(path, "config.json")):
+        arch, hf_config, _ = open_hf(path)
+        return arch.build(hf_config, **overrides)[1]
     raise CheckpointError(f"{path} is neither an omnijax model directory ({MODEL_FILE}) nor a HF one (config.json)")

@@ -107,15 +107,16 @@ def run_recipe(recipe, workdir: str, *, corpus: str | None = None, hf_root: str 
                data_root: str | None = None, overrides: Mapping[str, Mapping] | None = None,
                steps: int | None = None, seed: int | None = None, evaluate: bool = True,
                eval_limit: int | None = None, progress: bool | None = True, only: Sequence[str] = (),
-               eval_tasks: Sequence[str] | None = None, prepare=None, log=print,
+               eval_tasks: Sequence[str] | Mapping[str, Sequence[str]] | None = None, prepare=None, log=print,
                compilation_cache: str | None = None) -> RecipeResult:
     """Train and evaluate a recipe's stages in ``workdir`` (stage NAME in ``workdir/NAME``), in this process.
 
     ``recipe``: a spec (``"experiments/ola/recipe.py:tiny"``), a loaded ``omnijax.recipe.Recipe``, or a list of
-    ``(stage name, ml_collections.ConfigDict)`` (``omnijax.recipe.from_stages``: evaluated on ``eval_tasks``,
-    default the evaluable tasks it trains on, from the ``corpus``; ``prepare(preset, roots)`` builds data
-    first, e.g. ``experiments.common.prepare_synth``). ``corpus``, ``hf_root``, ``data_root``: the roots
-    (default ``ROOTS``'s). ``overrides``: ``{stage name or '*': {dotted config key: value}}``, e.g.
+    ``(stage name, ml_collections.ConfigDict)`` (``omnijax.recipe.from_stages``: evaluated on ``eval_tasks``
+    -- after every stage, or ``{stage name: tasks}`` --, default the evaluable tasks it trains on, from the
+    ``corpus``; ``prepare(preset, roots)`` builds data first, e.g. ``experiments.common.prepare_synth``).
+    ``corpus``, ``hf_root``, ``data_root``: the roots (default ``ROOTS``'s). ``overrides``: ``{stage name or '*':
+    {dotted config key: value}}``, e.g.
     ``{"*": {"optimizer.clip_norm": 0.5}, "3b": {"num_steps": 300}}``. ``steps``: every stage this many steps.
     ``seed``: every stage's parameter init and data order (two seeds are two samples of one configuration).
     ``evaluate``/``eval_limit``: evaluate each stage on that many held-out examples per task. ``progress``: a
@@ -129,7 +130,7 @@ def run_recipe(recipe, workdir: str, *, corpus: str | None = None, hf_root: str 
         raise ValueError(f"recipe is a {type(recipe).__name__}; give a spec 'FILE:preset', an omnijax.recipe.Recipe "
                          "or a list of (stage name, ConfigDict)")
     if eval_tasks is not None:
-        recipe = dataclasses.replace(recipe, eval_tasks=tuple(eval_tasks))
+        recipe = dataclasses.replace(recipe, eval_tasks=recipe_lib.eval_plan(eval_tasks))
     if compilation_cache:
         recipe_lib.use_compilation_cache(compilation_cache)
     roots = {"corpus": corpus, "hf": hf_root, "data": data_root}

@@ -170,6 +170,39 @@ def native_patch_grid(image_size: Sequence[int], patch_size: int = 16) -> tuple[
     return -(-h // patch_size), -(-w // patch_size)
 
 
+def ola_native_size(image_size: Sequence[int], max_patches: int, patch_size: int = 16) -> tuple[int, int, bool]:
+    """``(height, width, resized)`` of the view Ola's processor makes of an image of ``image_size``
+    (``data_pipelines.image_tiles.native_view``): its sides padded up to multiples of ``2 * patch_size`` when
+    those take at most ``max_patches`` patches; else the image scaled to ``max_patches`` patches of area (aspect
+    ratio kept) and its sides floored to multiples of ``2 * patch_size`` (at least one; an image too thin for that
+    has its long side cut to the budget)."""
+    h, w = check_size(image_size)
+    stride = 2 * patch_size
+    if max_patches < 4:
+        raise ValueError(f"max_patches={max_patches}: a native view takes at least 2 x 2 patches")
+    padded = (-(-h // stride) * stride, -(-w // stride) * stride)
+    if padded[0] * padded[1] <= max_patches * patch_size * patch_size:
+        return padded[0], padded[1], False
+    scale = math.sqrt(max_patches * patch_size * patch_size / (h * w))
+    sides = [max(stride, int(x * scale / stride) * stride) for x in (h, w)]
+    for i in sorted((0, 1), key=lambda i: -sides[i]):  # an extreme aspect ratio: the long side takes what is left
+        most = max_patches // (sides[1 - i] // patch_size) // 2 * 2 * patch_size
+        sides[i] = min(sides[i], most)
+    return sides[0], sides[1], True
+
+
+def ola_lowres_size(image_size: Sequence[int], base: int, *, max_patches: int, patch_size: int = 16) -> tuple[int, int]:
+    """``(height, width)`` of Ola's low-resolution view of an image of ``image_size``. Ola makes it from the image
+    its processor has already sized (``ola_native_size`` within ``max_patches``, the row's image budget: padded to
+    multiples of ``2 * patch_size``, or scaled; ``process_anyres_highres_image`` of Ola's ``ola/mm_utils.py``
+    calls ``resize_images`` for the high-res view, then again on that image with ``LOWRES_RESIZE``), scaled to
+    ``base x base`` pixels of area, aspect ratio kept, sides floored to multiples of ``2 * patch_size`` (at least
+    one)."""
+    h, w, _ = ola_native_size(image_size, max_patches, patch_size)
+    stride, scale = 2 * patch_size, base / math.sqrt(h * w)
+    return max(stride, int(h * scale / stride) * stride), max(stride, int(w * scale / stride) * stride)
+
+
 # ---- audio: Whisper / Qwen2-Audio / Ola (integer formulas work on ints and numpy / jax int arrays) ----
 
 MEL_FRAMES_PER_SECOND = 100  # Whisper log-mel: 16 kHz, hop 160

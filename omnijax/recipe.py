@@ -135,19 +135,32 @@ def load_recipe(spec: str) -> Recipe:
                   getattr(module, "eval_data", lambda _: None)(preset), getattr(module, "prepare", None), knobs.strip())
 
 
+def eval_plan(eval_tasks: Sequence[str] | Mapping[str, Sequence[str]] | None):
+    """``Recipe.eval_tasks`` from a user's value: tasks after every stage, or ``{stage: tasks}``, or None."""
+    if eval_tasks is None:
+        return None
+    if isinstance(eval_tasks, Mapping):
+        return {stage: tuple(tasks) for stage, tasks in eval_tasks.items()}
+    return tuple(eval_tasks)
+
+
 def from_stages(stages: Sequence[tuple[str, mlc.ConfigDict]], *, name: str = "in-memory recipe",
-                eval_tasks: Sequence[str] | None = None, eval_data: str | None = "@corpus",
-                prepare: Callable | None = None) -> Recipe:
-    """A recipe of stage configs built in Python. ``eval_tasks`` default: the tasks the stages train on that
-    the evaluator scores unasked (``omnijax.evaluate.default_tasks``), in order of first appearance."""
+                eval_tasks: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+                eval_data: str | None = "@corpus", prepare: Callable | None = None) -> Recipe:
+    """A recipe of stage configs built in Python. ``eval_tasks``: the tasks after every stage, or ``{stage name:
+    tasks}`` (the stages not named are not evaluated); default: the tasks the stages train on that the evaluator
+    scores unasked (``omnijax.evaluate.default_tasks``), in order of first appearance."""
     stages = tuple(stages)
     for i, entry in enumerate(stages):
         if not (isinstance(entry, tuple | list) and len(entry) == 2 and isinstance(entry[0], str)
                 and isinstance(entry[1], mlc.ConfigDict)):
             raise ValueError(f"recipe stage {i} is {entry!r}; a stage is (name, ml_collections.ConfigDict)")
     _check_names([n for n, _ in stages], name)
-    return Recipe(name, "tiny", tuple((n, c) for n, c in stages), None if eval_tasks is None else tuple(eval_tasks),
-                  eval_data, prepare)
+    unknown = sorted(set(eval_tasks) - {n for n, _ in stages}) if isinstance(eval_tasks, Mapping) else []
+    if unknown:
+        raise ValueError(f"eval_tasks names stages {unknown} that {name} does not have; stages: "
+                         f"{', '.join(n for n, _ in stages)}")
+    return Recipe(name, "tiny", tuple((n, c) for n, c in stages), eval_plan(eval_tasks), eval_data, prepare)
 
 
 def apply_overrides(c: mlc.ConfigDict, name: str, overrides: Mapping[str, Mapping] | None) -> None:

@@ -112,14 +112,14 @@ def test_beats_export_writes_the_reference_state_dict(tiny, tmp_path, golden):
 
 
 def test_beats_pickle_refused_with_a_working_conversion(tmp_path, golden, caplog):
-    """The reference's ``.pt`` (here fine-tuned: with a ``predictor`` head) is refused in one line whose command
-    converts it; the converted directory imports (the head skipped as expected) to the golden outputs."""
+    """The reference's ``.pt`` (here fine-tuned: with a ``predictor`` head of 5 classes) is refused in one line whose
+    command converts it; the converted directory imports, head included, to the golden outputs."""
     state = {k: torch.from_numpy(v) for k, v in load_file(os.path.join(TINY_DIR, "model.safetensors")).items()}
     state["predictor.weight"], state["predictor.bias"] = torch.zeros(5, 32), torch.zeros(5)
     with open(os.path.join(TINY_DIR, "config.json")) as f:
         cfg = {k: v for k, v in json.load(f).items() if k != "architectures"}
     pt = str(tmp_path / "BEATs_iter3_plus_AS2M.pt")
-    torch.save({"cfg": dict(cfg, finetuned_model=True), "model": state}, pt)
+    torch.save({"cfg": dict(cfg, finetuned_model=True, predictor_class=5), "model": state}, pt)
     for path in (pt, str(tmp_path)):
         with pytest.raises(CheckpointError) as err:
             load_beats(path)
@@ -132,7 +132,8 @@ def test_beats_pickle_refused_with_a_working_conversion(tmp_path, golden, caplog
     with caplog.at_level(logging.INFO):
         loaded = load_beats(converted)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert any("predictor." in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if "predictor." in r.getMessage()]
+    assert loaded.cfg.predictor_class == 5 and loaded.params["beats"]["predictor"]["kernel"].shape == (32, 5)
     assert rel_err(encode(loaded, golden["waveform"][1:]), golden["output"][1:]) < TOL
 
 

@@ -144,6 +144,17 @@ def test_evaluate_returns_a_frame(run_two, corpus):  # noqa: F811
     assert frame.loc["sft", "image_qa/accuracy"] == result.eval_table().loc["sft", "image_qa/accuracy"]
 
 
+def test_eval_tasks_per_stage(corpus, tmp_path):  # noqa: F811
+    """``eval_tasks={stage: tasks}``: the stages named are evaluated on their tasks, the others not at all."""
+    result = experiment.run_recipe(two_stages(), str(tmp_path / "run"), corpus=corpus, eval_limit=2,
+                                   eval_tasks={"sft": ["image_choice"]}, overrides={"*": {"num_steps": 1}}, **QUIET)
+    table = result.eval_table(chance=False)
+    assert list(table.index) == ["sft"] and list(table.columns) == ["image_choice/accuracy"]
+    with pytest.raises(ValueError, match=r"eval_tasks names stages \['3b'\] that in-memory recipe does not have; "
+                                         "stages: align, sft"):
+        experiment.run_recipe(two_stages(), str(tmp_path / "other"), corpus=corpus, eval_tasks={"3b": ["asr"]}, **QUIET)
+
+
 def test_two_corpora_in_one_process(corpus, tmp_path):  # noqa: F811
     """The corpus is an argument: two runs in one process read two corpora (their stages' data, their
     evaluations), and nothing under omnijax/ or experiments/ reads a location from the environment."""

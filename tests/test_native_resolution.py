@@ -7,6 +7,7 @@ the view's own patch map; and Ola's tiny stage 1a trains with the ``vision=oryx`
 
 import io
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from safetensors import safe_open
 from training_fixtures import compile_once, corpus  # noqa: F401
 
 from data_pipelines import image_tiles, schema, tokenizer as tok
+from data_pipelines.features import MediaFeatures
 from data_pipelines.pipeline import Pipeline, PipelineConfig, Source
 from experiments import common
 from experiments.ola import stage1a
@@ -46,8 +48,9 @@ CODES = {"begin": 100.0, "newline": 200.0, "sep": 300.0, "end": 400.0}  # mm_emb
 # padded (centred, grey) to multiples of 32 pixels; 3:5 over the budget, scaled to 96 patches of area, sides
 # floored to multiples of 32.
 VIEWS = {(40, 100): (64, 128), (120, 50): (128, 64), (300, 500): (96, 192)}
-# Ola's low-resolution view of each (``native_lowres=64``: 64 x 64 pixels of area, sides floored to multiples of 32).
-LOWRES = {(40, 100): (32, 96), (120, 50): (96, 32), (300, 500): (32, 64)}
+# Ola's low-resolution view of each (``native_lowres=64``): that view scaled to 64 x 64 pixels of area, sides floored
+# to multiples of 32 (made from the padded image: the unpadded 40 x 100 and 120 x 50 would give 32 x 96 and 96 x 32).
+LOWRES = {(40, 100): (32, 64), (120, 50): (64, 32), (300, 500): (32, 64)}
 
 
 @pytest.fixture(scope="module")
@@ -213,16 +216,54 @@ def test_video_frames_at_their_own_size(model, tmp_path):
 
 
 def test_ola_processor_pads_centred_or_scales_to_the_budget():
-    assert image_tiles.ola_native_size((40, 100), 96) == (64, 128, False)
-    assert image_tiles.ola_native_size((300, 500), 96) == (96, 192, True)
-    assert image_tiles.ola_native_size((1, 10000), 16) == (32, 128, True)  # too thin: the long side cut to fit
-    assert image_tiles.ola_lowres_size((300, 500), 384) == (288, 480)  # Ola's LOWRES_RESIZE='384x32'
-    assert [image_tiles.ola_lowres_size(size, 64) for size in VIEWS] == list(LOWRES.values())
+    assert mt.ola_native_size((40, 100), 96) == (64, 128, False)
+    assert mt.ola_native_size((300, 500), 96) == (96, 192, True)
+    assert mt.ola_native_size((1, 10000), 16) == (32, 128, True)  # too thin: the long side cut to fit
+    assert mt.ola_lowres_size((300, 500), 384, max_patches=9216) == (288, 480)  # Ola's LOWRES_RESIZE='384x32'
+    assert [mt.ola_lowres_size(size, 64, max_patches=96) for size in VIEWS] == list(LOWRES.values())
     image = Image.fromarray(np.full((40, 100, 3), 255, np.uint8))
     view = image_tiles.native_view(image, max_patches=96)
     grey = (127 / 255 - 0.5) / 0.5
     assert view.shape == (64, 128, 3)
     assert (view[12:52, 14:114] == 1.0).all() and np.allclose(view[:12], grey) and np.allclose(view[:, :14], grey)
+
+
+def _ola_resize_images(size, patch_size, base_size, maxres=1536):
+    """The size Ola's ``resize_images`` (Ola-Omni/Ola f681820, ``ola/mm_utils.py`` lines 100-143) gives an image of
+    ``size`` (height, width) with ``inference/infer.py``'s settings (``PAD2STRIDE``, ``MINRES`` 0, ``MAXRES``
+    1536). Ola calls PIL's (width, height) ``h, w`` (line 101); the rule treats both sides alike."""
+    h, w = size
+    if base_size == 0:  # lines 102-112: scaled only above MAXRES x MAXRES pixels
+        scale = maxres / math.sqrt(h * w) if h * w > maxres * maxres else None
+    else:  # lines 113-115: scaled to base_size x base_size pixels of area
+        scale = base_size / math.sqrt(h * w)
+    if scale is not None:  # lines 118-123: sides floored to patch multiples, at least one patch
+        return max(int(h * scale / patch_size) * patch_size, patch_size), \
+            max(int(w * scale / patch_size) * patch_size, patch_size)
+    return -(-h // patch_size) * patch_size, -(-w // patch_size) * patch_size  # lines 124-134: padded (grey 127)
+
+
+def _ola_views(size):
+    """``process_anyres_highres_image`` (lines 193-218) with infer.py's ``HIGHRES_BASE='0x32'`` and
+    ``LOWRES_RESIZE='384x32'``: the image resized first (line 199), the low-res view made from that (line 211)."""
+    high = _ola_resize_images(size, 32, 0)
+    return [_ola_resize_images(high, 32, 384), high]
+
+
+def test_lowres_view_is_made_from_the_padded_image_as_olas():
+    """At the 7b settings (9216 patch slots, ``native_lowres=384``), images whose low-res view, made from the
+    unpadded image, would have another size and token count: the pipeline's views and tokens are Ola's."""
+    cfg = CFG.replace(image_slots=2, image_patches=9216)
+    features = MediaFeatures(cfg.budget, cfg.media_layout, native_lowres=384)
+    for size in [(427, 640), (99, 141), (200, 90), (100, 1000), (720, 1280)]:
+        views = _ola_views(size)
+        got = features.image(Image.new("RGB", size[::-1], (200, 10, 90)))
+        assert got.grids.tolist() == [list(mt.native_patch_grid(v)) for v in views], size
+        unpadded = [_ola_resize_images(size, 32, 384), views[1]]
+        assert got.tokens == mt.ola_native_image_tokens(views) != mt.ola_native_image_tokens(unpadded), size
+    assert _ola_views((427, 640))[0] == mt.ola_lowres_size((427, 640), 384, max_patches=9216) == (320, 448)
+    # over Ola's MAXRES (9216 patches of area): Ola scales the image first, and the low-res view comes from that
+    assert mt.ola_lowres_size((1600, 2000), 384, max_patches=9216) == _ola_views((1600, 2000))[0]
 
 
 def test_vision_knob_swaps_the_tower_in_both_presets():

@@ -2,6 +2,7 @@
 
 from omnijax.hf import beats  # noqa: F401  (registers BEATs)
 from omnijax.hf import llava_onevision  # noqa: F401  (registers LlavaOnevisionForConditionalGeneration)
+from omnijax.hf import ola  # noqa: F401  (registers OlaQwenForCausalLM)
 from omnijax.hf import omni  # noqa: F401  (registers OmnijaxOmniModel)
 from omnijax.hf import openai_whisper  # noqa: F401  (registers OpenAIWhisperEncoder)
 from omnijax.hf import oryx_vit  # noqa: F401  (registers OryxViT)

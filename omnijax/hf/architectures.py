@@ -32,6 +32,12 @@ class Architecture:
     expected_unused: tuple[str, ...] = ()
     export_unsupported: str | None = None  # why ``save_hf`` refuses this architecture, if it does
     init_method: str | None = None  # the module method ``init`` runs on ``init_inputs`` (None: ``__call__``)
+    # (directory, its config.json dict) -> (the config ``build`` reads, the tensors' reader with the
+    # ``SafetensorsDir`` API) for a layout whose weights span directories (Ola's release: the speech encoders' files
+    # beside it, keys ``<subdir>/<key>``); None: the config as it is and ``SafetensorsDir(directory)``
+    open_dir: Callable[[str, dict], tuple[dict, Any]] | None = None
+    # model config -> {path relative to the exported directory: JSON dict}: further config files export writes
+    extra_configs: Callable[[Any], dict[str, dict]] | None = None
 
 
 REGISTRY: dict[str, Architecture] = {}

@@ -7,7 +7,8 @@ positional convolution as torch's weight-norm pair ``encoder.pos_conv.0.weight_g
 ``config.json`` that is the reference's ``cfg`` dict plus ``"architectures": ["BEATs"]``. The relative
 position table is read from layer 0 (the reference shares that module with every layer, so its
 ``state_dict`` repeats it under each layer: export writes every copy, so ``load_state_dict`` is strict-clean).
-A fine-tuned checkpoint's supervised head (``predictor.*``) is no part of the encoder and is skipped.
+A fine-tuned checkpoint's supervised head (``predictor.*``; its cfg has ``finetuned_model``) maps to ``predictor/``
+(``BEATsConfig.predictor_class``), so such a checkpoint exports back whole.
 
 Microsoft and Ola publish BEATs as a pickled ``.pt`` (``{'cfg': ..., 'model': state_dict}``); omnijax reads
 safetensors only (loading a pickle can run code), so ``load_beats`` refuses it with the one-line conversion.
@@ -60,6 +61,8 @@ def beats_table(cfg: BEATsConfig, hf_prefix: str = "") -> list[Entry]:
     for p in ("q", "k", "v"):
         key, path = f"encoder.layers.{{i}}.self_attn.{p}_proj", f"encoder/layers/self_attn/{p}_proj"
         entries += [Entry(f"{key}.weight", f"{path}/kernel", LINEAR), Entry(f"{key}.bias", f"{path}/bias", BIAS_SPLIT)]
+    if cfg.predictor_class:
+        entries += [Entry("predictor.weight", "predictor/kernel", LINEAR), Entry("predictor.bias", "predictor/bias")]
     for norm in ("self_attn_layer_norm", "final_layer_norm"):
         entries += [Entry(f"encoder.layers.{{i}}.{norm}.weight", f"encoder/layers/{norm}/scale"),
                     Entry(f"encoder.layers.{{i}}.{norm}.bias", f"encoder/layers/{norm}/bias")]
@@ -91,7 +94,6 @@ BEATS = register(Architecture(
     hf_config=lambda cfg: {"architectures": ["BEATs"], **cfg.to_hf()},
     init_inputs=lambda cfg: (jax.ShapeDtypeStruct((1, cfg.input_patch_size, 128), jnp.float32),),
     hf_forward=beats_forward,
-    expected_unused=("predictor.",),
 ))
 
 

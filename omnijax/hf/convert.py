@@ -10,6 +10,9 @@ CKPT is an omnijax model directory, a finished omni stage workdir or a HF model 
 ``LlavaOnevisionForConditionalGeneration`` / ``Qwen2AudioForConditionalGeneration`` when it is exactly
 one (else an error naming why). The tokenizer files come along (a stage's: ``c.data.tokenizer``).
 
+An Ola release directory (``OlaQwenForCausalLM``: Ola-7B's layout, its two speech-encoder files beside it as
+safetensors) imports as an omni model and exports back to that layout (``omnijax.hf.ola``).
+
 Both refuse an existing non-empty output (unless ``--overwrite``) and write it whole or not at all. A weights
 file cut short or not safetensors is named in one line (exit status 2; ``OMNIJAX_DEBUG=1`` for the traceback).
 """

@@ -6,6 +6,7 @@ all (``omnijax.outdir.atomic_dir``); ``transformers`` loads it with no missing o
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -44,7 +45,8 @@ def copy_assets(assets_dir: str, out_dir: str) -> None:
 
 
 def _plan(arch: Architecture, cfg: Any, params: dict, dtype, max_shard_bytes: int):
-    """(the shards: lists of HF keys, each key's (table entry, layer index or None)) for ``params``."""
+    """({directory: its shards, lists of HF keys} ('' the top one), each key's (table entry, layer index or None))
+    for ``params``."""
     table = arch.table(cfg)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
     check_table(arch, table, abstract)
@@ -54,16 +56,19 @@ def _plan(arch: Architecture, cfg: Any, params: dict, dtype, max_shard_bytes: in
         leaf = get_path(abstract, e.path)
         per_layer = leaf.shape[1:] if e.stacked else leaf.shape
         for i in range(leaf.shape[0]) if e.stacked else [None]:
-            for key in (e.hf_key(i), *e.tied):
+            for key in (e.hf_key(i), *e.tied_keys(i)):
                 keys[key] = nbytes(e.transform.hf_shape(per_layer), dtype or leaf.dtype)
                 entry_of[key] = (e, i)
-    return plan_shards(keys, max_shard_bytes), entry_of
+    by_dir: dict[str, dict[str, int]] = {}  # a key ``<subdir>/<name>`` goes to that subdirectory's one file
+    for key, n in keys.items():
+        by_dir.setdefault(key.rpartition("/")[0], {})[key] = n
+    return {d: plan_shards(sizes, max_shard_bytes if not d else sum(sizes.values())) for d, sizes in by_dir.items()}, \
+        entry_of
 
 
-def _tensors(params: dict, shards, entry_of, dtype, progress: bool):
-    """(HF key, numpy tensor in the HF layout) in shard order; a parameter is gathered to the host once."""
+def _tensors(params: dict, ordered: list[str], entry_of, dtype, progress: bool):
+    """(HF key, numpy tensor in the HF layout) in ``ordered``'s order; a parameter is gathered to the host once."""
     host: dict[str, np.ndarray] = {}
-    ordered = [k for shard in shards for k in shard]
     for key in tqdm(ordered, desc="export", disable=not progress, unit="tensor"):
         e, i = entry_of[key]
         if e.path not in host:
@@ -104,14 +109,22 @@ def save_hf(
     """
     if arch.export_unsupported:
         raise ValueError(f"export to {arch.name} is not supported: {arch.export_unsupported}")
-    shards, entry_of = _plan(arch, cfg, params, dtype, max_shard_bytes)
-    tensors = _tensors(params, shards, entry_of, dtype, progress)
+    plans, entry_of = _plan(arch, cfg, params, dtype, max_shard_bytes)
+    tensors = _tensors(params, [k for shards in plans.values() for shard in shards for k in shard], entry_of, dtype,
+                       progress)
     if jax.process_index() != 0:
         for _ in tensors:  # every process takes part in the all-gathers
             pass
         return
     with atomic_dir(out_dir, overwrite) as tmp:
-        write_sharded(tmp, shards, tensors)
+        for sub, shards in plans.items():
+            n = len(sub) + 1 if sub else 0  # a subdirectory's keys are written without their ``<subdir>/``
+            os.makedirs(os.path.join(tmp, sub), exist_ok=True)
+            write_sharded(os.path.join(tmp, sub), [[k[n:] for k in shard] for shard in shards],
+                          ((k[n:], t) for k, t in itertools.islice(tensors, sum(map(len, shards)))))
+        for path, extra in (arch.extra_configs(cfg) if arch.extra_configs else {}).items():
+            with open(os.path.join(tmp, path), "w") as f:
+                json.dump(extra, f, indent=2)
         config = arch.hf_config(cfg)
         if dtype is not None:
             config["torch_dtype"] = np.dtype(dtype).name

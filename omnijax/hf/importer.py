@@ -95,6 +95,7 @@ def resolve_keys(arch: Architecture, reader: SafetensorsDir, table: list[Entry],
     """For each entry, the checkpoint key per layer (aliases applied), after checking presence and shape."""
     resolved: dict[str, list[str]] = {}
     problems: list[str] = []
+    tied: set[str] = set()
     for e in table:
         leaf = get_path(abstract, e.path)
         layers = range(leaf.shape[0]) if e.stacked else [None]
@@ -108,14 +109,16 @@ def resolve_keys(arch: Architecture, reader: SafetensorsDir, table: list[Entry],
             if found is None:
                 problems.append(f"tensor {key!r} is missing (needed for omnijax parameter {e.path})")
                 continue
-            if reader.shape(found) != want:
-                problems.append(f"tensor {found!r} has shape {reader.shape(found)}, the config expects {want}")
             keys.append(found)
+            tied.update(e.tied_keys(i))
+            for k in (found, *(t for t in e.tied_keys(i) if t in reader)):  # a tied copy is checked where present
+                if reader.shape(k) != want:
+                    problems.append(f"tensor {k!r} has shape {reader.shape(k)}, the config expects {want}")
         resolved[e.path] = keys
     if problems:
         shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise CheckpointError(f"{source} does not match its config.json ({arch.name}):\n  {shown}")
-    used = {k for ks in resolved.values() for k in ks} | {k for e in table for k in e.tied}
+    used = {k for ks in resolved.values() for k in ks} | tied
     unused = [k for k in reader.keys() if k not in used and not k.endswith(_IGNORED_SUFFIXES)]
     unexpected = [k for k in unused if not k.startswith(arch.expected_unused)]
     if len(unused) > len(unexpected):
@@ -145,6 +148,17 @@ def _load_entry(reader: SafetensorsDir, e: Entry, keys: list[str], leaf, shardin
     return jax.make_array_from_callback(leaf.shape, sharding, shard)
 
 
+def open_hf(hf_dir: str) -> tuple[Architecture, dict, SafetensorsDir]:
+    """A HF model directory's architecture, its config (with what the architecture's ``open_dir`` adds: Ola's
+    release reads its speech encoders' configs) and a reader of its tensors; no tensor is read."""
+    hf_config = read_config(hf_dir)
+    arch = architectures.from_config(hf_config, os.path.join(hf_dir, "config.json"))
+    if arch.open_dir is not None:
+        hf_config, reader = arch.open_dir(hf_dir, hf_config)
+        return arch, hf_config, reader
+    return arch, hf_config, SafetensorsDir(hf_dir)
+
+
 def load_hf(
     hf_dir: str,
     *,
@@ -160,9 +174,7 @@ def load_hf(
         the first device.
       overrides: model config fields (e.g. ``dtype='bfloat16'``, ``param_dtype``, ``attention``).
     """
-    hf_config = read_config(hf_dir)
-    arch = architectures.from_config(hf_config, os.path.join(hf_dir, "config.json"))
-    reader = SafetensorsDir(hf_dir)
+    arch, hf_config, reader = open_hf(hf_dir)
     module, cfg = arch.build(hf_config, **overrides)
     specs, abstract = abstract_model(arch, module, cfg)
     table = arch.table(cfg)

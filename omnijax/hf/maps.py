@@ -159,6 +159,10 @@ class Entry:
     def hf_key(self, layer: int | None = None) -> str:
         return self.hf.format(i=layer) if self.stacked else self.hf
 
+    def tied_keys(self, layer: int | None = None) -> tuple[str, ...]:
+        """The ``tied`` keys of one layer (``{i}`` in them marks the layer index, as in ``hf``)."""
+        return tuple(k.format(i=layer) if self.stacked else k for k in self.tied)
+
 
 def prefixed(entries: Sequence[Entry], hf_prefix: str = "", path_prefix: str = "") -> list[Entry]:
     """The same entries under another HF key prefix and omnijax path prefix (sub-models)."""

@@ -136,6 +136,40 @@ class SafetensorsDir:
         return np.array(mm.view(dtype).reshape(shape))
 
 
+class SafetensorsDirs:
+    """Several weights directories read as one (``SafetensorsDir``'s API): ``dirs`` maps a key prefix to a directory,
+    whose keys read as ``<prefix>/<key>`` (the prefix ``''``: as they are). Ola's release keeps its speech encoders
+    in files beside the model's weights."""
+
+    def __init__(self, dirs: Mapping[str, str]):
+        self._readers = {prefix: SafetensorsDir(d) for prefix, d in dirs.items()}
+
+    def _split(self, key: str) -> tuple[SafetensorsDir | None, str]:
+        prefix, _, name = key.partition("/")
+        if name and prefix in self._readers:
+            return self._readers[prefix], name
+        return self._readers.get(""), key
+
+    def keys(self) -> list[str]:
+        return [f"{p}/{k}" if p else k for p, r in self._readers.items() for k in r.keys()]
+
+    def __contains__(self, key: str) -> bool:
+        reader, name = self._split(key)
+        return reader is not None and name in reader
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        reader, name = self._split(key)
+        return reader.shape(name)
+
+    def dtype(self, key: str) -> np.dtype:
+        reader, name = self._split(key)
+        return reader.dtype(name)
+
+    def get(self, key: str) -> np.ndarray:
+        reader, name = self._split(key)
+        return reader.get(name)
+
+
 def _write_file(path: str, tensors: Mapping[str, np.ndarray]) -> None:
     header, offset = {}, 0
     for key, a in tensors.items():

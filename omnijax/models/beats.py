@@ -19,7 +19,10 @@ and query: ``(a, b) = sigmoid(sum of grep_linear(q) in two groups of 4)``, ``gat
 (``q`` before scaling). The reference's rescaling of the scores by ``alpha = 32`` around their row maximum
 shifts each row by a constant, to which softmax is blind: here ``softmax(q k / sqrt(head_dim) + gate * bias)``,
 in float32. GELU is exact. Dropout, layer drop and the layer-wise gradient decay are training-time only in the
-reference and are not part of this encoder; the supervised head (``predictor``) is not either.
+reference and are not part of this encoder. A fine-tuned checkpoint's supervised head (``predictor``, AudioSet's 527
+classes in BEATs_iter3+ AS2M, the one Ola ships) is kept when ``predictor_class`` is set: its output, the reference's
+``extract_features`` without ``feature_only`` (``sigmoid`` of the time-averaged logits), is sown as
+``intermediates/audioset_probs [b, classes]``; the encoder's output does not pass through it.
 
 Param tree of the ``beats`` group (``L`` = layers, stacked by ``nn.scan``; ``D`` = encoder_embed_dim)::
 
@@ -35,6 +38,7 @@ Param tree of the ``beats`` group (``L`` = layers, stacked by ``nn.scan``; ``D``
     encoder/layers/self_attn/grep_a [L, 1, heads, 1, 1]
     encoder/layers/{self_attn_layer_norm, final_layer_norm}/{scale,bias} [L, D]
     encoder/layers/fc1/kernel [L, D, ffn]  fc2/kernel [L, ffn, D]  (+ biases)
+    predictor/kernel [D, predictor_class]  bias [predictor_class]   (fine-tuned checkpoints only)
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class BEATsConfig(Numerics):
     num_buckets: int = 320  # relative position buckets, both directions together
     max_distance: int = 800
     layer_norm_eps: float = 1e-5  # torch nn.LayerNorm default
+    predictor_class: int = 0  # a fine-tuned checkpoint's AudioSet head (the reference's 527 classes); 0: none
     initializer_range: float = 0.02
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
@@ -133,12 +138,14 @@ class BEATsConfig(Numerics):
                 raise ValueError(f"BEATs config {field}={got!r} is not supported: omnijax builds the released "
                                  f"BEATs encoders ({field}={want!r})")
         kw = {k: hf[k] for k in HF_FIELDS if k not in unsupported}
+        kw["predictor_class"] = int(hf.get("predictor_class", 527)) if hf.get("finetuned_model") else 0
         kw.update(overrides)
         return cls(**kw)
 
     def to_hf(self) -> dict[str, Any]:
-        """The reference's cfg dict: ``BEATs(BEATsConfig(cfg))`` builds this encoder (no supervised head)."""
-        return {
+        """The reference's cfg dict: ``BEATs(BEATsConfig(cfg))`` builds this encoder (and its head, if any)."""
+        head = {"predictor_class": self.predictor_class} if self.predictor_class else {}
+        return {**head,
             "input_patch_size": self.input_patch_size,
             "embed_dim": self.embed_dim,
             "conv_bias": self.conv_bias,
@@ -155,7 +162,7 @@ class BEATsConfig(Numerics):
             "num_buckets": self.num_buckets,
             "max_distance": self.max_distance,
             "gru_rel_pos": True,
-            "finetuned_model": False,
+            "finetuned_model": bool(self.predictor_class),
             "dropout": 0.0,
             "attention_dropout": 0.0,
             "activation_dropout": 0.0,
@@ -332,7 +339,11 @@ class BEATsEncoder(nn.Module):
         if cfg.embed_dim != cfg.encoder_embed_dim:
             x = _dense(cfg, cfg.encoder_embed_dim, ("audio_conv_in", "audio_embed"), "post_extract_proj")(x)
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
-        return TransformerEncoder(cfg, name="encoder")(x)
+        x = TransformerEncoder(cfg, name="encoder")(x)
+        if cfg.predictor_class:  # the fine-tuned head, beside the output (module docstring)
+            logits = _dense(cfg, cfg.predictor_class, ("audio_embed", None), "predictor")(x)
+            self.sow("intermediates", "audioset_probs", jax.nn.sigmoid(logits.astype(jnp.float32).mean(axis=1)))
+        return x
 
 
 class BEATsTower(nn.Module):

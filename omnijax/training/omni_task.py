@@ -33,6 +33,8 @@ implementation (``models.attention.resolve_implementation``): of the mesh's devi
 
 from __future__ import annotations
 
+import dataclasses
+
 from omnijax.batch import batch_spec, check_batch
 from omnijax.models.attention import resolve_implementation
 from omnijax.models import connector_configs
@@ -43,7 +45,7 @@ from omnijax.models.omni import OmniConfig, OmniModel, example_batch
 from omnijax.models.oryx_vit import OryxViTConfig
 from omnijax.models.vision import VisionConfig
 from omnijax.training import objective
-from omnijax.training.config import media_patches, media_slots
+from omnijax.training.config import MEDIA_PATCHES, MEDIA_SLOTS, media_patches, media_slots
 from omnijax.training.next_token import SelfKD
 from omnijax.training.stages import StageConfigError
 from omnijax.training.task import Task, from_module
@@ -73,6 +75,20 @@ def omni_config(c, platform: str | None = None) -> OmniConfig:
         return OmniConfig(**fields, **media_slots(c), **media_patches(c))
     except (TypeError, ValueError) as e:
         raise StageConfigError(f"stage {c.name!r}: c.model: {e}") from None
+
+
+def stage_model(cfg: OmniConfig) -> dict:
+    """``c.model`` of a stage that trains ``cfg``: ``omni_config``'s inverse (the media slots and patch slots per row
+    are the stage's, ``c.media``)."""
+    towers = {name: None if getattr(cfg, name) is None else dataclasses.asdict(getattr(cfg, name)) for name in _SUB}
+    if cfg.native:
+        towers["vision"]["native"] = True
+    skip = (*_SUB, *(f"{t}_connector" for t in connector_configs.TOWERS), *MEDIA_SLOTS, *MEDIA_PATCHES)
+    own = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in skip}
+    for t in connector_configs.TOWERS:
+        conn = getattr(cfg, f"{t}_connector")
+        own.update(conn.to_fields(t) if conn is not None else {f"{t}_connector": None})
+    return {"name": "omni", **own, **towers}
 
 
 def objective_terms(c, cfg: OmniConfig) -> tuple:
@@ -117,7 +133,9 @@ def build(c, mesh) -> Task:
         media["video"] = ("videos", lay.video_token_id, lay.video_tokens(1))
     if cfg.audio_slots:
         media["audio"] = ("audio", lay.audio_token_id, lay.audio_tokens(1, valid_frames=[cfg.audio.frames]))
+    # random text avoids every placeholder id, those of media without slots in this stage too
+    placeholders = [t for t in (cfg.image_token_id, cfg.video_token_id, cfg.audio_token_id) if t is not None]
     return from_module(model, [example_batch(cfg)], loss,
                        batch_spec=batch_spec(c.batch_size, c.seq_len, cfg.budget, lay, self_kd),
-                       vocab_size=cfg.vocab_size, num_tasks=c.num_tasks, media_tokens=media,
+                       vocab_size=cfg.vocab_size, num_tasks=c.num_tasks, media_tokens=media, reserved_ids=placeholders,
                        check_batch=lambda batch: check_batch(batch, cfg, self_kd), model_config=cfg)
