@@ -160,7 +160,8 @@ def test_ola_evaluates_each_stage_on_the_skills_it_has_trained():
     assert {n: recipe.tasks_after(n) for n in recipe.names} == {
         "1a": ("image_qa", "image_choice"), "1b": ("image_qa", "image_choice"),
         "2": ("image_qa", "image_choice", "video_visual_qa"), "3a": ("asr",),
-        "3b": ("asr", "image_qa", "image_choice", "video_visual_qa", "video_audio_qa", "spoken_image_qa")}
+        "3b": ("asr", "image_qa", "image_choice", "video_visual_qa", "video_audio_qa", "spoken_image_qa", "sound_qa",
+               "aspect_qa", "aspect_video_qa")}
     assert recipe_lib.load_recipe("experiments/capybara/recipe.py:tiny").tasks_after("2_audio") == (
         "asr", "image_qa", "video_audio_qa")
 
@@ -217,7 +218,8 @@ def test_stage_knobs_from_the_config_argument():
                          ("tiny,freeze=lm", r"freeze names \['lm'\]; groups are: llm, vision"),
                          ("huge", "unknown preset 'huge'"), ("tiny,steps", "'steps' is not knob=value"),
                          ("tiny,weight.asr=0,weight.image_qa=0,weight.video_audio_qa=0,weight.video_visual_qa=0,"
-                          "weight.image_choice=0,weight.image_caption=0,weight.text_instruct=0", "leave no source")]:
+                          "weight.image_choice=0,weight.image_caption=0,weight.text_instruct=0,weight.sound_qa=0,"
+                          "weight.aspect_qa=0,weight.aspect_video_qa=0", "leave no source")]:
         with pytest.raises(ValueError, match=message):
             stage3b.get_config(arg)
 

@@ -58,7 +58,7 @@ def _apart(a: list[int], b: list[int], gap: int = 3) -> bool:
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 
 
-def _draw(draw: ImageDraw.ImageDraw, shape: str, box: list[int], rgb: tuple[int, int, int]) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: list[int], rgb: tuple[int, int, int]) -> None:
     x0, y0, x1, y1 = box
     if shape == "circle":
         draw.ellipse(box, fill=rgb)
@@ -73,7 +73,7 @@ def render_scene(scene: dict) -> np.ndarray:
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUNDS[scene["background"]])
     draw = ImageDraw.Draw(image)
     for s in scene["shapes"]:
-        _draw(draw, s["shape"], s["box"], COLOURS[s["colour"]])
+        draw_shape(draw, s["shape"], s["box"], COLOURS[s["colour"]])
     return np.asarray(image)
 
 
@@ -105,6 +105,6 @@ def render_video(motion: dict) -> np.ndarray:
     frames = []
     for box in motion["boxes"]:
         image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUNDS[motion["background"]])
-        _draw(ImageDraw.Draw(image), motion["shape"], box, COLOURS[motion["colour"]])
+        draw_shape(ImageDraw.Draw(image), motion["shape"], box, COLOURS[motion["colour"]])
         frames.append(np.asarray(image))
     return np.stack(frames)

@@ -8,6 +8,16 @@ task in a split as the plain dict `data_pipelines.synth` describes.
     asr                                     a spoken `sentences.sentence`
     video_visual_qa, video_audio_qa         a moving shape narrated: a question for the frames or the audio
     text_instruct                           arithmetic, copying, digits, a scene described in words
+    sound_qa                                a non-speech clip (`sounds`): which instrument, melody rising or
+                                            falling, how many beats, one note or a chord, high or low
+    aspect_qa                               a wide, tall or square picture (`aspect`): its shape, circle or
+                                            oval, square or rectangle, how many small shapes
+    aspect_video_qa                         a circle, oval, square or rectangle crossing a wide, tall or square
+                                            video (no audio): the frames' shape, the form, which way it moves
+
+The question kind of sound_qa, aspect_qa and aspect_video_qa cycles with the example's index, so every split
+asks each kind as often (and two held-out examples ask two questions: the evaluator scores answers, not a
+transcript).
 """
 
 from __future__ import annotations
@@ -15,6 +25,9 @@ from __future__ import annotations
 import numpy as np
 
 from data_pipelines import media, speech
+from data_pipelines.synth import sounds
+from data_pipelines.synth.aspect import QUESTIONS as ASPECT_QUESTIONS
+from data_pipelines.synth.aspect import moving_form, render_aspect_scene, render_aspect_video, sample_aspect_scene
 from data_pipelines.synth.scenes import (COLOURS, IMAGE_SIZE, SHAPES, VIDEO_FPS, VIDEO_FRAMES, moving_shape, pick,
                                          render_scene, render_video, sample_scene)
 from data_pipelines.synth.sentences import (NAMES, NOUNS, NUMBER_WORDS, SPOKEN_NUMBERS, article, describe, plural,
@@ -31,6 +44,9 @@ TASKS = (
     "video_visual_qa",
     "video_audio_qa",
     "text_instruct",
+    "sound_qa",  # new tasks go last: an example's random stream is keyed by its task's place here
+    "aspect_qa",
+    "aspect_video_qa",
 )
 # The media kinds each task's examples hold (a spoken question adds audio: ``Example.spoken_view``).
 TASK_MEDIA = {
@@ -42,6 +58,9 @@ TASK_MEDIA = {
     "video_visual_qa": ("video", "audio"),
     "video_audio_qa": ("video", "audio"),
     "text_instruct": (),
+    "sound_qa": ("audio",),
+    "aspect_qa": ("image",),
+    "aspect_video_qa": ("video",),
 }
 ASR_PROMPT = "Please give the ASR results of the given speech."  # Ola's ASR instruction
 CAPTION_PROMPTS = ("Describe the image briefly.", "What is in the picture?", "Write a short caption for this image.")
@@ -250,6 +269,63 @@ def _text_instruct(rng: np.random.Generator) -> dict:
     return _example([], question, answer, {"instruction_kind": kind})
 
 
+SOUND_QUESTIONS = {  # question kind -> (the question, the clip kinds it is asked of)
+    "instrument": ("Which instrument plays?", sounds.CLIP_KINDS),
+    "direction": ("Is the melody rising or falling?", ("melody",)),
+    "beats": ("How many beats do you hear?", ("rhythm",)),
+    "chord": ("Is it one note or a chord?", ("note", "chord")),
+    "register": ("Is the note high or low?", ("note",)),
+}
+
+
+def _sound_qa(rng: np.random.Generator, kind: str) -> dict:
+    """A question about a non-speech clip whose answer the audio alone gives (`sounds`)."""
+    question, clip_kinds = SOUND_QUESTIONS[kind]
+    instrument = pick(rng, sounds.INSTRUMENTS) if kind == "instrument" else None  # each instrument as often
+    clip = sounds.sample_clip(rng, "rhythm" if instrument == "drum" else pick(rng, clip_kinds), instrument)
+    answer = {"instrument": clip["instrument"], "direction": clip.get("direction"), "beats": str(clip.get("beats")),
+              "chord": "chord" if clip["kind"] == "chord" else "one note", "register": clip.get("register")}[kind]
+    waveform = sounds.render_clip(clip)
+    item = {"kind": "audio", "format": "flac", "data": media.encode_flac(waveform, AUDIO_RATE),
+            "sampling_rate": AUDIO_RATE, "metadata": {"num_samples": int(waveform.size)}}
+    return _example([item], f"<audio>\n{question}", answer, {"clip": clip, "question_kind": kind})
+
+
+def _aspect_qa(rng: np.random.Generator, kind: str) -> dict:
+    """A question about a wide, tall or square picture that squashing it to a square would mislead (`aspect`)."""
+    scene = sample_aspect_scene(rng, kind)
+    if kind == "layout":
+        question, answer = "Is the picture wide, tall or square?", scene["layout"]
+    elif kind == "count":
+        question, answer = "How many shapes are there?", str(len(scene["shapes"]))
+    else:
+        target = pick(rng, scene["shapes"])
+        question, answer = f"Is the {target['colour']} shape {_form_choice(target['shape'])}?", target["shape"]
+    image = {"kind": "image", "format": "png", "data": media.encode_png(render_aspect_scene(scene)),
+             "size": list(scene["size"]), "metadata": {}}
+    return _example([image], f"<image>\n{question}", answer, {"scene": scene, "question_kind": kind})
+
+
+def _form_choice(shape: str) -> str:
+    return "a circle or an oval" if shape in ("circle", "oval") else "a square or a rectangle"
+
+
+ASPECT_VIDEO_QUESTIONS = ("layout", "form", "direction")
+
+
+def _aspect_video_qa(rng: np.random.Generator, kind: str) -> dict:
+    """A question about a form crossing a wide, tall or square video (`aspect.moving_form`), asked of its frames."""
+    motion = moving_form(rng)
+    question, answer = {
+        "layout": ("Is the video wide, tall or square?", motion["layout"]),
+        "form": (f"Is the moving shape {_form_choice(motion['shape'])}?", motion["shape"]),
+        "direction": ("Which way does the shape move? Answer left, right, up or down.", motion["direction"]),
+    }[kind]
+    video = {"kind": "video", "format": "mp4", "data": media.encode_mp4(render_aspect_video(motion), VIDEO_FPS),
+             "fps": float(VIDEO_FPS), "size": list(motion["size"]), "metadata": {"num_frames": VIDEO_FRAMES}}
+    return _example([video], f"<video>\n{question}", answer, {"motion": motion, "question_kind": kind})
+
+
 def _example(media: list[dict], user: str, answer: str, metadata: dict) -> dict:
     return {
         "turns": [{"role": "user", "text": user}, {"role": "assistant", "text": answer}],
@@ -268,7 +344,13 @@ _BUILDERS = {
     "video_visual_qa": _video_visual_qa,
     "video_audio_qa": _video_audio_qa,
     "text_instruct": _text_instruct,
+    "sound_qa": _sound_qa,
+    "aspect_qa": _aspect_qa,
+    "aspect_video_qa": _aspect_video_qa,
 }
+# The tasks whose question kind cycles with the index (module docstring): their builders take the kind.
+_CYCLED = {"sound_qa": tuple(SOUND_QUESTIONS), "aspect_qa": ASPECT_QUESTIONS,
+           "aspect_video_qa": ASPECT_VIDEO_QUESTIONS}
 
 
 def make_example(task: str, split: str, seed: int, index: int) -> dict:
@@ -279,5 +361,9 @@ def make_example(task: str, split: str, seed: int, index: int) -> dict:
         raise ValueError(f"unknown omni-synth split {split!r}; splits are: {', '.join(SPLITS)}")
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    body = _BUILDERS[task](_rng(seed, split, task, index))
+    rng = _rng(seed, split, task, index)
+    if task in _CYCLED:
+        body = _BUILDERS[task](rng, _CYCLED[task][index % len(_CYCLED[task])])
+    else:
+        body = _BUILDERS[task](rng)
     return {"id": f"{NAME}/{split}/{task}/{index:06d}", "task": task, "source": NAME, "split": split} | body

@@ -17,10 +17,13 @@ _STAGES = (("1a", "stage1a.py"), ("1b", "stage1b.py"), ("2", "stage2.py"), ("3a"
 STAGES = {"tiny": _STAGES, "7b": _STAGES}
 # What each stage is evaluated on (omnijax.evaluate task names): the skills it has trained so far (Ola's Table 5
 # tracks image skills through every stage). 3a trains the speech projector alone (the LLM is stage 2's), so its
-# row is ASR; 3b, every skill.
+# row is ASR; 3b, every skill: also sounds (sound_qa: what ``audio=dual``'s music encoder adds; trained in 3a and
+# 3b) and wide and tall pictures and videos (aspect_qa, aspect_video_qa: what ``vision=oryx``'s native resolution
+# adds; trained in 1b, 2 and 3b), asked there only, so that their columns come after the demo table's others.
 IMAGE = ("image_qa", "image_choice")
 EVAL = {"tiny": {"1a": IMAGE, "1b": IMAGE, "2": (*IMAGE, "video_visual_qa"), "3a": ("asr",),
-                 "3b": ("asr", *IMAGE, "video_visual_qa", "video_audio_qa", "spoken_image_qa")},
+                 "3b": ("asr", *IMAGE, "video_visual_qa", "video_audio_qa", "spoken_image_qa", "sound_qa", "aspect_qa",
+                        "aspect_video_qa")},
         "7b": ()}
 
 prepare = common.prepare_synth

@@ -25,3 +25,4 @@ def tiny(c):
     # the media slots a row's 256 tokens can fill: the towers no longer run on empty ones (0.30 s a step
     # instead of 0.37; benchmarks/RESULTS.md, "Lab notes moved from stage configs")
     c.media.update(image_slots=3, video_slots=4, audio_slots=2)
+    common.reweigh(c, "tiny", {"aspect_qa": 0.5, "aspect_video_qa": 0.5})  # wide and tall pictures and videos (1b)

@@ -23,3 +23,6 @@ def tiny(c):
     # result more than this one: 150 steps at 1e-2, and the time to stage 3b
     c.trainable = common.trainable({"audio_connector": 1e-2, "*": None})
     c.num_steps = 150
+    # omni-synth's non-speech sounds (instruments, melodies, rhythms), what audio=dual's music encoder adds, a third
+    # as often as speech; tiny only: the `7b` mixture is the paper's data
+    common.reweigh(c, "tiny", {"sound_qa": 0.35})

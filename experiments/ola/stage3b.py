@@ -27,7 +27,9 @@ def tiny(c):
     # Twice the frame questions (the CTC-trained stand-in speech tower hands the LLM text-like tokens, and with
     # weight 1 it answered questions about a moving shape with the narrator's colour), and speech recognition
     # at 6: the fresh speech projector's ASR is learnt here, in rows mostly of video tokens.
-    common.set_data(c, "tiny", {**WEIGHTS, "video_visual_qa": 2.5, "asr": 6.0, "image_qa": 2.5})
+    # Sounds (3a) and wide and tall pictures and videos (1b, 2) join.
+    common.set_data(c, "tiny", {**WEIGHTS, "video_visual_qa": 2.5, "asr": 6.0, "image_qa": 2.5, "sound_qa": 1.0,
+                                "aspect_qa": 0.5, "aspect_video_qa": 0.5})
     # the tiny speech projector, fresh from stage 3a, learns at ten times the LLM's rate
     c.trainable = common.trainable({"vision|audio": None, "audio_connector": 1e-2, "*": 1e-3})
     c.num_steps = 750
