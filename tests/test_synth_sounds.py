@@ -295,6 +295,13 @@ def test_a_squash_to_a_square_swaps_circles_and_ovals():
     assert _form(*oval[:2]) == "oval" and oval[0] == pytest.approx(flat["red"][0], abs=0.05)
 
 
+def _features(cfg, **kwargs):
+    """The pipeline's features for a stage's model: its budget, layout and native-resolution settings."""
+    return MediaFeatures(budget=cfg.budget, layout=cfg.media_layout, native_lowres=cfg.native_lowres,
+                         native_maxres=cfg.native_maxres, native_video_maxres=cfg.native_video_maxres,
+                         native_video_minres=cfg.native_video_minres, **kwargs)
+
+
 def test_both_image_paths_accept_the_pictures(aspect_examples):
     """The fixed-resolution tower's stage resizes each picture to its square input; ``vision=oryx`` keeps its
     size: the view's grid, token count and newlines are the shared layout functions' (no distortion)."""
@@ -302,9 +309,7 @@ def test_both_image_paths_accept_the_pictures(aspect_examples):
     from omnijax.training.omni_task import omni_config
 
     fixed_c, native_c = stage1b.get_config("tiny"), stage1b.get_config("tiny,vision=oryx")
-    fixed, native = (MediaFeatures(budget=omni_config(c).budget, layout=omni_config(c).media_layout,
-                                   native_lowres=c.data.pipeline.get("native_lowres", 0))
-                     for c in (fixed_c, native_c))
+    fixed, native = (_features(omni_config(c)) for c in (fixed_c, native_c))
     sizes = set()
     for example in aspect_examples[:12]:
         media = synth.to_schema_example(example).media[0]
@@ -323,20 +328,25 @@ def test_both_image_paths_accept_the_pictures(aspect_examples):
 
 
 def test_both_video_paths_accept_the_frames(video_examples):
-    """Stage 2's frames: resized to the fixed tower's square, or (``vision=oryx``) each kept at its own size."""
+    """Stage 2's frames: resized to the fixed tower's square, or (``vision=oryx``) sized by Ola's video rule
+    (``media_tokens.ola_frame_size``), aspect ratio kept."""
     from experiments.ola import stage2
     from omnijax.training.omni_task import omni_config
 
     fixed_c, native_c = stage2.get_config("tiny"), stage2.get_config("tiny,vision=oryx")
-    fixed, native = (MediaFeatures(budget=omni_config(c).budget, layout=omni_config(c).media_layout,
-                                   video_frames=c.data.pipeline.video_frames) for c in (fixed_c, native_c))
+    fixed, native = (_features(omni_config(c), video_frames=c.data.pipeline.video_frames)
+                     for c in (fixed_c, native_c))
     for example in video_examples[:6]:
         media = synth.to_schema_example(example).media[0]
         width, height = media.size
         assert fixed.item(media).data.shape == (4, 64, 64, 3)
         n = native.item(media)
-        assert [tuple(int(v) * 8 for v in g) for g in n.grids] == [(height, width)] * 4
-        assert n.tokens == mt.ola_native_video_tokens([(height, width)] * 4, patch_size=8)
+        cfg = omni_config(native_c)
+        frame = mt.ola_frame_size((height, width), maxres=cfg.native_video_maxres, minres=cfg.native_video_minres,
+                                  patch_size=8)[:2]
+        assert [tuple(int(v) * 8 for v in g) for g in n.grids] == [frame] * 4
+        assert abs(frame[1] / frame[0] - width / height) < 0.5 * width / height  # the frame's shape, not a square
+        assert n.tokens == mt.ola_native_video_tokens([frame] * 4, patch_size=8)
 
 
 # ---------------------------------------------------------------- evaluation and the recipe
