@@ -24,12 +24,16 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 import time
 
 RECIPE = "experiments/ola/recipe.py:tiny"
 EVAL_LIMIT = 100  # held-out examples per task and stage
+# The packages whose versions a table depends on: the same code printed other numbers in another environment whose
+# versions were not recorded (benchmarks/RESULTS.md §7.6); W/environment.json keeps them beside the table.
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "av", "tokenizers", "transformers", "torch")
 
 
 def main(argv=None) -> int:
@@ -64,6 +68,12 @@ def main(argv=None) -> int:
         checks.append((name, ok))
         say(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
 
+    env = environment()
+    os.makedirs(work, exist_ok=True)
+    with open(os.path.join(work, "environment.json"), "w") as f:
+        json.dump(env, f, indent=1)
+    say(f"environment: Python {env['python']}, {env['cpu']}, "
+        + ", ".join(f"{k} {v}" for k, v in env["packages"].items()) + f" ({work}/environment.json)")
     say(f"omni-synth ({'tiny' if args.smoke else 'default'} size) -> {corpus}")
     manifest = synth.prepare(corpus, size="tiny" if args.smoke else "default")
     say(f"omni-synth ready ({sum(t['examples'] for t in manifest['splits']['train']['tasks'].values())} train "
@@ -118,6 +128,27 @@ def main(argv=None) -> int:
     say(f"{len(checks) - len(failed)}/{len(checks)} checks passed"
         + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def environment() -> dict:
+    """What the numbers were computed with: Python, the CPU and the versions of ``PACKAGES`` (None: not installed)."""
+    import platform
+    from importlib import metadata
+
+    def version(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"python": platform.python_version(), "cpu": f"{cpu} x {os.cpu_count()}",
+            "packages": {name: version(name) for name in PACKAGES}}
 
 
 def ask_image_questions(model, corpus: str, n: int = 10) -> tuple[int, int, float]:

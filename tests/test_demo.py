@@ -5,6 +5,8 @@ stage), which is also the Ola tiny preset's smoke test."""
 
 import json
 import os
+import platform
+from importlib import metadata
 
 from training_fixtures import cache_dir, compilation_cache
 
@@ -27,6 +29,11 @@ def test_demo_smoke_passes_every_check(tmp_path, tmp_path_factory, capsys):
     assert sorted(g for _, (g,) in init) == ["audio", "llm", "vision"], init
     assert all(p.endswith(os.path.join("checkpoints", "tiny", g)) for p, (g,) in init), init
     assert os.path.isfile(tmp_path / "demo" / "export" / "llm" / "config.json")
+    # what the table was computed with, beside it
+    with open(tmp_path / "demo" / "environment.json") as f:
+        env = json.load(f)
+    assert env["packages"]["jax"] == metadata.version("jax") and env["packages"]["flax"] == metadata.version("flax")
+    assert env["python"] == platform.python_version() and f"jax {metadata.version('jax')}" in out
     # Run again: the recipe is complete and evaluated; only the exports and checks repeat.
     with compilation_cache(cache_dir(tmp_path_factory)):
         assert demo.main(["--workdir", str(tmp_path / "demo"), "--smoke"]) == 0
