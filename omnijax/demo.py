@@ -2,8 +2,9 @@
 
     python -m omnijax.demo --workdir workdirs/demo            # what `make demo` runs
 
-1. builds the omni-synth corpus (cached in ``--corpus``, default ``workdirs/omni-synth``) and checks it is
-   the version the shipped tiny pretrained checkpoints (``checkpoints/tiny``) were trained on;
+1. records Python, the CPU and the package versions (``W/environment.json``), builds the omni-synth corpus
+   (cached in ``--corpus``, default ``workdirs/omni-synth``) and checks it is the version the shipped tiny
+   pretrained checkpoints (``checkpoints/tiny``) were trained on;
 2. runs ``experiments/ola/recipe.py:tiny`` in this process (``omnijax.experiment.run_recipe``): Ola's stages
    1a, 1b, 2, 3a, 3b, the first from the shipped pretrained LLM, vision tower and audio tower with fresh
    connectors, each next one from the previous one's params; resumable;
