@@ -32,14 +32,15 @@ STRETCH = 128 / 48  # an oval's or a rectangle's long side over its short one: t
 _MARGIN, _GAP = 2, 3
 
 
-def _form_size(rng: np.random.Generator, form: str, layout: str) -> tuple[int, int]:
-    """(width, height) of a shape: circles and squares 14-26 pixels; ovals and rectangles 10-14 pixels across
-    their short side and `STRETCH` times that along the long one (the picture's; either way in a square one)."""
+def _form_size(rng: np.random.Generator, form: str, orientation: str) -> tuple[int, int]:
+    """(width, height) of a shape in a picture of ``orientation`` (``LAYOUTS``' keys): circles and squares 14-26
+    pixels; ovals and rectangles 10-14 pixels across their short side and `STRETCH` times that along the long one
+    (the picture's; either way in a square one)."""
     if form in ("circle", "square"):
         side = int(rng.integers(14, 27))
         return side, side
     short = int(rng.integers(10, 15))
-    wide = layout == "wide" or (layout == "square" and rng.random() < 0.5)
+    wide = orientation == "wide" or (orientation == "square" and rng.random() < 0.5)
     long = int(round(short * STRETCH))
     return (long, short) if wide else (short, long)
 
