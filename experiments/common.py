@@ -92,7 +92,8 @@ ORYX_PATCHES = {"tiny": dict(image_patches=256, video_patches=512),
 ORYX_LOWRES = {"tiny": 32, "7b": 384}
 # BEATs, Ola's music encoder beside Whisper (the ``audio=dual`` knob): `7b` is BEATs_iter3+ (``BEATsConfig``'s
 # defaults: 768 wide, 12 layers), imported from ``@hf/`` (``BEATS_HF_DIR``, read by ``omnijax.hf.beats``); `tiny` as
-# wide as the tiny Whisper, started fresh (no tiny BEATs is shipped). `7b` keeps the AudioSet head (527 classes) of the
+# wide as the tiny Whisper, imported from the shipped tiny checkpoints (``checkpoints/tiny/beats``: stage 0c of the
+# tiny pretraining taught it omni-synth's sounds). `7b` keeps the AudioSet head (527 classes) of the
 # fine-tuned checkpoint Ola ships, unused by the forward, so the model is Ola-7B's parameter for parameter
 # (``python -m experiments.ola.sizes``).
 BEATS = {
@@ -105,14 +106,15 @@ FRAME_STACK = {"tiny": dict(frame_stack_k=4, frame_stack_hidden=256),  # Ola's s
                "7b": dict(frame_stack_k=10, frame_stack_hidden=2048)}
 GROUPS = ("llm", "vision", "vision_connector", "audio", "audio_connector", "mm_embed")  # the params' top level
 TINY_VIDEO_FRAMES = 4  # of omni-synth's 8: enough to see which way a shape moves
-HF_DIRS = {"llm": "Qwen2.5-7B-Instruct", "vision": "siglip-so400m-patch14-384", "audio": "whisper-large-v3"}
+HF_DIRS = {"llm": "Qwen2.5-7B-Instruct", "vision": "siglip-so400m-patch14-384", "audio": "whisper-large-v3",
+           "beats": BEATS_HF_DIR}
 CORPUS = "@corpus"  # the omni-synth folder (``omnijax.training.config.ROOTS``)
 CORPUS_TOKENIZER = f"{CORPUS}/{tok.SYNTH_TOKENIZER_DIR}"  # trained on the corpus (the tiny pretraining's)
 # The tiny pretrained LLM (with its tokenizer), vision tower and audio tower, in HF format, and what they were
 # trained on (``PIN_FILE``). Rebuilt by REBUILD.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CHECKPOINTS = os.path.join(REPO, "checkpoints", "tiny")
-TINY_DIRS = {"llm": "llm", "vision": "vision", "audio": "audio"}
+TINY_DIRS = {"llm": "llm", "vision": "vision", "audio": "audio", "beats": "beats"}
 PIN_FILE = "omni_synth.json"
 REBUILD = "python -m experiments.pretrain_tiny.release"
 
@@ -354,8 +356,9 @@ def use_dual(c: mlc.ConfigDict, preset: str) -> None:
     """The stage with Ola's dual audio encoder: BEATs (``BEATS``) beside its Whisper on each window, their outputs
     concatenated on channels (the frame-stacking connector's input widens with them), params ``audio/whisper/...``
     and ``audio/beats/...``. A first stage's pretrained Whisper (its ``audio`` entry in ``c.init_from``) lands in
-    ``audio/whisper``; BEATs comes from ``@hf/BEATS_HF_DIR`` at `7b`, fresh at `tiny`. Later stages start from the
-    previous stage's dual params as they are."""
+    ``audio/whisper`` and BEATs comes from its pretrained checkpoint beside it (``@hf/BEATS_HF_DIR`` at `7b`, the
+    shipped tiny one at `tiny`); a stage whose ``init_from`` names no ``audio`` group starts BEATs fresh. Later
+    stages start from the previous stage's dual params as they are."""
     if c.model.get("audio") is None:
         raise ValueError(f"stage {c.name!r} has no Whisper audio tower for audio=dual to pair BEATs with")
     with c.ignore_type():
@@ -364,8 +367,7 @@ def use_dual(c: mlc.ConfigDict, preset: str) -> None:
     if isinstance(entries, list | tuple) and any("audio" in groups for _, groups in entries):
         entries = [(src, tuple("audio->audio/whisper" if g == "audio" else g for g in groups))
                    for src, groups in entries]
-        if preset == "7b":
-            entries.append((f"@hf/{BEATS_HF_DIR}", ("beats->audio/beats",)))
+        entries.append((hf_dir("beats") if preset == "7b" else tiny_dir("beats"), ("beats->audio/beats",)))
         c.init_from = entries
 
 

@@ -233,9 +233,9 @@ def test_audio_knob_gives_the_dual_encoder_in_both_presets():
         assert sorted(abstract["audio"]) == ["beats", "whisper"]
         assert abstract["audio_connector"]["linear1"]["kernel"].shape == (k * width, hidden)
         audio = [(src, groups) for src, groups in c.init_from if any(g.startswith(("audio", "beats")) for g in groups)]
-        want = [(common.tiny_dir("audio") if preset == "tiny" else "@hf/whisper-large-v3", ("audio->audio/whisper",))]
-        if preset == "7b":
-            want.append(("@hf/BEATs_iter3_plus_AS2M", ("beats->audio/beats",)))
+        tiny = preset == "tiny"
+        want = [(common.tiny_dir("audio") if tiny else "@hf/whisper-large-v3", ("audio->audio/whisper",)),
+                (common.tiny_dir("beats") if tiny else "@hf/BEATs_iter3_plus_AS2M", ("beats->audio/beats",))]
         assert [(s, tuple(g)) for s, g in audio] == want
         assert stage3a.get_config(f"{preset},audio=dual").init_from == common.PREVIOUS
         assert omni_config(stage3a.get_config(f"{preset},audio=dual")).beats == cfg.beats

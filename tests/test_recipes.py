@@ -65,7 +65,7 @@ def test_tiny_pretraining_runs_every_stage(corpus, tmp_path):
     recipe = recipe_lib.load_recipe("experiments/pretrain_tiny/recipe.py:tiny")
     rows = recipe_lib.run(recipe, str(tmp_path), steps=2, evaluate=False, log=lambda _: None,
                           roots={"corpus": corpus})
-    assert [r["status"] for r in rows] == ["trained"] * 5, rows
+    assert [r["status"] for r in rows] == ["trained"] * 6, rows
     logs = {stage: [json.loads(line) for line in open(tmp_path / stage / "metrics.jsonl") if '"loss": ' in line]
             for stage, _ in recipe.stages}
     # stage 0_vision_tower trains on the bag of words alone (no LLM, no task loss), 0_vision_binding on the bag
@@ -82,8 +82,29 @@ def test_tiny_pretraining_runs_every_stage(corpus, tmp_path):
         math.isfinite(r["ctc/audio/loss"]) and r["ctc/audio/items"] > 0 and r["loss"] == r["ctc/audio/loss"]
         and not any(k.startswith("task_loss") for k in r) for r in logs["0_speech_tower"]), logs
     assert logs["0b_speech"] and all(math.isfinite(r["ctc/audio/loss"]) for r in logs["0b_speech"]), logs
+    # the sound tower's stage: BEATs beside 0b's Whisper, on the bag of sound_qa's answer words alone
+    assert logs["0c_sound_tower"] and all(
+        r["loss"] == r["bow/audio/loss"] and r["bow/audio/items"] > 0 and not any(k.startswith("task_loss") for k in r)
+        for r in logs["0c_sound_tower"]), logs
     config = json.load(open(tmp_path / "0a_vision" / "stage.json"))["config"]
     assert config["data"]["tokenizer"] == os.path.join(corpus, "tokenizer")
+
+    from experiments.pretrain_tiny import release
+    from omnijax.checkpoint import load_model
+    from omnijax.experiment import RecipeResult
+    from omnijax.hf.beats import load_beats
+
+    pin = release.write_release(RecipeResult(str(tmp_path), recipe, rows), corpus, str(tmp_path / "out"))
+    assert (pin["shipped_from"], pin["beats_from"]) == ("0b_speech", "0c_sound_tower")
+    assert sorted(os.listdir(tmp_path / "out")) == ["README.md", "audio", "beats", "llm", "omni_synth.json", "vision"]
+    speech, sounds = (load_model(str(tmp_path / n), progress=False).params for n in ("0b_speech", "0c_sound_tower"))
+    # 0c leaves Whisper as 0b left it; the release's BEATs is 0c's, bit for bit
+    for got, want in ((sounds["audio"]["whisper"], speech["audio"]),
+                      (load_beats(str(tmp_path / "out" / "beats")).params["beats"], sounds["audio"]["beats"])):
+        got, want = jax.tree_util.tree_leaves_with_path(got), jax.tree_util.tree_leaves_with_path(want)
+        assert [p for p, _ in got] == [p for p, _ in want] and len(want) > 10
+        for (path, g), (_, w) in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=jax.tree_util.keystr(path))
 
 
 def _meta_count(module) -> int:
@@ -284,7 +305,7 @@ def test_7b_attention_follows_the_platform_or_the_command_line(monkeypatch):
 
 def test_ola_tiny_recipe_runs_with_the_dual_audio_encoder(corpus, tmp_path):
     """``experiments/ola/recipe.py:tiny,audio=dual``: the knob reaches every stage; 1a imports the shipped Whisper
-    into audio/whisper (BEATs fresh), the later stages chain; a plain Whisper stage pointed at the dual stage, or
+    into audio/whisper and the shipped BEATs into audio/beats, the later stages chain; a plain Whisper stage pointed at the dual stage, or
     the dual model at the plain Whisper checkpoint, is told the init_from item that imports it."""
     from experiments import common
     from omnijax import launch
@@ -300,10 +321,11 @@ def test_ola_tiny_recipe_runs_with_the_dual_audio_encoder(corpus, tmp_path):
     first = load_model(str(tmp_path / "1a")).params["audio"]
     assert sorted(first) == ["beats", "whisper"] and first["beats"]["encoder"]["layers"]["fc1"]["kernel"].shape == (
         2, 64, 128)
-    got, want = jax.tree_util.tree_leaves_with_path(first["whisper"]), jax.tree_util.tree_leaves_with_path(shipped)
-    assert [p for p, _ in got] == [p for p, _ in want] and len(want) > 10
-    for (path, g), (_, w) in zip(got, want):  # 1a freezes the audio group: the shipped weights, bit for bit
-        np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=jax.tree_util.keystr(path))
+    for tower, source in (("whisper", shipped), ("beats", load_model(common.tiny_dir("beats")).params["beats"])):
+        got, want = jax.tree_util.tree_leaves_with_path(first[tower]), jax.tree_util.tree_leaves_with_path(source)
+        assert [p for p, _ in got] == [p for p, _ in want] and len(want) > 10
+        for (path, g), (_, w) in zip(got, want):  # 1a freezes the audio group: the shipped weights, bit for bit
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=f"{tower}{jax.tree_util.keystr(path)}")
     last = load_model(str(tmp_path / "3b")).params["audio"]
     assert sorted(last) == ["beats", "whisper"]
 

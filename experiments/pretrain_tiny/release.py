@@ -11,6 +11,8 @@ About 20 minutes on 2 CPU cores. Writes, whole or not at all::
                    chat_template.jinja: the omni-synth BPE
     OUT/vision/    SiglipVisionModel
     OUT/audio/     WhisperEncoder (transformers' WhisperEncoder.from_pretrained)
+    OUT/beats/     BEATs in the reference code's state_dict naming (``omnijax.hf.beats``): the music encoder of
+                   ``audio=dual``, from stage 0c
     OUT/omni_synth.json  the pin: omni-synth version, seed and size, the tokenizer's sha256, each stage's
                    steps and final loss (``experiments.common.check_tiny_checkpoints`` reads it)
     OUT/README.md  the same in words
@@ -46,17 +48,18 @@ def _final_loss(stage_dir: str) -> float | None:
 
 
 def write_release(result, corpus: str, out: str) -> dict:
-    """The shipped stage's LLM, vision and audio towers from ``result`` (a finished pretraining run) into
-    ``out`` as HF directories, with the pin file and a README; returns the pin."""
+    """The shipped stage's LLM, vision and audio towers and the BEATs stage's BEATs from ``result`` (a finished
+    pretraining run) into ``out`` as HF directories, with the pin file and a README; returns the pin."""
     from data_pipelines import synth
     from data_pipelines import tokenizer as tok
     from omnijax.checkpoint import load_model
-    from omnijax.hf import qwen2, siglip, whisper
+    from omnijax.hf import beats, qwen2, siglip, whisper
     from omnijax.hf.exporter import save_hf
     from omnijax.outdir import atomic_dir
 
     loaded = load_model(result.stage_dir(pretrain.SHIPPED_FROM), progress=False)
     cfg, params = loaded.cfg, loaded.params
+    sounds = load_model(result.stage_dir(pretrain.BEATS_FROM), progress=False)
     tokenizer = os.path.join(corpus, tok.SYNTH_TOKENIZER_DIR)
     with open(os.path.join(corpus, synth.MANIFEST)) as f:
         manifest = json.load(f)
@@ -64,13 +67,14 @@ def write_release(result, corpus: str, out: str) -> dict:
         tokenizer_sha = hashlib.sha256(f.read()).hexdigest()
     pin = {"omni_synth_version": manifest["version"], "corpus": {"seed": manifest["seed"], "size": manifest["size"]},
            "tokenizer_sha256": tokenizer_sha, "recipe": "experiments/pretrain_tiny/recipe.py:tiny",
-           "shipped_from": pretrain.SHIPPED_FROM, "made_with": common.REBUILD,
+           "shipped_from": pretrain.SHIPPED_FROM, "beats_from": pretrain.BEATS_FROM, "made_with": common.REBUILD,
            "date": datetime.date.today().isoformat(),
            "stages": {n: {"steps": _steps(result.stage_dir(n)), "final_loss": _final_loss(result.stage_dir(n))}
                       for n in result.stages}}
     parts = {"llm": (qwen2.QWEN2, cfg.llm, {"llm": params["llm"]}, tokenizer),
              "vision": (siglip.SIGLIP_VISION, cfg.vision, {"vision": params["vision"]}, None),
-             "audio": (whisper.WHISPER_ENCODER, cfg.audio, {"audio": params["audio"]}, None)}
+             "audio": (whisper.WHISPER_ENCODER, cfg.audio, {"audio": params["audio"]}, None),
+             "beats": (beats.BEATS, sounds.cfg.beats, {"beats": sounds.params["audio"]["beats"]}, None)}
     with atomic_dir(out, overwrite=True) as tmp:
         for name, (arch, part_cfg, part_params, assets) in parts.items():
             save_hf(os.path.join(tmp, common.TINY_DIRS[name]), arch, part_cfg, part_params, assets_dir=assets,
@@ -89,11 +93,12 @@ def readme(pin: dict) -> str:
 What the tiny presets start from, as the papers start from Qwen2.5, SigLIP and Whisper (no pretrained model
 can be downloaded where omnijax's tests and demo run). Made on {pin['date']} by `{pin['made_with']}` from
 `{pin['recipe']}` on omni-synth version {pin['omni_synth_version']} (seed {pin['corpus']['seed']}, size
-{pin['corpus']['size']}); the parts are stage `{pin['shipped_from']}`'s.
+{pin['corpus']['size']}); the parts are stage `{pin['shipped_from']}`'s, BEATs stage `{pin['beats_from']}`'s.
 
 - `llm/`: `Qwen2ForCausalLM` with the omni-synth BPE tokenizer (tokenizer.json sha256 `{pin['tokenizer_sha256']}`)
 - `vision/`: `SiglipVisionModel`
 - `audio/`: `WhisperEncoder` (`transformers.models.whisper.modeling_whisper.WhisperEncoder.from_pretrained`)
+- `beats/`: BEATs (Microsoft's reference `state_dict` naming, `omnijax.hf.beats`), the music encoder of `audio=dual`
 - `omni_synth.json`: what they were trained on; a corpus of another version is refused.
 
 | stage | steps | final loss |
