@@ -42,7 +42,8 @@ setup(
         # The CPU wheel of torch that lies on the machines' disk; a bare `torch` pulls a CUDA build. The demo
         # checks its export against transformers (torch); the tests also compile stages for TPU slices (libtpu).
         "demo": ["torch==2.13.0"],
-        "test": ["torch==2.13.0", "pytest>=8.0", "pytest-xdist>=3.6", "jax[tpu]>=0.10.2", "nbformat>=5.10"],
+        "test": ["torch==2.13.0", "pytest>=8.0", "pytest-xdist>=3.6", "jax[tpu]>=0.10.2", "nbformat>=5.10",
+                 "ipykernel>=6.29", "nbclient>=0.10"],  # the notebooks run in smoke mode in the suite
         # experiments/notebooks: run in Jupyter, or headless with nbclient (as their committed outputs were)
         "notebooks": ["torch==2.13.0", "ipykernel>=6.29", "nbclient>=0.10", "nbformat>=5.10"],
         "gpu": ["jax[cuda13]>=0.10.2"],

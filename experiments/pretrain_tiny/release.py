@@ -5,7 +5,7 @@ vision tower and audio tower as HF directories, with what they were trained on.
     python -m experiments.pretrain_tiny.release [--workdir workdirs/pretrain_tiny] [--corpus workdirs/omni-synth]
                                                 [--out checkpoints/tiny]
 
-About 20 minutes on 2 CPU cores. Writes, whole or not at all::
+About 30 minutes on 2 CPU cores. Writes, whole or not at all::
 
     OUT/llm/       Qwen2ForCausalLM (config.json, model.safetensors) + tokenizer.json, tokenizer_config.json,
                    chat_template.jinja: the omni-synth BPE
