@@ -260,7 +260,11 @@ class PaperStage:
         return math.ceil(self.epochs * self.samples / (self.batch * self.per_row))
 
 
-KNOBS = ("steps", "freeze", "weight.TASK", "vision_connector", "audio_connector", "vision", "audio", "init")
+KNOBS = ("steps", "freeze", "weight.TASK", "vision_connector", "audio_connector", "vision", "audio", "init",
+         "frame_stack_k", "conv_gmlp_stride", "stride_pool_stride")
+# An audio connector's encoder outputs per LLM token (its token rate), the connector it belongs to: at one value the
+# three take audio at one rate (the tiny Whisper's 50 outputs a second, 4 of them a token: 12.5 tokens a second).
+RATE_KNOBS = {"frame_stack_k": "frame_stack", "conv_gmlp_stride": "conv_gmlp", "stride_pool_stride": "stride_pool"}
 VISION_TOWERS = ("siglip", "oryx")  # the vision knob: SigLIP at a fixed size, or OryxViT at each image's own
 AUDIO_ENCODERS = ("whisper", "dual")  # the audio knob: Whisper alone, or Ola's Whisper + BEATs
 
@@ -275,12 +279,15 @@ def parse_arg(arg: str | None, **extra: str) -> mlc.ConfigDict:
     (``oryx``: Ola's native-resolution tower, ``use_oryx``; ``siglip``, the default, leaves the stage as it is),
     ``audio`` (``dual``: Ola's Whisper + BEATs encoder, ``use_dual``; ``whisper``, the default, Whisper alone);
     ``init`` (a model directory the stage starts from whole, with its model: ``start_from``; e.g. Ola's release);
+    ``frame_stack_k`` / ``conv_gmlp_stride`` / ``stride_pool_stride`` (the audio connector's encoder outputs per
+    token, ``RATE_KNOBS``: the knob of the stage's audio connector, e.g. ``audio_connector=stride_pool,
+    stride_pool_stride=4``);
     ``extra``: the stage's own, ``name=default`` (Self-KD's ``vlm=PATH``). After ``get_config`` the same fields are set
     through the recipe runner's overrides: ``num_steps``, ``trainable``, ``data.sources.N.weight``,
     ``model.audio_connector``."""
     preset, *items = (arg or "tiny").split(",")
     a = dict(preset=check_preset(preset.strip()), steps=None, freeze=(), weights={}, vision_connector=None,
-             audio_connector=None, vision="siglip", audio="whisper", init=None, **extra)
+             audio_connector=None, vision="siglip", audio="whisper", init=None, rates={}, **extra)
     for item in items:
         key, _, value = (part.strip() for part in item.partition("="))
         if not value:
@@ -289,12 +296,14 @@ def parse_arg(arg: str | None, **extra: str) -> mlc.ConfigDict:
             a["weights"][key.removeprefix("weight.")] = float(value)
         elif key == "steps":
             a["steps"] = int(value)
+        elif key in RATE_KNOBS:
+            a["rates"][key] = int(value)
         elif key == "freeze":
             a["freeze"] = tuple(value.split("+"))
             unknown = sorted(set(a["freeze"]) - set(GROUPS))
             if unknown:
                 raise ValueError(f"config argument {arg!r}: freeze names {unknown}; groups are: {', '.join(GROUPS)}")
-        elif key in a and key not in ("preset", "weights", "freeze", "steps"):
+        elif key in a and key not in ("preset", "weights", "freeze", "steps", "rates"):
             a[key] = value
             if key == "vision" and value not in VISION_TOWERS:
                 raise ValueError(f"config argument {arg!r}: vision={value!r} is not one of {', '.join(VISION_TOWERS)}")
@@ -304,7 +313,7 @@ def parse_arg(arg: str | None, **extra: str) -> mlc.ConfigDict:
             raise ValueError(f"config argument {arg!r}: unknown knob {key!r}; knobs: "
                              f"{', '.join((*KNOBS, *extra))} (e.g. {preset},steps=300,freeze=llm)")
     model_knobs = [k for k in ("vision_connector", "audio_connector", "vision", "audio")
-                   if a[k] not in (None, "siglip", "whisper")]
+                   if a[k] not in (None, "siglip", "whisper")] + list(a["rates"])
     if a["init"] is not None and model_knobs:
         raise ValueError(f"config argument {arg!r}: init= takes the model of its directory; drop {model_knobs}")
     return mlc.ConfigDict(a)
@@ -326,6 +335,12 @@ def finish(c: mlc.ConfigDict, a: mlc.ConfigDict, tiny=None) -> mlc.ConfigDict:
             c.model[field] = a[field]
             if a[field] == "frame_stack":
                 c.model.update(FRAME_STACK[a.preset])
+    for knob, value in a.rates.items():
+        if c.model.get("audio_connector") != RATE_KNOBS[knob]:
+            raise ValueError(f"stage {c.name!r}: {knob}={value} sets the {RATE_KNOBS[knob]!r} audio connector, but "
+                             f"the stage's is {c.model.get('audio_connector')!r}; add "
+                             f"audio_connector={RATE_KNOBS[knob]}")
+        c.model[knob] = value
     if a.vision == "oryx":
         use_oryx(c, a.preset)
     if a.audio == "dual":

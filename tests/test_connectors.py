@@ -11,6 +11,7 @@ import pytest
 
 from omnijax.models.connectors import (
     MM_EMBED_NAMES,
+    AvgPoolProjector,
     AvgPoolStride,
     ConvGMLP,
     FrameStackProjector,
@@ -131,6 +132,41 @@ def test_ola_vision_projector_matches_numpy():
     np.testing.assert_allclose(y, gelu(pooled) @ p["proj2"]["kernel"] + p["proj2"]["bias"], rtol=1e-5, atol=1e-5)
 
 
+def avg_pool_reference(x, p):
+    """2x2 averaging (an odd side's last row / column repeated) written with loops, then the MLP in numpy."""
+    b, h, w, c = x.shape
+    padded = np.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    pooled = np.zeros((b, (h + 1) // 2, (w + 1) // 2, c), np.float32)
+    for i in range(pooled.shape[1]):
+        for j in range(pooled.shape[2]):
+            pooled[:, i, j] = padded[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(axis=(1, 2))
+    hidden = gelu(pooled @ p["linear_1"]["kernel"] + p["linear_1"]["bias"])
+    return hidden @ p["linear_2"]["kernel"] + p["linear_2"]["bias"]
+
+
+def test_avg_pool_projector_matches_numpy():
+    """Each 2x2 block averaged, then LLaVA's MLP; a 3x5 grid (odd sides) gives 2x3 tokens, as Ola's pooling."""
+    x = rand(2, 3, 5, 4)
+    p = {"projector": {"linear_1": dense(4, 6, 1), "linear_2": dense(6, 6, 2)}}
+    y = apply_with(AvgPoolProjector(out_dim=6), p, x)
+    assert y.shape == (2, 2, 3, 6) and (y.shape[1], y.shape[2]) == cc.AvgPool().grid(3, 5) == (2, 3)
+    np.testing.assert_allclose(y, avg_pool_reference(x, p["projector"]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"non-empty patch grid"):
+        shapes(AvgPoolProjector(out_dim=6), jnp.zeros((1, 0, 4, 2)))
+
+
+def test_avg_pool_projector_on_gathered_groups_equals_the_grid():
+    """Native-resolution views (``groups [batch, T, 4]`` of packed patch indices, as ``OlaVisionProjector``
+    takes them): token t averages its 4 patches -- the same tokens as the view's 2x2 grid pooling."""
+    x = rand(1, 4, 6, 3)
+    p = {"projector": {"linear_1": dense(3, 5, 1), "linear_2": dense(5, 5, 2)}}
+    index = np.arange(24).reshape(4, 6)
+    groups = index.reshape(2, 2, 3, 2).transpose(0, 2, 1, 3).reshape(1, 6, 4)  # row-major 2x2 blocks
+    assert groups[0, 0].tolist() == [0, 1, 6, 7] and groups[0, 5].tolist() == [16, 17, 22, 23]
+    y = apply_with(AvgPoolProjector(out_dim=5), p, x.reshape(1, 24, 3), groups)
+    np.testing.assert_allclose(y, avg_pool_reference(x, p["projector"]).reshape(1, 6, 5), rtol=1e-5, atol=1e-5)
+
+
 def test_frame_stack_matches_numpy():
     x = rand(2, 6, 2)
     p = {"linear1": dense(6, 4, 1), "linear2": dense(4, 5, 2)}
@@ -211,12 +247,19 @@ def test_connector_configs_build_their_modules_and_count_their_tokens(config, mo
 
 def test_vision_connector_configs():
     assert cc.LocalGlobalPool().grid(27, 27) == (14, 14) and cc.MLP().grid(27, 27) == (27, 27)
+    assert cc.AvgPool().grid(27, 27) == (14, 14) and cc.AvgPool().grid(8, 8) == (4, 4)
     assert cc.LocalGlobalPool().spatial and not cc.LocalGlobalPool().keeps_length and cc.MLP().keeps_length
+    assert cc.AvgPool().spatial and not cc.AvgPool().keeps_length
+    assert cc.AvgPool().build(4, in_axis="vision_embed", dtype=jnp.float32,
+                              param_dtype=jnp.float32) == AvgPoolProjector(4)
+    assert cc.AvgPool().to_fields("vision") == {"vision_connector": "avg_pool"}
+    assert cc.from_fields("vision", {"vision_connector": "avg_pool"}) == cc.AvgPool()
+    assert cc.VISION_CONNECTORS["avg_pool"] is cc.AvgPool
     assert cc.MLP(gelu_approximate=True).to_fields("vision") == {"vision_connector": "mlp",
                                                                  "vision_gelu_approximate": True}
     assert cc.from_fields("vision", {"vision_connector": "ola", "frame_stack_k": 3}) == cc.LocalGlobalPool()
     assert cc.from_fields("vision", {"vision_connector": None}) is None
-    with pytest.raises(ValueError, match=r"vision_connector 'frame_stack' is not one of \('mlp', 'ola'\)"):
+    with pytest.raises(ValueError, match=r"vision_connector 'frame_stack' is not one of \('mlp', 'ola', 'avg_pool'\)"):
         cc.from_fields("vision", {"vision_connector": "frame_stack"})
     with pytest.raises(ValueError, match="is not a vision connector"):
         cc.check_connector("vision", cc.FrameStack())
@@ -252,8 +295,8 @@ def test_output_length_matches_output_shape(module, lengths):
         assert y.shape[1] == module.output_length(t), (type(module).__name__, t)
 
 
-def test_ola_output_length_matches_output_shape():
-    module = OlaVisionProjector(out_dim=4)
+@pytest.mark.parametrize("module", [OlaVisionProjector(out_dim=4), AvgPoolProjector(out_dim=4)])
+def test_pooled_output_length_matches_output_shape(module):
     for h, w in [(2, 2), (4, 6), (5, 4), (27, 27)]:
         y, _ = shapes(module, jnp.ones((1, h, w, 3)))
         assert y.shape[1] * y.shape[2] == module.output_length(h, w)
@@ -265,6 +308,7 @@ _AXIS_CASES = {
     "linear": (lambda **kw: LinearProjector(out_dim=4, **kw), (1, 3, 2)),
     "pool": (lambda **kw: LocalGlobalAttentionPool(**kw), (1, 2, 2, 4)),
     "ola": (lambda **kw: OlaVisionProjector(out_dim=4, **kw), (1, 2, 2, 3)),
+    "avg_pool": (lambda **kw: AvgPoolProjector(out_dim=4, **kw), (1, 2, 2, 3)),
     "frame_stack": (lambda **kw: FrameStackProjector(out_dim=4, k=2, hidden_dim=4, **kw), (1, 4, 2)),
     "conv_gmlp": (lambda **kw: ConvGMLP(out_dim=4, **kw), (1, 8, 2)),
 }

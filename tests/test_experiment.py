@@ -186,6 +186,30 @@ def test_two_corpora_in_one_process(corpus, tmp_path):  # noqa: F811
             assert path in clis, f"{line}: only the CLIs' defaults may read the environment"
 
 
+def test_a_stage_trains_with_the_average_pooling_vision_connector(corpus, tmp_path):  # noqa: F811
+    """``vision_connector=avg_pool`` (plain 2x2 averaging + MLP, the baseline of Ola's pooling) trains in Ola's stage
+    1a: the pipeline lays out each image in the pooled grid's 22 tokens (74 with the MLP alone), as the model
+    places its 4x4 tokens a view; the stage evaluates and its model directory reads back with the connector."""
+    from experiments.ola import stage1a
+    from omnijax.training.omni_task import omni_config
+
+    arg = "tiny,vision_connector=avg_pool"
+    layouts = {v: omni_config(stage1a.get_config(f"tiny,vision_connector={v}")).media_layout for v in ("mlp", "ola")}
+    assert omni_config(stage1a.get_config(arg)).media_layout == layouts["ola"]
+    assert (layouts["ola"].image_tokens(1), layouts["mlp"].image_tokens(1)) == (22, 74)
+    c = stage1a.get_config(arg)
+    c.log_every = 1
+    result = experiment.run_recipe([("align", c)], str(tmp_path / "run"), corpus=corpus, steps=2, eval_limit=2,
+                                   eval_tasks=["image_qa"], **QUIET)
+    losses = result.curves(["loss"]).value.to_numpy()
+    assert len(losses) == 2 and np.isfinite(losses).all() and 1.0 < losses[0] < 20.0
+    assert list(result.eval_table(chance=False).columns) == ["image_qa/accuracy"]
+    model = result.model("align")
+    assert model.loaded.cfg.vision_connector.name == "avg_pool"
+    params = model.loaded.params["vision_connector"]["projector"]
+    assert params["linear_1"]["kernel"].shape == (64, 128) and params["linear_2"]["kernel"].shape == (128, 128)
+
+
 def test_other_corpus_version_is_refused(tmp_path, monkeypatch):
     """The shipped checkpoints are pinned to the omni-synth version they were trained on."""
     pin = common.check_tiny_checkpoints  # reads TINY_CHECKPOINTS/omni_synth.json

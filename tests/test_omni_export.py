@@ -34,7 +34,7 @@ from omnijax.hf.importer import Loaded, abstract_model, check_table
 from omnijax.hf.omni import OMNI
 from omnijax.hf.safetensors_io import CheckpointError
 from omnijax.models.audio import AudioConfig
-from omnijax.models.connector_configs import MLP, ConvGMLP, FrameStack, Linear, LocalGlobalPool, StridePool
+from omnijax.models.connector_configs import MLP, AvgPool, ConvGMLP, FrameStack, Linear, LocalGlobalPool, StridePool
 from omnijax.models.llava_onevision import LlavaOnevisionConfig
 from omnijax.models.llm import LLMConfig
 from omnijax.models.omni import OmniConfig, OmniModel
@@ -372,7 +372,8 @@ TINY_VISION = VisionConfig(image_size=16, patch_size=4, hidden_size=16, intermed
 
 @pytest.mark.parametrize("vision_connector,audio_connector,d_audio", [
     (LocalGlobalPool(), FrameStack(k=5, hidden=24), 16), (MLP(), ConvGMLP(), 16), (LocalGlobalPool(), ConvGMLP(), 8),
-    (MLP(gelu_approximate=True), MLP(), 16), (LocalGlobalPool(), Linear(), 16), (MLP(), StridePool(stride=5), 16)])
+    (MLP(gelu_approximate=True), MLP(), 16), (LocalGlobalPool(), Linear(), 16), (MLP(), StridePool(stride=5), 16),
+    (AvgPool(), StridePool(stride=4), 16)])
 def test_every_connector_round_trips_through_config_and_table(vision_connector, audio_connector, d_audio):
     """``OmniConfig.from_dict(to_dict())`` is the config; the table covers every parameter (conv_gmlp with
     and without ``out_proj``: 4 * 8 equals the LLM width 32)."""

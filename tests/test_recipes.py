@@ -222,6 +222,7 @@ def test_7b_stages_take_the_papers_numbers_from_their_table():
 
 def test_stage_knobs_from_the_config_argument():
     """big_vision's ``get_config(arg)``: after the preset, the knobs an ablation sweeps (``common.parse_arg``)."""
+    from experiments import common
     from experiments.ola import stage3b
     from experiments.self_kd import stage1_audio_align
 
@@ -235,8 +236,19 @@ def test_stage_knobs_from_the_config_argument():
     assert c.task_names == tuple(names) and c.num_tasks == len(names)
     assert c.model.audio_connector == "mlp" and omni_config(c).audio is not None
     assert stage1_audio_align.get_config("7b,vlm=/pod/my_vlm").init_from == "/pod/my_vlm"
+    # the audio connectors at one token rate: 4 of the tiny Whisper's 200 outputs a 4 s window per token
+    rates = {name: omni_config(stage3b.get_config(f"tiny,audio_connector={name},{knob}=4")).audio_connector
+             for knob, name in common.RATE_KNOBS.items()}
+    assert [(type(c).__name__, c.tokens(200)) for c in rates.values()] == [("FrameStack", 50), ("ConvGMLP", 50),
+                                                                           ("StridePool", 50)]
+    assert omni_config(stage3b.get_config("tiny,audio_connector=stride_pool")).audio_connector.stride == 2
+    assert omni_config(stage3b.get_config("tiny,vision_connector=avg_pool")).image_grid == (4, 4)
     for arg, message in [("tiny,stepz=3", r"unknown knob 'stepz'; knobs: steps, freeze, weight.TASK"),
                          ("tiny,freeze=lm", r"freeze names \['lm'\]; groups are: llm, vision"),
+                         ("tiny,stride_pool_stride=4", r"stride_pool_stride=4 sets the 'stride_pool' audio connector, "
+                                                       r"but the stage's is 'frame_stack'; add "
+                                                       r"audio_connector=stride_pool"),
+                         ("tiny,init=/x,conv_gmlp_stride=2", r"drop \['conv_gmlp_stride'\]"),
                          ("huge", "unknown preset 'huge'"), ("tiny,steps", "'steps' is not knob=value"),
                          ("tiny,weight.asr=0,weight.image_qa=0,weight.video_audio_qa=0,weight.video_visual_qa=0,"
                           "weight.image_choice=0,weight.image_caption=0,weight.text_instruct=0,weight.sound_qa=0,"

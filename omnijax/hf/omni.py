@@ -39,6 +39,7 @@ Connector keys are the omnijax parameter paths, ``/`` written ``.``, in torch la
 
     vision 'mlp'         vision_connector.linear_{1,2}   (LLaVA-OneVision's multi_modal_projector.linear_{1,2})
     vision 'ola'         vision_connector.proj1, .pooler.predictor_0, .pooler.predictor_2, .proj2
+    vision 'avg_pool'    vision_connector.projector.linear_{1,2} (the pooling has no parameters)
     audio 'linear'       audio_connector.linear          (Qwen2-Audio's multi_modal_projector.linear)
     audio 'mlp'          audio_connector.linear_{1,2}
     audio 'frame_stack'  audio_connector.linear1, .linear2
@@ -70,7 +71,8 @@ from omnijax.hf.qwen2 import llm_table
 from omnijax.hf.siglip import siglip_table
 from omnijax.hf.whisper import audio_tower_table
 from omnijax.media_layouts import AnyResLayout, Qwen2AudioLayout
-from omnijax.models.connector_configs import MLP, ConvGMLP, FrameStack, Linear, LocalGlobalPool, StridePool
+from omnijax.models.connector_configs import (MLP, AvgPool, ConvGMLP, FrameStack, Linear, LocalGlobalPool,
+                                              StridePool)
 from omnijax.models.llava_onevision import LlavaOnevisionConfig
 from omnijax.models.llm import CausalLM
 from omnijax.models.omni import NATIVE_PROCESSOR, OmniConfig, OmniModel, example_batch
@@ -86,11 +88,12 @@ _LOSS_FIELDS = ("targets", "loss_weights", "task_ids")  # batch fields the loss 
 _CONNECTOR_LAYERS = {MLP: (("linear_1", True), ("linear_2", True)),
                      LocalGlobalPool: (("proj1", True), ("pooler/predictor_0", True), ("pooler/predictor_2", True),
                                        ("proj2", True)),
+                     AvgPool: (("projector/linear_1", True), ("projector/linear_2", True)),
                      Linear: (("linear", True),), FrameStack: (("linear1", True), ("linear2", True)),
                      ConvGMLP: (("gate_proj", False), ("up_proj", False), ("down_proj", False)),
                      StridePool: (("linear", True),)}
-_CONNECTOR_WORDS = {MLP: "MLP", LocalGlobalPool: "Local-Global attention pooling", Linear: "linear",
-                    FrameStack: "frame-stacking", ConvGMLP: "Conv-GMLP", StridePool: "stride-pooling"}
+_CONNECTOR_WORDS = {MLP: "MLP", LocalGlobalPool: "Local-Global attention pooling", AvgPool: "2x2 average-pooling",
+                    Linear: "linear", FrameStack: "frame-stacking", ConvGMLP: "Conv-GMLP", StridePool: "stride-pooling"}
 
 
 def _connector_words(cfg: OmniConfig, tower: str) -> str:

@@ -8,6 +8,8 @@ Vision (``[views, h, w, C]`` patch features of a view or frame):
   tanh GELU when LLaVA's ``projector_hidden_act`` is ``gelu_pytorch_tanh``).
 - ``LocalGlobalPool()``, ``'ola'``: Ola's ``OlaMLP``, 2x2 local-global attention pooling
   (``OlaVisionProjector``): a ``g x g`` grid becomes ``ceil(g/2) x ceil(g/2)`` tokens.
+- ``AvgPool()``, ``'avg_pool'``: plain 2x2 average pooling then LLaVA's MLP (``AvgPoolProjector``), the same
+  ``ceil(g/2) x ceil(g/2)`` tokens with equal weights in each group: the baseline of Ola's pooling.
 
 Audio (``[windows, L, C]`` encoder outputs of a window):
 
@@ -94,6 +96,19 @@ class LocalGlobalPool(Connector):
 
 
 @dataclasses.dataclass(frozen=True)
+class AvgPool(Connector):
+    name: ClassVar[str] = "avg_pool"
+    keeps_length: ClassVar[bool] = False
+    spatial: ClassVar[bool] = True
+
+    def grid(self, rows, cols):
+        return connectors.pooled_grid(rows, cols)
+
+    def build(self, out_dim, *, in_axis, dtype, param_dtype):
+        return connectors.AvgPoolProjector(out_dim, in_axis=in_axis, dtype=dtype, param_dtype=param_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
 class Linear(Connector):
     name: ClassVar[str] = "linear"
 
@@ -158,7 +173,7 @@ class StridePool(Connector):
                                               param_dtype=param_dtype)
 
 
-VISION_CONNECTORS: dict[str, type[Connector]] = {c.name: c for c in (MLP, LocalGlobalPool)}
+VISION_CONNECTORS: dict[str, type[Connector]] = {c.name: c for c in (MLP, LocalGlobalPool, AvgPool)}
 AUDIO_CONNECTORS: dict[str, type[Connector]] = {c.name: c for c in (Linear, MLP, FrameStack, ConvGMLP, StridePool)}
 _REGISTRY = {"vision": VISION_CONNECTORS, "audio": AUDIO_CONNECTORS}
 

@@ -13,6 +13,8 @@ Parameter names follow the checkpoint each module is converted from:
 - ``LinearProjector``: Qwen2-Audio ``multi_modal_projector.linear``.
 - ``OlaVisionProjector`` / ``LocalGlobalAttentionPool``: Ola's ``OlaMLP`` (``proj1``, ``pooler``,
   ``proj2``) and ``NormalizedDwPooler`` (``predictor.0``, ``predictor.2``).
+- ``AvgPoolProjector``: plain 2x2 average pooling (no parameters) then the LLaVA MLP (``projector.linear_{1,2}``),
+  the baseline Ola's pooling is measured against.
 - ``FrameStackProjector``: Ola's speech ``EncoderProjectorConcat`` (``linear1``, ``linear2``).
 - ``ConvGMLP``: Baichuan-Omni-1.5's ``OmniAudioVQBridgeTokenizer`` (``gate_proj``, ``up_proj``,
   ``down_proj``, ``layer_norm``).
@@ -51,6 +53,22 @@ def pooled_grid(height: int, width: int) -> tuple[int, int]:
     if height < 1 or width < 1:
         raise ValueError(f"LocalGlobalAttentionPool needs a non-empty patch grid, got {height}x{width}")
     return -(-height // 2), -(-width // 2)
+
+
+def _groups_2x2(x: jax.Array) -> jax.Array:
+    """``[batch, h, w, C] -> [batch, ceil(h/2), ceil(w/2), 4, C]``: each 2x2 neighbourhood, row-major (an odd side
+    padded by repeating its last row / column, ``pooled_grid``)."""
+    b, h, w, c = x.shape
+    h2, w2 = pooled_grid(h, w)
+    x = jnp.pad(x, ((0, 0), (0, 2 * h2 - h), (0, 2 * w2 - w), (0, 0)), mode="edge")
+    return x.reshape(b, h2, 2, w2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h2, w2, 4, c)
+
+
+def _gather_groups(x: jax.Array, groups: jax.Array) -> jax.Array:
+    """Packed patches ``x [batch, P, C]`` gathered into groups ``[batch, T, k]`` of patch indices ->
+    ``[batch, T, k, C]`` (native-resolution views, ``omnijax.models.layouts.ola_native_decoder``)."""
+    b, t, k = groups.shape
+    return jnp.take_along_axis(x, groups.reshape(b, t * k, 1), axis=1, mode="clip").reshape(b, t, k, -1)
 
 
 def _dense(features: int, axes: tuple[str, str], name: str, dtype, param_dtype, use_bias: bool = True):
@@ -149,14 +167,8 @@ class LocalGlobalAttentionPool(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, grouped: bool = False) -> jax.Array:
-        if grouped:
-            groups, c = x, x.shape[-1]
-        else:
-            b, h, w, c = x.shape
-            h2, w2 = self.output_grid(h, w)
-            x = jnp.pad(x, ((0, 0), (0, 2 * h2 - h), (0, 2 * w2 - w), (0, 0)), mode="edge")
-            groups = x.reshape(b, h2, 2, w2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h2, w2, 4, c)
-        groups = groups.astype(self.dtype)
+        c = x.shape[-1]
+        groups = (x if grouped else _groups_2x2(x)).astype(self.dtype)
         context = jnp.broadcast_to(groups.mean(axis=-2, keepdims=True), groups.shape)
         fused = jnp.concatenate([groups, context], axis=-1)
         axes = (self.channel_axis, self.hidden_axis)
@@ -191,14 +203,41 @@ class OlaVisionProjector(nn.Module):
     def __call__(self, x: jax.Array, groups: jax.Array | None = None) -> jax.Array:
         x = _dense(self.out_dim, (self.in_axis, "mlp"), "proj1", self.dtype, self.param_dtype)(x)
         if groups is not None:
-            b, t, k = groups.shape
-            x = jnp.take_along_axis(x, groups.reshape(b, t * k, 1), axis=1, mode="clip").reshape(b, t, k, -1)
+            x = _gather_groups(x, groups)
         x = LocalGlobalAttentionPool(
             channel_axis="mlp", hidden_axis="embed", dtype=self.dtype, param_dtype=self.param_dtype, name="pooler"
         )(x, grouped=groups is not None)
         x = nn.gelu(x, approximate=False)
         x = _dense(self.out_dim, ("mlp", "embed"), "proj2", self.dtype, self.param_dtype)(x)
         return _constrain(x)
+
+
+class AvgPoolProjector(nn.Module):
+    """Plain 2x2 average pooling then LLaVA's MLP: the baseline of Ola's Local-Global attention pooling.
+
+    ``[batch, h, w, vision_dim] -> [batch, ceil(h/2), ceil(w/2), out_dim]``: each 2x2 neighbourhood of patches
+    averaged with equal weights (an odd side padded by repeating its last row / column, as
+    ``LocalGlobalAttentionPool``, so both give ``pooled_grid``), then ``MLPProjector`` (``projector``:
+    ``linear_1`` -> exact GELU -> ``linear_2``). The pooling has no parameters. With ``groups [batch, T, 4]``
+    (native-resolution views, as ``OlaVisionProjector``): token t averages the packed patches ``groups[:, t]``
+    of ``x [batch, P, vision_dim]`` -> ``[batch, T, out_dim]``.
+    """
+
+    out_dim: int
+    in_axis: str = "vision_embed"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def output_length(self, height: int, width: int) -> int:
+        h2, w2 = pooled_grid(height, width)
+        return h2 * w2
+
+    @nn.compact
+    def __call__(self, x: jax.Array, groups: jax.Array | None = None) -> jax.Array:
+        grouped = _groups_2x2(x) if groups is None else _gather_groups(x, groups)
+        pooled = grouped.astype(self.dtype).mean(axis=-2)
+        return MLPProjector(self.out_dim, in_axis=self.in_axis, dtype=self.dtype, param_dtype=self.param_dtype,
+                            name="projector")(pooled)
 
 
 class FrameStackProjector(nn.Module):

@@ -3,7 +3,7 @@ configured by ``OmniConfig``; it reads the batch contract of ``omnijax.batch``.
 
     images / videos [B, slots, S, S, 3] -> vision (SigLIP, slots folded into the batch)
         -> vision_connector (``omnijax.models.connector_configs``: MLP, LLaVA's 2-layer GELU MLP;
-                            LocalGlobalPool, Ola's 2x2 local-global pooling)
+                            LocalGlobalPool, Ola's 2x2 local-global pooling; AvgPool, 2x2 averaging + MLP)
     or, native resolution (``vision`` an ``OryxViTConfig``, layout 'ola_native'): image / video patches
        [B, P, p, p, 3] packed per row (``omnijax.batch``) -> vision (OryxViT, each view its own segment and
        grid) -> the pooling connector on each placeholder's 2x2 group of patches
@@ -77,7 +77,7 @@ class OmniConfig:
 
     llm: LLMConfig
     vision: VisionConfig | OryxViTConfig | None = None  # OryxViT: native resolution (layout 'ola_native')
-    vision_connector: Connector | None = None  # MLP | LocalGlobalPool (connector_configs)
+    vision_connector: Connector | None = None  # MLP | LocalGlobalPool | AvgPool (connector_configs)
     audio: AudioConfig | None = None
     audio_connector: Connector | None = None  # Linear | MLP | FrameStack | ConvGMLP | StridePool
     beats: BEATsConfig | None = None  # set: Ola's dual audio encoder, Whisper (audio) + BEATs on each window

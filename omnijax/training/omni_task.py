@@ -8,7 +8,7 @@ trainer ``Task``: ``c.model.name = 'omni'``.
                                                                      # native=True OryxViTConfig fields
                                                                      # (layout 'ola_native', c.media's
                                                                      # image_patches / video_patches)
-    c.model.vision_connector = 'mlp'                                 # or 'ola', or None
+    c.model.vision_connector = 'mlp'                                 # or 'ola', 'avg_pool', or None
     c.model.audio = dict(num_mel_bins=..., d_model=..., ...)         # AudioConfig fields, or None
     c.model.beats = dict(encoder_embed_dim=..., ...)                 # BEATsConfig fields, or None: with
                                                                      # audio, Ola's Whisper + BEATs encoder
