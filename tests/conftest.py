@@ -30,11 +30,11 @@ def devices():
     return devs
 
 
-# The files whose tests train whole recipes or start processes, longest first: scheduled first, so that
+# The files whose tests train whole recipes, run notebooks or start processes, longest first: scheduled first, so that
 # `pytest -n 2 --dist loadfile` does not end with one worker running a long file while the other waits.
-LONG_FILES = ("test_recipes.py", "test_connector_ctc.py", "test_demo.py", "test_connector_bow.py", "test_self_kd.py",
-              "test_experiment.py", "test_training_grain.py", "test_omni.py", "test_training_procs.py",
-              "test_training.py")
+LONG_FILES = ("test_notebooks.py", "test_recipes.py", "test_connector_ctc.py", "test_demo.py", "test_connector_bow.py",
+              "test_self_kd.py", "test_experiment.py", "test_training_grain.py", "test_omni.py",
+              "test_training_procs.py", "test_training.py")
 
 
 def pytest_collection_modifyitems(items):
