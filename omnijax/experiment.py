@@ -10,6 +10,8 @@ ask the trained model questions. What a notebook imports (the CLIs are thin wrap
     experiment.compare({"base": base, "no 3a": arm})     # arms x metrics at the last stage
     experiment.plot_stages({"base": base, "no 3a": arm}, metrics=["image_qa/accuracy"])
     experiment.load_model(base.stage_dir("3b")).ask("What colour is the circle?", image=pil_image)
+    mixed = experiment.run_recipe(mixing.one_stage("experiments/ola/recipe.py:tiny"), "runs/direct", ...)
+    # omnijax.mixing: the recipe's data in one stage (Ola Fig. 3's direct mixing; balance=True: balanced sampling)
 
 Nothing here reads environment variables: the omni-synth folder (``corpus``), the HF checkpoints
 (``hf_root``) and the user's converted data (``data_root``) are arguments -- the roots a stage config's

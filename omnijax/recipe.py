@@ -170,6 +170,15 @@ def apply_overrides(c: mlc.ConfigDict, name: str, overrides: Mapping[str, Mappin
             set_field(c, key, value, f"overrides[{scope!r}]")
 
 
+def load_stage(recipe: Recipe, index: int) -> mlc.ConfigDict:
+    """Stage ``index``'s config as its file (or the in-memory recipe) gives it: no overrides, references and roots
+    unresolved; a copy (the caller's config stays as it was)."""
+    _, source = recipe.stages[index]
+    if isinstance(source, mlc.ConfigDict):
+        return copy.deepcopy(source)
+    return _module(source, f"omnijax_stage_{index}").get_config(recipe.arg)
+
+
 def stage_config(recipe: Recipe, index: int, workdir: str, steps: int | None = None, *,
                  roots: Mapping[str, str] | None = None, overrides: Mapping[str, Mapping] | None = None,
                  seed: int | None = None) -> mlc.ConfigDict:
@@ -177,11 +186,8 @@ def stage_config(recipe: Recipe, index: int, workdir: str, steps: int | None = N
     order: ``c.seed``, ``c.data.seed``), its ``@previous`` / ``@stage:NAME`` references and its roots resolved."""
     from omnijax.training.config import init_sources, resolve_roots
 
-    name, source = recipe.stages[index]
-    if isinstance(source, mlc.ConfigDict):
-        c = copy.deepcopy(source)  # the caller's config stays as it was
-    else:
-        c = _module(source, f"omnijax_stage_{index}").get_config(recipe.arg)
+    name = recipe.names[index]
+    c = load_stage(recipe, index)
     apply_overrides(c, name, overrides)
     names = recipe.names
 
@@ -258,7 +264,7 @@ def run(recipe: Recipe, workdir: str, *, only: tuple[str, ...] = (), steps: int 
     from omnijax.training.config import ROOTS
 
     names = recipe.names
-    _check_selection(recipe, only, overrides)
+    check_selection(recipe, only, overrides)
     roots = {**ROOTS, **{k: os.path.abspath(v) for k, v in (roots or {}).items() if v is not None}}
     check_settings(recipe, workdir, steps, seed, overrides)
     if recipe.prepare is not None:
@@ -307,7 +313,7 @@ def run(recipe: Recipe, workdir: str, *, only: tuple[str, ...] = (), steps: int 
     return rows
 
 
-def _check_selection(recipe: Recipe, only: tuple[str, ...], overrides: Mapping[str, Mapping] | None) -> None:
+def check_selection(recipe: Recipe, only: tuple[str, ...], overrides: Mapping[str, Mapping] | None) -> None:
     """``only`` and the overrides' keys name stages of the recipe (or ``ALL_STAGES``)."""
     names = recipe.names
     unknown = sorted(set(only) - set(names))

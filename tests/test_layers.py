@@ -29,8 +29,8 @@ LAYERS = (
     ("checkpoint", ("omnijax.checkpoint",)),
     ("inference", ("omnijax.inference",)),
     ("evaluation", ("omnijax.eval", "omnijax.evaluate")),
-    ("entry points", ("omnijax.launch", "omnijax.train", "omnijax.compile", "omnijax.recipe", "omnijax.experiment",
-                      "omnijax.hf.convert", "omnijax.tools", "tools")),
+    ("entry points", ("omnijax.launch", "omnijax.train", "omnijax.compile", "omnijax.recipe", "omnijax.mixing",
+                      "omnijax.experiment", "omnijax.hf.convert", "omnijax.tools", "tools")),
     ("experiments", ("experiments",)),
     ("demo", ("omnijax.demo",)),
 )
