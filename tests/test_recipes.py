@@ -271,7 +271,8 @@ def test_stages_carry_only_the_media_of_their_mixture():
     image, audio, omni = ("image",), ("audio",), ("image", "video", "audio")
     assert media == {("0_vision_tower", "tiny"): image, ("0_speech_tower", "tiny"): audio,
                      ("0_vision_binding", "tiny"): image, ("0a_vision", "tiny"): image,
-                     ("0b_speech", "tiny"): ("image", "audio"), ("1a", "tiny"): image, ("1b", "tiny"): image,
+                     ("0b_speech", "tiny"): ("image", "audio"), ("0c_sound_tower", "tiny"): audio,
+                     ("1a", "tiny"): image, ("1b", "tiny"): image,
                      ("2", "tiny"): omni, ("3a", "tiny"): audio, ("3b", "tiny"): omni,
                      # at 7b stage 2's video questions are read as frames (the papers' LLaVA-Video data)
                      ("1a", "7b"): image, ("1b", "7b"): image, ("2", "7b"): ("image", "video"),
