@@ -83,26 +83,27 @@ class MLP(Connector):
 
 
 @dataclasses.dataclass(frozen=True)
-class LocalGlobalPool(Connector):
-    name: ClassVar[str] = "ola"
+class _Pooled2x2(Connector):
+    """A vision connector on the 2x2-pooled grid (``pooled_grid``): one token per 2x2 neighbourhood of patches."""
+
     keeps_length: ClassVar[bool] = False
     spatial: ClassVar[bool] = True
 
     def grid(self, rows, cols):
         return connectors.pooled_grid(rows, cols)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalGlobalPool(_Pooled2x2):
+    name: ClassVar[str] = "ola"
 
     def build(self, out_dim, *, in_axis, dtype, param_dtype):
         return connectors.OlaVisionProjector(out_dim, in_axis=in_axis, dtype=dtype, param_dtype=param_dtype)
 
 
 @dataclasses.dataclass(frozen=True)
-class AvgPool(Connector):
+class AvgPool(_Pooled2x2):
     name: ClassVar[str] = "avg_pool"
-    keeps_length: ClassVar[bool] = False
-    spatial: ClassVar[bool] = True
-
-    def grid(self, rows, cols):
-        return connectors.pooled_grid(rows, cols)
 
     def build(self, out_dim, *, in_axis, dtype, param_dtype):
         return connectors.AvgPoolProjector(out_dim, in_axis=in_axis, dtype=dtype, param_dtype=param_dtype)

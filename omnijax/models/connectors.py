@@ -179,16 +179,8 @@ class LocalGlobalAttentionPool(nn.Module):
         return _constrain((weights.astype(self.dtype) * groups).sum(axis=-2))
 
 
-class OlaVisionProjector(nn.Module):
-    """Ola's vision projector: ``proj1`` -> LocalGlobalAttentionPool -> GELU -> ``proj2``.
-
-    ``[batch, h, w, vision_dim] -> [batch, h/2, w/2, out_dim]``. Matches Ola's ``OlaMLP`` (``proj1``,
-    ``pooler``, ``proj2``; exact GELU); its begin/newline/sep/end vectors live in ``MMEmbed``.
-    With ``groups [batch, T, 4]`` (native-resolution views): ``x [batch, P, vision_dim]`` is the row's
-    packed patches, and token t pools the 4 patches ``groups[:, t]`` -> ``[batch, T, out_dim]``. The
-    LLM-width intermediate is labelled ``mlp`` (the predictor's hidden width ``embed``), so no kernel
-    repeats a logical axis.
-    """
+class _Pooled2x2Projector(nn.Module):
+    """The fields and token count of the vision projectors on 2x2-pooled grids (``pooled_grid``)."""
 
     out_dim: int
     in_axis: str = "vision_embed"
@@ -198,6 +190,18 @@ class OlaVisionProjector(nn.Module):
     def output_length(self, height: int, width: int) -> int:
         h2, w2 = pooled_grid(height, width)
         return h2 * w2
+
+
+class OlaVisionProjector(_Pooled2x2Projector):
+    """Ola's vision projector: ``proj1`` -> LocalGlobalAttentionPool -> GELU -> ``proj2``.
+
+    ``[batch, h, w, vision_dim] -> [batch, h/2, w/2, out_dim]``. Matches Ola's ``OlaMLP`` (``proj1``,
+    ``pooler``, ``proj2``; exact GELU); its begin/newline/sep/end vectors live in ``MMEmbed``.
+    With ``groups [batch, T, 4]`` (native-resolution views): ``x [batch, P, vision_dim]`` is the row's
+    packed patches, and token t pools the 4 patches ``groups[:, t]`` -> ``[batch, T, out_dim]``. The
+    LLM-width intermediate is labelled ``mlp`` (the predictor's hidden width ``embed``), so no kernel
+    repeats a logical axis.
+    """
 
     @nn.compact
     def __call__(self, x: jax.Array, groups: jax.Array | None = None) -> jax.Array:
@@ -212,7 +216,7 @@ class OlaVisionProjector(nn.Module):
         return _constrain(x)
 
 
-class AvgPoolProjector(nn.Module):
+class AvgPoolProjector(_Pooled2x2Projector):
     """Plain 2x2 average pooling then LLaVA's MLP: the baseline of Ola's Local-Global attention pooling.
 
     ``[batch, h, w, vision_dim] -> [batch, ceil(h/2), ceil(w/2), out_dim]``: each 2x2 neighbourhood of patches
@@ -222,15 +226,6 @@ class AvgPoolProjector(nn.Module):
     (native-resolution views, as ``OlaVisionProjector``): token t averages the packed patches ``groups[:, t]``
     of ``x [batch, P, vision_dim]`` -> ``[batch, T, out_dim]``.
     """
-
-    out_dim: int
-    in_axis: str = "vision_embed"
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
-
-    def output_length(self, height: int, width: int) -> int:
-        h2, w2 = pooled_grid(height, width)
-        return h2 * w2
 
     @nn.compact
     def __call__(self, x: jax.Array, groups: jax.Array | None = None) -> jax.Array:
