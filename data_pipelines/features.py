@@ -315,8 +315,11 @@ class MediaFeatures:
                                    "model.max_audio_windows")
             waveform = waveform[: most * window]
         chunks = audio_features.split_into_chunks(waveform, rate, self.chunk_seconds, most)
-        mels = np.stack([audio_features.whisper_log_mel(c, rate, self.budget.n_mels, self.chunk_seconds)
-                         for c in chunks])
+        if self.budget.n_mels:
+            mels = np.stack([audio_features.whisper_log_mel(c, rate, self.budget.n_mels, self.chunk_seconds)
+                             for c in chunks])
+        else:  # a model without a speech encoder (BEATs alone) reads no log-mel: windows of 0 mel bins
+            mels = np.zeros((len(chunks), 0, self.budget.audio_frames), np.float32)
         valid = np.array([audio_features.chunk_valid_frames(len(c), self.chunk_seconds) for c in chunks], np.int32)
         tokens = self.layout.audio_tokens(len(chunks), valid_frames=valid.tolist())
         fbank = None

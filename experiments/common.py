@@ -12,7 +12,8 @@ per stage -- learning rates per group, frozen groups, batch, samples, and the st
   TPUs, the XLA reference on CPUs; ``omnijax.models.attention.resolve_implementation``); a
   ``--config.model.{llm,vision,audio}.attention=...`` flag picks one (``benchmarks/RESULTS.md`` section 6).
 - ``audio=dual`` (a knob, ``use_dual``): Ola's Whisper + BEATs dual audio encoder; BEATs_iter3+ at `7b` (12 layers,
-  768 wide), imported from ``@hf/BEATs_iter3_plus_AS2M`` (safetensors: ``omnijax.hf.beats``).
+  768 wide), imported from ``@hf/BEATs_iter3_plus_AS2M`` (safetensors: ``omnijax.hf.beats``); ``audio=beats``
+  (``use_beats``): BEATs alone on the same windows.
 - ``tiny``: the same architecture at toy sizes on omni-synth's 64-pixel images and 4 s audio windows,
   with the omni-synth BPE tokenizer (1024 ids; placeholders 3 image, 4 video, 5 audio).
 
@@ -266,7 +267,7 @@ KNOBS = ("steps", "freeze", "weight.TASK", "vision_connector", "audio_connector"
 # three take audio at one rate (the tiny Whisper's 50 outputs a second, 4 of them a token: 12.5 tokens a second).
 RATE_KNOBS = {"frame_stack_k": "frame_stack", "conv_gmlp_stride": "conv_gmlp", "stride_pool_stride": "stride_pool"}
 VISION_TOWERS = ("siglip", "oryx")  # the vision knob: SigLIP at a fixed size, or OryxViT at each image's own
-AUDIO_ENCODERS = ("whisper", "dual")  # the audio knob: Whisper alone, or Ola's Whisper + BEATs
+AUDIO_ENCODERS = ("whisper", "dual", "beats")  # the audio knob: Whisper alone, Ola's Whisper + BEATs, BEATs alone
 
 
 def parse_arg(arg: str | None, **extra: str) -> mlc.ConfigDict:
@@ -277,7 +278,8 @@ def parse_arg(arg: str | None, **extra: str) -> mlc.ConfigDict:
     on top of the stage's rules, ``+`` between them), ``weight.TASK`` (a source's mixture weight; 0 drops it, a
     task not in the mixture joins it), ``vision_connector`` / ``audio_connector`` (a connector by name), ``vision``
     (``oryx``: Ola's native-resolution tower, ``use_oryx``; ``siglip``, the default, leaves the stage as it is),
-    ``audio`` (``dual``: Ola's Whisper + BEATs encoder, ``use_dual``; ``whisper``, the default, Whisper alone);
+    ``audio`` (``dual``: Ola's Whisper + BEATs encoder, ``use_dual``; ``beats``: BEATs alone, ``use_beats``;
+    ``whisper``, the default, Whisper alone);
     ``init`` (a model directory the stage starts from whole, with its model: ``start_from``; e.g. Ola's release);
     ``frame_stack_k`` / ``conv_gmlp_stride`` / ``stride_pool_stride`` (the audio connector's encoder outputs per
     token, ``RATE_KNOBS``: the knob of the stage's audio connector, e.g. ``audio_connector=stride_pool,
@@ -345,6 +347,8 @@ def finish(c: mlc.ConfigDict, a: mlc.ConfigDict, tiny=None) -> mlc.ConfigDict:
         use_oryx(c, a.preset)
     if a.audio == "dual":
         use_dual(c, a.preset)
+    if a.audio == "beats":
+        use_beats(c, a.preset)
     if a.init is not None:
         start_from(c, a.preset, a.init)
     return c
@@ -384,6 +388,19 @@ def use_dual(c: mlc.ConfigDict, preset: str) -> None:
                    for src, groups in entries]
         entries.append((hf_dir("beats") if preset == "7b" else tiny_dir("beats"), ("beats->audio/beats",)))
         c.init_from = entries
+
+
+def use_beats(c: mlc.ConfigDict, preset: str) -> None:
+    """The stage with BEATs alone as its audio encoder: ``use_dual`` without the Whisper (``speech_encoder=False``),
+    which then only sets the windows; BEATs' params ``audio/beats/...``, from its pretrained checkpoint as
+    ``use_dual`` imports it, and the batches carry BEATs' fbank and no log-mel. A first stage's pretrained Whisper
+    (its ``audio`` entry in ``c.init_from``) is not imported."""
+    use_dual(c, preset)
+    c.model.speech_encoder = False
+    entries = c.get("init_from")
+    if isinstance(entries, list | tuple):
+        entries = [(src, tuple(g for g in groups if g != "audio->audio/whisper")) for src, groups in entries]
+        c.init_from = [(src, groups) for src, groups in entries if groups]
 
 
 def start_from(c: mlc.ConfigDict, preset: str, path: str) -> None:

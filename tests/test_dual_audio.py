@@ -114,8 +114,56 @@ def test_dual_config_budget_and_param_groups():
     assert params["audio"]["beats"]["encoder"]["relative_attention_bias"]["embedding"].shape == (32, 2)
     assert params["audio_connector"]["linear1"]["kernel"].shape == (10 * (16 + 16), 32)
     assert OmniConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="beats .* pairs with a Whisper audio tower .* BEATs alone is not built"):
+    with pytest.raises(ValueError, match="beats .* takes the windows of a Whisper audio config .* speech_encoder=False "
+                                         "for BEATs alone"):
         cfg.replace(audio=None, audio_connector=None, audio_token_id=None, audio_slots=0)
+    with pytest.raises(ValueError, match="speech_encoder=False leaves no audio encoder: set beats"):
+        cfg.replace(beats=None, speech_encoder=False)
+
+
+def test_beats_alone_equals_olas_beats_and_reads_no_log_mel(golden, tmp_path):
+    """BEATs alone (``speech_encoder=False``): the audio path, BEATs' 48 patches per 1 s window padded to Whisper's
+    50 as in the dual encoder (5 tokens of 10 stacked + newline), batches of 0 mel bins, an audio group of beats/
+    only; on the reference's 2 s windows its output is the BEATs half of Ola's dual output (96 patches, 4 zero
+    rows) with no log-mel given.
+    The model directory and the HF directory keep it (BEATs' tensors only, no Whisper); Ola's release layout,
+    which has no BEATs-only speech encoder, is refused by name."""
+    from omnijax.checkpoint import load_model
+    from omnijax.hf.exporter import save_hf
+    from omnijax.hf.ola import check_ola
+    from omnijax.hf.safetensors_io import SafetensorsDir
+
+    cfg = dual_config(speech_encoder=False)
+    assert cfg.audio_encoders == ("beats",)
+    assert (cfg.audio_length, cfg.audio_chunk_tokens, cfg.budget.n_mels, cfg.budget.audio_fbank_frames) == (50, 5, 0, 98)
+    params = init_params(OmniModel(cfg), jax.random.key(0))
+    assert sorted(params["audio"]) == ["beats"]
+    assert params["audio_connector"]["linear1"]["kernel"].shape == (10 * 16, 32)
+    assert OmniConfig.from_dict(cfg.to_dict()) == cfg
+
+    beats = load_beats(os.path.join(GOLDEN, "beats_tiny"))
+    wav = np.load(os.path.join(GOLDEN, "beats_encoder.npz"))["waveform"].astype(np.float32) / 32768
+    fbank = np.stack([beats_fbank(w) for w in wav])[:, None]  # [2 clips, 1 window, 198, 128]
+    whisper_cfg = load_openai_whisper(os.path.join(GOLDEN, "openai_whisper_tiny")).cfg
+    enc = DualAudioEncoder(whisper_cfg, beats.cfg, speech=False)
+    no_mel = jnp.zeros((2, 1, 0, whisper_cfg.frames))
+    got = np.asarray(enc.apply({"params": {"beats": beats.params["beats"]}}, no_mel, jnp.asarray(fbank),
+                               method="encode_chunks"))
+    want = golden["dual_output"][:, :, whisper_cfg.d_model:]
+    assert got.shape == (2, 1, 100, 32) and rel_err(got[:, 0], want) < TOL
+    assert not got[:, 0, 96:].any()
+
+    hf_dir = str(tmp_path / "hf")
+    save_hf(hf_dir, OMNI, cfg, params, progress=False)
+    names = set(SafetensorsDir(hf_dir).keys())
+    assert any(n.startswith("beats_tower.") for n in names) and not any(n.startswith("audio_tower.") for n in names)
+    back = load_model(hf_dir, progress=False)
+    assert back.cfg == cfg
+    restored = _leaves(back.params)
+    assert restored.keys() == _leaves(params).keys()
+    assert all(np.array_equal(a, restored[k]) for k, a in _leaves(params).items())
+    with pytest.raises(ValueError, match="Ola's release layout .* needs .*a Whisper audio tower"):
+        check_ola(cfg)
 
 
 def test_features_and_slots_carry_beats_fbank_of_the_padded_window():
@@ -135,6 +183,11 @@ def test_features_and_slots_carry_beats_fbank_of_the_padded_window():
     with pytest.raises(ValueError, match=r"row 0, example 0: the model's BEATs needs each audio window's fbank "
                                          r"\[2, 98, 128\] .*got None"):
         media_slots([[[MediaItem("audio", feat.data, feat.valid_frames)]]], cfg.budget, cfg.media_layout)
+    alone = dual_config(speech_encoder=False)  # BEATs alone: the same fbank windows, no log-mel
+    only = MediaFeatures(alone.budget, alone.media_layout).audio(Media("audio", "wav", buf.getvalue(),
+                                                                       sampling_rate=16000))
+    assert only.data.shape == (2, 0, 100) and only.tokens == alone.media_layout.audio_tokens(2)
+    np.testing.assert_array_equal(only.fbank, feat.fbank)
 
 
 def _leaves(tree) -> dict:
@@ -174,16 +227,18 @@ def test_stage_trains_beats_with_whisper_frozen(tmp_path):
     assert any(k.startswith("['audio']['whisper']") for k in before)
 
 
-def test_pipeline_batches_carry_each_windows_fbank(corpus):  # noqa: F811
-    """The grain pipeline of a budget with BEATs packs audio_fbank beside the log-mel windows: the batches pass
-    ``check_batch``, every used window's fbank is BEATs' (finite, non-zero), every empty slot's zero."""
-    budget = MediaBudget(audio_slots=8, n_mels=80, audio_frames=100, audio_fbank_frames=98)
+@pytest.mark.parametrize("n_mels", [80, 0], ids=["dual", "beats_alone"])
+def test_pipeline_batches_carry_each_windows_fbank(corpus, n_mels):  # noqa: F811
+    """The grain pipeline of a budget with BEATs packs audio_fbank beside the log-mel windows (BEATs alone: windows
+    of 0 mel bins): the batches pass ``check_batch``, every used window's fbank is BEATs' (finite, non-zero), every
+    empty slot's zero."""
+    budget = MediaBudget(audio_slots=8, n_mels=n_mels, audio_frames=100, audio_fbank_frames=98)
     config = omni_config_of(corpus, tasks=("asr", "text_instruct"), budget=budget)
     with Pipeline(config) as pipeline:
         batch = next(pipeline)
     check_batch(batch, model_cfg(config))
     used = batch["audio_item"] >= 0
-    assert used.any() and batch["audio_fbank"].shape == (4, 8, 98, 128)
+    assert used.any() and batch["audio_fbank"].shape == (4, 8, 98, 128) and batch["audio"].shape == (4, 8, n_mels, 100)
     fbank = batch["audio_fbank"]
     assert np.isfinite(fbank).all() and (np.abs(fbank[used]).reshape(used.sum(), -1).max(-1) > 0).all()
     assert not fbank[~used].any()
@@ -199,10 +254,11 @@ def test_model_flops_count_beats_attention():
     assert dual - model_flops(cfg.replace(beats=None), abstract, frozen, batch_size=2, seq_len=16) == 4 * 4 * 50**2 * 16
 
 
-def test_generator_feeds_beats_the_fbank_of_each_window(corpus):  # noqa: F811
-    """Generation with the dual encoder: the prompt's audio comes with its windows' fbank in the batch, the fbank
-    reaches the logits, and greedy generation runs."""
-    cfg = dual_config(llm=dict(LLM, vocab_size=tok.DEFAULT_VOCAB_SIZE), audio_token_id=AUDIO_ID)
+@pytest.mark.parametrize("speech", [True, False], ids=["dual", "beats_alone"])
+def test_generator_feeds_beats_the_fbank_of_each_window(corpus, speech):  # noqa: F811
+    """Generation with the dual encoder and with BEATs alone: the prompt's audio comes with its windows' fbank in
+    the batch (BEATs alone: and no log-mel), the fbank reaches the logits, and greedy generation runs."""
+    cfg = dual_config(llm=dict(LLM, vocab_size=tok.DEFAULT_VOCAB_SIZE), audio_token_id=AUDIO_ID, speech_encoder=speech)
     example = next(iter(schema.read_shard(task_shards(corpus, "asr")[0])))
     tokenizer = os.path.join(corpus, tok.SYNTH_TOKENIZER_DIR)
     params = jax.tree.map(np.asarray, init_params(OmniModel(cfg), jax.random.key(2)))
@@ -211,6 +267,7 @@ def test_generator_feeds_beats_the_fbank_of_each_window(corpus):  # noqa: F811
     batch = gen.batch([(ids, items)], 1)
     windows = items[0].slots
     np.testing.assert_array_equal(batch["audio_fbank"][0, :windows], items[0].fbank)
+    assert batch["audio"].shape[2] == (80 if speech else 0)
     forward = jax.jit(lambda b: gen.model.apply({"params": params}, b, method="forward")[:, -1])
     silent = dict(batch, audio_fbank=np.zeros_like(batch["audio_fbank"]))
     assert np.abs(np.asarray(forward(batch)) - np.asarray(forward(silent))).max() > 1e-4
@@ -243,9 +300,28 @@ def test_audio_knob_gives_the_dual_encoder_in_both_presets():
     assert (seven.encoder_embed_dim, seven.encoder_layers, seven.embed_dim, seven.num_buckets) == (768, 12, 512, 320)
     assert omni_config(stage1a.get_config("tiny")).beats is None
     assert omni_config(stage1a.get_config("tiny,audio=whisper")).beats is None
-    with pytest.raises(ValueError, match="config argument 'tiny,audio=beats': audio='beats' is not one of whisper, "
-                                         "dual"):
-        stage1a.get_config("tiny,audio=beats")
+    with pytest.raises(ValueError, match="config argument 'tiny,audio=wav2vec': audio='wav2vec' is not one of "
+                                         "whisper, dual, beats"):
+        stage1a.get_config("tiny,audio=wav2vec")
+
+
+def test_audio_knob_gives_beats_alone():
+    """``audio=beats``: BEATs alone, its pretrained checkpoint imported into audio/beats and no Whisper imported;
+    the frame-stacking connector k x BEATs wide; the batches' windows carry no log-mel."""
+    from experiments import common
+    from experiments.ola import stage1a
+    from omnijax.models.omni import logical_specs
+
+    for preset, k, width in (("tiny", 4, 64), ("7b", 10, 768)):
+        c = stage1a.get_config(f"{preset},audio=beats")
+        cfg = omni_config(c)
+        assert cfg.audio_encoders == ("beats",) and cfg.budget.n_mels == 0
+        _, abstract = logical_specs(OmniModel(cfg))
+        assert sorted(abstract["audio"]) == ["beats"]
+        assert abstract["audio_connector"]["linear1"]["kernel"].shape[0] == k * width
+        imports = [(src, g) for src, groups in c.init_from for g in groups if g.startswith(("audio", "beats"))]
+        beats = common.tiny_dir("beats") if preset == "tiny" else "@hf/BEATs_iter3_plus_AS2M"
+        assert imports == [(beats, "beats->audio/beats")]
 
 
 def test_init_from_moves_whisper_and_beats_checkpoints_into_the_dual_audio_group():

@@ -207,7 +207,8 @@ def check_ola(cfg: OmniConfig) -> None:
     """``ValueError`` unless ``cfg`` has the form of Ola's release (what export can write)."""
     form = {"an OryxViT tower": cfg.native, "the 'ola' 2x2 pooling vision connector":
             isinstance(cfg.vision_connector, LocalGlobalPool), "a Whisper audio tower":
-            cfg.audio is not None and cfg.audio.variant == "whisper", "the 'frame_stack' audio connector":
+            cfg.audio is not None and cfg.audio.variant == "whisper" and cfg.speech_encoder,
+            "the 'frame_stack' audio connector":
             isinstance(cfg.audio_connector, FrameStack), "layout 'ola_native'": cfg.media_layout.native,
             "an untied LM head": not cfg.llm.tie_word_embeddings}
     missing = [k for k, ok in form.items() if not ok]

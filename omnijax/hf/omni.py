@@ -135,9 +135,10 @@ def omni_table(cfg: OmniConfig) -> list[Entry]:
         entries += prefixed(siglip_table(cfg.vision), hf_prefix="vision_tower.")
     if cfg.audio is not None and cfg.beats is None:
         entries += audio_tower_table(cfg.audio, "audio_tower.")
-    if cfg.beats is not None:  # Ola's dual encoder: the audio group holds whisper/ and beats/
+    if cfg.beats is not None and cfg.speech_encoder:  # Ola's dual encoder: the audio group holds whisper/, beats/
         entries += [dataclasses.replace(e, path="audio/whisper/" + e.path[len("audio/"):])
                     for e in audio_tower_table(cfg.audio, "audio_tower.")]
+    if cfg.beats is not None:  # with the speech encoder or alone
         entries += prefixed(beats_table(cfg.beats, "beats_tower."), path_prefix="audio/")
     return entries + connector_table(cfg)
 

@@ -13,6 +13,13 @@ is a stage's choice (``c.trainable`` rules over ``audio/whisper/.*`` and ``audio
 
 Param tree of the ``audio`` group: ``whisper/...`` (``omnijax.models.audio.WhisperEncoder``'s tree) and
 ``beats/...`` (``omnijax.models.beats.BEATsEncoder``'s tree).
+
+BEATs alone (``speech=False``, ``OmniConfig.speech_encoder=False``): the same module without its Whisper, so the
+``audio`` group holds ``beats/...`` only, under the same paths as in the dual encoder (a stage's rules and a
+BEATs checkpoint's import read both alike); its output is BEATs' patches right-padded with zero rows to the
+window's Whisper length as the dual encoder pads them, ``[n, max(Lw, Lb), Db]``, so that a window takes as many
+tokens on every audio path (and Ola's 10-frame stacking divides BEATs' 1496 patches of 30 s, padded to 1500).
+The Whisper config still sets the windows the data pipeline cuts (``frames``; 30 s, as Ola's).
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from omnijax.models.beats import MEL_BINS, BEATsConfig, BEATsEncoder
 
 
 def aligned_length(whisper: AudioConfig, beats: BEATsConfig) -> int:
-    """Rows per window out of the dual encoder: the longer of Whisper's outputs and BEATs' patches of the window."""
+    """Rows per window out of the dual encoder (and of BEATs alone): the longer of Whisper's outputs and BEATs'
+    patches of the window."""
     return max(whisper.output_length, beats.num_patches(beats_fbank_frames(whisper.frames)))
 
 
@@ -42,19 +50,22 @@ def align_frames(speech, audio):
 
 
 class DualAudioEncoder(nn.Module):
-    """The ``audio`` parameter group of a Whisper + BEATs model (module docstring).
+    """The ``audio`` parameter group of a Whisper + BEATs model, or of BEATs alone (module docstring).
 
     ``encode_chunks(mel [b, c, n_mels, frames], fbank [b, c, fbank_frames, 128]) -> [b, c, L, Dw + Db]`` with
-    ``L = aligned_length(cfg, beats_cfg)``; the chunks fold into the batch (each window encoded on its own)."""
+    ``L = aligned_length(cfg, beats_cfg)``; the chunks fold into the batch (each window encoded on its own).
+    With ``speech=False`` the mel windows are not read (0 mel bins) and the output is ``[b, c, L, Db]``."""
 
     cfg: AudioConfig
     beats_cfg: BEATsConfig
+    speech: bool = True
 
     def setup(self):
         if self.cfg.variant != "whisper":
             raise ValueError(f"the dual audio encoder pairs BEATs with Whisper (variant 'whisper'), got variant "
                              f"{self.cfg.variant!r}")
-        self.whisper = WhisperEncoder(self.cfg, name="whisper")
+        if self.speech:
+            self.whisper = WhisperEncoder(self.cfg, name="whisper")
         self.beats = BEATsEncoder(self.beats_cfg, name="beats")
 
     def encode_chunks(self, mel, fbank):
@@ -65,8 +76,11 @@ class DualAudioEncoder(nn.Module):
                              f"{MEL_BINS}] = {list(want)} (batch field 'audio_fbank', data_pipelines.audio.beats_fbank "
                              f"of each window), got {got}")
         b, c = mel.shape[:2]
-        speech = self.whisper.encode_chunks(mel)  # [b, c, Lw, Dw]
         audio = self.beats(fbank.reshape(b * c, *fbank.shape[2:]))  # [b * c, Lb, Db]
-        out = align_frames(speech.reshape(b * c, *speech.shape[2:]), audio)
+        if self.speech:
+            speech = self.whisper.encode_chunks(mel)  # [b, c, Lw, Dw]
+            out = align_frames(speech.reshape(b * c, *speech.shape[2:]), audio)
+        else:  # BEATs' patches padded as the dual encoder pads them
+            out = jnp.pad(audio, ((0, 0), (0, aligned_length(self.cfg, self.beats_cfg) - audio.shape[1]), (0, 0)))
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_embed"))
         return out.reshape(b, c, *out.shape[1:])

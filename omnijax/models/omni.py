@@ -9,7 +9,9 @@ configured by ``OmniConfig``; it reads the batch contract of ``omnijax.batch``.
        grid) -> the pooling connector on each placeholder's 2x2 group of patches
     audio [B, slots, n_mels, frames] -> audio (Whisper / Qwen2-Audio encoder, slots folded into the batch;
                                         with ``beats`` set, Ola's Whisper + BEATs dual encoder, which also
-                                        reads audio_fbank [B, slots, fbank_frames, 128]: ``models.dual_audio``)
+                                        reads audio_fbank [B, slots, fbank_frames, 128]: ``models.dual_audio``;
+                                        BEATs alone with ``speech_encoder=False``: the batches' log-mel windows
+                                        then have 0 mel bins, BEATs reads audio_fbank)
         -> audio_connector (Linear: Qwen2-Audio; MLP: Capybara-OMNI; FrameStack: Ola, k stacked frames;
                             ConvGMLP: Baichuan-Omni-1.5; StridePool: average pooling + Linear)
     -> per row and modality, placeholder tokens take layout vectors (mm_embed) or encoder outputs
@@ -19,7 +21,7 @@ configured by ``OmniConfig``; it reads the batch contract of ``omnijax.batch``.
 
 Top-level parameter groups: ``llm``, ``vision``, ``vision_connector``, ``audio``, ``audio_connector``,
 ``mm_embed``; a group the configuration does not use is absent. With BEATs the ``audio`` group holds
-``whisper/...`` and ``beats/...``, which stage rules freeze or train each on its own.
+``whisper/...`` and ``beats/...``, which stage rules freeze or train each on its own (BEATs alone: ``beats/...``).
 
 Connectors. The audio ``MLP`` is Capybara-OMNI's adapter read from its paper (arXiv 2504.12315): "a
 1-layer MLP adapter" (one hidden layer: ``linear_1``, GELU, ``linear_2``, as ``MLPProjector``) on the
@@ -81,6 +83,7 @@ class OmniConfig:
     audio: AudioConfig | None = None
     audio_connector: Connector | None = None  # Linear | MLP | FrameStack | ConvGMLP | StridePool
     beats: BEATsConfig | None = None  # set: Ola's dual audio encoder, Whisper (audio) + BEATs on each window
+    speech_encoder: bool = True  # False (with beats): BEATs alone; ``audio`` then only sets the windows (frames)
     layout: str = "ola"  # ola | llava_onevision | qwen2_audio
     image_token_id: int | None = None
     video_token_id: int | None = None
@@ -146,8 +149,11 @@ class OmniConfig:
         if self.vision is not None and not native:
             self.vision_connector.grid(self.vision.grid_side, self.vision.grid_side)
         if self.beats is not None and (self.audio is None or self.audio.variant != "whisper"):
-            raise ValueError("beats (Ola's music encoder) pairs with a Whisper audio tower (variant 'whisper'): set "
-                             "audio too; BEATs alone is not built")
+            raise ValueError("beats (Ola's music encoder) takes the windows of a Whisper audio config (variant "
+                             "'whisper'): set audio too (with speech_encoder=False for BEATs alone)")
+        if not self.speech_encoder and self.beats is None:
+            raise ValueError("speech_encoder=False leaves no audio encoder: set beats (BEATs alone), or keep the "
+                             "speech encoder")
         if self.audio is not None:
             self.audio_connector.check(self.audio_length)
         layout_class(self.layout).check_model(self)
@@ -172,15 +178,16 @@ class OmniConfig:
 
     @property
     def audio_encoders(self) -> tuple[str, ...]:
-        """The audio path: ``('whisper',)`` (or Qwen2-Audio's), ``('whisper', 'beats')`` (Ola's dual encoder)."""
+        """The audio path: ``('whisper',)`` (or Qwen2-Audio's), ``('whisper', 'beats')`` (Ola's dual encoder),
+        ``('beats',)`` (BEATs alone: ``speech_encoder=False``)."""
         if self.audio is None:
             return ()
-        return (self.audio.variant,) + (("beats",) if self.beats is not None else ())
+        return ((self.audio.variant,) if self.speech_encoder else ()) + (("beats",) if self.beats is not None else ())
 
     @property
     def audio_length(self) -> int | None:
-        """Encoder outputs per audio window (the connector's input rows): the audio tower's, or with BEATs the
-        longer of Whisper's outputs and BEATs' patches (Ola pads the shorter)."""
+        """Encoder outputs per audio window (the connector's input rows): the audio tower's, or with BEATs (beside
+        Whisper or alone) the longer of Whisper's outputs and BEATs' patches (Ola pads the shorter)."""
         if self.audio is None:
             return None
         return self.audio.output_length if self.beats is None else aligned_length(self.audio, self.beats)
@@ -202,7 +209,8 @@ class OmniConfig:
         v, a = self.vision, self.audio
         size = v.image_size if v and not self.native else 0
         return MediaBudget(image_slots=self.image_slots, image_size=size, video_slots=self.video_slots,
-                           video_size=size, audio_slots=self.audio_slots, n_mels=a.num_mel_bins if a else 0,
+                           video_size=size, audio_slots=self.audio_slots,
+                           n_mels=a.num_mel_bins if a and self.speech_encoder else 0,
                            audio_frames=a.frames if a else 0, max_audio_windows=self.max_audio_windows,
                            audio_fbank_frames=beats_fbank_frames(a.frames) if self.beats is not None else 0,
                            image_patches=self.image_patches, video_patches=self.video_patches,
@@ -289,7 +297,8 @@ class OmniModel(nn.Module):
             self.vision = OryxViT(cfg.vision) if cfg.native else VisionTower(cfg.vision)
             self.vision_connector = cfg.vision_connector.build(d, in_axis="vision_embed", **kw)
         if cfg.audio is not None:
-            self.audio = WhisperEncoder(cfg.audio) if cfg.beats is None else DualAudioEncoder(cfg.audio, cfg.beats)
+            self.audio = WhisperEncoder(cfg.audio) if cfg.beats is None else DualAudioEncoder(
+                cfg.audio, cfg.beats, speech=cfg.speech_encoder)
             self.audio_connector = cfg.audio_connector.build(d, in_axis="audio_embed", **kw)
         if cfg.mm_embed_names:
             self.mm_embed = MMEmbed(d, names=cfg.mm_embed_names, **kw)
