@@ -135,7 +135,8 @@ def test_beats_alone_equals_olas_beats_and_reads_no_log_mel(golden, tmp_path):
 
     cfg = dual_config(speech_encoder=False)
     assert cfg.audio_encoders == ("beats",)
-    assert (cfg.audio_length, cfg.audio_chunk_tokens, cfg.budget.n_mels, cfg.budget.audio_fbank_frames) == (50, 5, 0, 98)
+    budget = cfg.budget
+    assert (cfg.audio_length, cfg.audio_chunk_tokens, budget.n_mels, budget.audio_fbank_frames) == (50, 5, 0, 98)
     params = init_params(OmniModel(cfg), jax.random.key(0))
     assert sorted(params["audio"]) == ["beats"]
     assert params["audio_connector"]["linear1"]["kernel"].shape == (10 * 16, 32)
