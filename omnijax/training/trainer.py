@@ -187,8 +187,11 @@ def initial_params(c, task: Task, abstract, shardings, mesh, rules, key: jax.Arr
             kept = {g: [p for p in loaded if p.startswith(f"{g}/")] for g in fresh_groups}
             names = [f"{g} (but {', '.join(kept[g])})" if kept[g] else g for g in fresh_groups]
             print(f"stage {c.name!r}: fresh init: groups {', '.join(names)}", flush=True)
-        fresh = jax.jit(lambda k: {g: task.init(k)[g] for g in fresh_groups},
-                        out_shardings={g: shardings[g] for g in fresh_groups})(key)
+        def init_fresh(k):  # the model's init traced once; the groups loaded are left out of the program
+            every = task.init(k)
+            return {g: every[g] for g in fresh_groups}
+
+        fresh = jax.jit(init_fresh, out_shardings={g: shardings[g] for g in fresh_groups})(key)
     params = {g: loaded[g] if g in loaded else fresh[g] for g in abstract}
     for path, sub in loaded.items():
         if "/" in path:
