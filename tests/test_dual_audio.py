@@ -255,11 +255,11 @@ def test_model_flops_count_beats_attention():
     assert dual - model_flops(cfg.replace(beats=None), abstract, frozen, batch_size=2, seq_len=16) == 4 * 4 * 50**2 * 16
 
 
-@pytest.mark.parametrize("speech", [True, False], ids=["dual", "beats_alone"])
-def test_generator_feeds_beats_the_fbank_of_each_window(corpus, speech):  # noqa: F811
-    """Generation with the dual encoder and with BEATs alone: the prompt's audio comes with its windows' fbank in
-    the batch (BEATs alone: and no log-mel), the fbank reaches the logits, and greedy generation runs."""
-    cfg = dual_config(llm=dict(LLM, vocab_size=tok.DEFAULT_VOCAB_SIZE), audio_token_id=AUDIO_ID, speech_encoder=speech)
+def test_generator_feeds_beats_the_fbank_of_each_window(corpus):  # noqa: F811
+    """Generation with the dual encoder: the prompt's audio comes with its windows' fbank in the batch, the fbank
+    reaches the logits, and greedy generation runs. (BEATs alone generates in the smoke run of
+    experiments/notebooks/ola_dual_audio.ipynb, which evaluates its arm.)"""
+    cfg = dual_config(llm=dict(LLM, vocab_size=tok.DEFAULT_VOCAB_SIZE), audio_token_id=AUDIO_ID)
     example = next(iter(schema.read_shard(task_shards(corpus, "asr")[0])))
     tokenizer = os.path.join(corpus, tok.SYNTH_TOKENIZER_DIR)
     params = jax.tree.map(np.asarray, init_params(OmniModel(cfg), jax.random.key(2)))
@@ -268,7 +268,6 @@ def test_generator_feeds_beats_the_fbank_of_each_window(corpus, speech):  # noqa
     batch = gen.batch([(ids, items)], 1)
     windows = items[0].slots
     np.testing.assert_array_equal(batch["audio_fbank"][0, :windows], items[0].fbank)
-    assert batch["audio"].shape[2] == (80 if speech else 0)
     forward = jax.jit(lambda b: gen.model.apply({"params": params}, b, method="forward")[:, -1])
     silent = dict(batch, audio_fbank=np.zeros_like(batch["audio_fbank"]))
     assert np.abs(np.asarray(forward(batch)) - np.asarray(forward(silent))).max() > 1e-4
