@@ -21,10 +21,9 @@ Topologies (``omnijax.tpu_slices``): ``v5p-N`` and ``v4-N`` (N TensorCores, two 
 comma-separated and smallest first: each stage is compiled on them in turn until one fits (the rows that did
 not fit stay in the table, with what they missed) -- which slice to book.
 
-Exit status: 0 every stage fits, 3 a stage does not fit (the message says how much is missing and
-which knobs would help), 2 a usage or config error (an unknown topology, a mesh the slice cannot hold), in one
-line (``OMNIJAX_DEBUG=1`` for the traceback). A list or dict field takes a Python literal, as in
-``omnijax.train``: ``--config.trainable="[('llm/.*', None), ('.*', {'lr': 1e-3})]"``.
+Exit status: 0 every stage fits, 3 a stage does not fit (the message says how much is missing and which knobs
+would help), 2 a usage or config error (an unknown topology, a mesh the slice cannot hold), in one line
+(``OMNIJAX_DEBUG=1`` for the traceback). A list or dict field takes a Python literal, as in ``omnijax.train``.
 """
 
 from __future__ import annotations
@@ -205,8 +204,8 @@ def model_flops(cfg, abstract_params, trainable: dict[str, bool], batch_size: in
     if cfg.audio is not None:
         a = cfg.audio
         items = rows * cfg.audio_slots
-        tokens["audio"] = tokens["audio_connector"] = items * (a.max_source_positions if cfg.speech_encoder
-                                                               else cfg.audio_length)
+        rows_out = a.max_source_positions if cfg.speech_encoder else cfg.audio_length  # BEATs alone: its rows
+        tokens["audio"] = tokens["audio_connector"] = items * rows_out
         attention["audio"] = 4 * items * a.max_source_positions**2 * a.d_model * a.encoder_layers * cfg.speech_encoder
         if cfg.beats is not None:  # BEATs (beside Whisper or alone): about as many patches per window as Whisper steps
             bt = cfg.beats

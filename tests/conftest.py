@@ -30,11 +30,13 @@ def devices():
     return devs
 
 
-# The files whose tests train whole recipes, run notebooks or start processes, longest first: scheduled first, so that
-# `pytest -n 2 --dist loadfile` does not end with one worker running a long file while the other waits.
-LONG_FILES = ("test_notebooks.py", "test_recipes.py", "test_connector_ctc.py", "test_demo.py", "test_connector_bow.py",
-              "test_self_kd.py", "test_experiment.py", "test_training_grain.py", "test_omni.py",
-              "test_training_procs.py", "test_training.py")
+# The files whose tests train whole recipes, run notebooks, compile for TPUs or start processes, longest first (their
+# durations on a fresh clone, 2026-12-07): scheduled first, so that `pytest -n 2 --dist loadfile` does not end with one
+# worker running a long file while the other waits.
+LONG_FILES = ("test_notebooks.py", "test_recipes.py", "test_compile.py", "test_experiment.py", "test_training_procs.py",
+              "test_dual_audio.py", "test_training.py", "test_demo.py", "test_self_kd.py", "test_native_resolution.py",
+              "test_omni.py", "test_training_grain.py", "test_llm.py", "test_hf_convert.py", "test_pipeline.py",
+              "test_beats.py", "test_mixing.py", "test_tiny_beats.py", "test_connector_bow.py", "test_connector_ctc.py")
 
 
 def pytest_collection_modifyitems(items):
