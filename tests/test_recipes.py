@@ -335,8 +335,9 @@ def test_7b_attention_follows_the_platform_or_the_command_line(monkeypatch):
 
 def test_ola_tiny_recipe_runs_with_the_dual_audio_encoder(corpus, tmp_path):
     """``experiments/ola/recipe.py:tiny,audio=dual``: the knob reaches every stage; 1a imports the shipped Whisper
-    into audio/whisper and the shipped BEATs into audio/beats, the later stages chain; a plain Whisper stage pointed at the dual stage, or
-    the dual model at the plain Whisper checkpoint, is told the init_from item that imports it."""
+    into audio/whisper and the shipped BEATs into audio/beats, the later stages chain; a plain Whisper stage pointed
+    at the dual stage, or the dual model at the plain Whisper checkpoint, is told the init_from item that imports
+    it."""
     from experiments import common
     from omnijax import launch
     from omnijax.checkpoint import load_model
