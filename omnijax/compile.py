@@ -204,9 +204,9 @@ def model_flops(cfg, abstract_params, trainable: dict[str, bool], batch_size: in
     if cfg.audio is not None:
         a = cfg.audio
         items = rows * cfg.audio_slots
-        rows_out = a.max_source_positions if cfg.speech_encoder else cfg.audio_length  # BEATs alone: its rows
-        tokens["audio"] = tokens["audio_connector"] = items * rows_out
-        attention["audio"] = 4 * items * a.max_source_positions**2 * a.d_model * a.encoder_layers * cfg.speech_encoder
+        whisper = a.max_source_positions if cfg.speech_encoder else 0  # Whisper's positions (BEATs alone: none)
+        tokens["audio"] = tokens["audio_connector"] = items * (whisper or cfg.audio_length)
+        attention["audio"] = 4 * items * whisper**2 * a.d_model * a.encoder_layers
         if cfg.beats is not None:  # BEATs (beside Whisper or alone): about as many patches per window as Whisper steps
             bt = cfg.beats
             attention["audio"] += 4 * items * cfg.audio_length**2 * bt.encoder_embed_dim * bt.encoder_layers

@@ -247,12 +247,15 @@ def test_pipeline_batches_carry_each_windows_fbank(corpus, n_mels):  # noqa: F81
 
 def test_model_flops_count_beats_attention():
     """``compile.model_flops`` adds BEATs' attention products (forward only when nothing trains): 4 x windows x
-    rows^2 x width x layers = 4 x (2 rows x 2 slots) x 50^2 x 16 x 1."""
+    rows^2 x width x layers = 4 x (2 rows x 2 slots) x 50^2 x 16 x 1; BEATs alone drops Whisper's, as many (its
+    width is 16 too, one layer, 50 positions), over the same weights and tokens."""
     cfg = dual_config()
     abstract = jax.eval_shape(lambda: init_params(OmniModel(cfg), jax.random.key(0)))
     frozen = dict.fromkeys(abstract, False)
     dual = model_flops(cfg, abstract, frozen, batch_size=2, seq_len=16)
     assert dual - model_flops(cfg.replace(beats=None), abstract, frozen, batch_size=2, seq_len=16) == 4 * 4 * 50**2 * 16
+    alone = model_flops(cfg.replace(speech_encoder=False), abstract, frozen, batch_size=2, seq_len=16)
+    assert dual - alone == 4 * 4 * 50**2 * 16
 
 
 def test_generator_feeds_beats_the_fbank_of_each_window(corpus):  # noqa: F811

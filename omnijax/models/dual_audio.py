@@ -38,15 +38,16 @@ def aligned_length(whisper: AudioConfig, beats: BEATsConfig) -> int:
     return max(whisper.output_length, beats.num_patches(beats_fbank_frames(whisper.frames)))
 
 
+def pad_rows(x, length: int):
+    """``x [n, L, D]`` right-padded with zero rows to ``[n, length, D]``."""
+    return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0)))
+
+
 def align_frames(speech, audio):
     """Ola's alignment: ``speech [n, Lw, Dw]``, ``audio [n, Lb, Db]`` -> ``[n, max(Lw, Lb), Dw + Db]``, the
     shorter sequence right-padded with zero rows, then concatenated on channels (speech first)."""
     length = max(speech.shape[1], audio.shape[1])
-
-    def pad(x):
-        return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0)))
-
-    return jnp.concatenate([pad(speech), pad(audio).astype(speech.dtype)], axis=-1)
+    return jnp.concatenate([pad_rows(speech, length), pad_rows(audio, length).astype(speech.dtype)], axis=-1)
 
 
 class DualAudioEncoder(nn.Module):
@@ -81,6 +82,6 @@ class DualAudioEncoder(nn.Module):
             speech = self.whisper.encode_chunks(mel)  # [b, c, Lw, Dw]
             out = align_frames(speech.reshape(b * c, *speech.shape[2:]), audio)
         else:  # BEATs' patches padded as the dual encoder pads them
-            out = jnp.pad(audio, ((0, 0), (0, aligned_length(self.cfg, self.beats_cfg) - audio.shape[1]), (0, 0)))
+            out = pad_rows(audio, aligned_length(self.cfg, self.beats_cfg))
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_embed"))
         return out.reshape(b, c, *out.shape[1:])
