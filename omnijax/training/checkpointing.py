@@ -26,12 +26,14 @@ those of the newest step that can be read, saying so.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
 import os
 import re
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -126,16 +128,21 @@ class Checkpoints:
         """The newest step that can be read -> ``(step, state)``, or ``(None, None)`` when there is no step.
         Each unreadable step is moved aside (``DAMAGED_DIR``) with one line through ``say``; ``CheckpointError``
         when steps exist and none can be read."""
-        steps = sorted(self.manager.all_steps(), reverse=True)
-        for step in steps:
-            try:
-                with _absl_errors_only():
-                    return step, self.restore(step, target, data)
-            except Exception as err:  # noqa: BLE001 - Orbax and TensorStore raise many types for a damaged step
-                aside = move_aside(self.workdir, step)
-                self.manager.reload()
-                say(f"checkpoint step {step} of {self.workdir} cannot be read ({_cause(err)}); moved it to {aside} "
-                    "and trying the next older step")
+        steps, damaged = sorted(self.manager.all_steps(), reverse=True), False
+        try:
+            for step in steps:
+                try:
+                    with _absl_errors_only():
+                        return step, self.restore(step, target, data)
+                except Exception as err:  # noqa: BLE001 - Orbax and TensorStore raise many types for a damaged step
+                    damaged = True
+                    aside = move_aside(self.workdir, step)
+                    self.manager.reload()
+                    say(f"checkpoint step {step} of {self.workdir} cannot be read ({_cause(err)}); moved it to "
+                        f"{aside} and trying the next older step")
+        finally:
+            if damaged:
+                collect_abandoned_reads()
         if steps:
             raise _none_readable(self.workdir, steps)
         return None, None
@@ -224,6 +231,22 @@ def _read_params(manager: ocp.CheckpointManager, step: int) -> None:
             manager.restore(step, args=ocp.args.Composite(params=args))
 
 
+def collect_abandoned_reads() -> None:
+    """Orbax reads a step's arrays in concurrent asyncio tasks; when one fails, the errors of the others are never
+    retrieved, and asyncio logs each ("Task exception was never retrieved"; "coroutine ... was never awaited")
+    whenever the garbage collector reaches it -- later, inside whatever runs next. A damaged step is reported once,
+    by the caller's line: after a failed read, collect those tasks here, asyncio's logger and warnings quiet."""
+    logger = logging.getLogger("asyncio")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            gc.collect()
+    finally:
+        logger.setLevel(level)
+
+
 def _damage(manager: ocp.CheckpointManager, step: int) -> str | None:
     """Why step ``step``'s params cannot be read (``_read_params``), or None when they can."""
     try:
@@ -287,6 +310,7 @@ def verify_final(workdir: str, say=print) -> bool:
         manager.close()
     if cause is None:
         return True
+    collect_abandoned_reads()
     aside = move_aside(workdir, step)
     say(f"checkpoint step {step} of {workdir} cannot be read ({cause}); moved it to {aside}")
     if latest_step(workdir) is None:
@@ -335,6 +359,7 @@ def final_params(workdir: str, target_params, groups=None):
                 raise
     finally:
         manager.close()
+    collect_abandoned_reads()
     raise CheckpointError(f"init_from {workdir}: its final checkpoint, step {step}, cannot be read ({cause}); moved "
                           f"it to {move_aside(workdir, step)}; run that stage again with the same workdir to finish it "
                           "from its newest readable step")
@@ -346,14 +371,14 @@ def loadable_params(workdir: str, target_params, say=print):
     loaded and each step skipped and why (moved aside as ``restore_newest`` does; also a final step moved aside
     before). ``StageConfigError`` for a stage that stopped before its last step, as ``final_step``;
     ``CheckpointError`` when no step can be read."""
-    manager = _reader(workdir)
+    manager, skipped = _reader(workdir), {}
     try:
         steps = sorted(manager.all_steps(), reverse=True)
         length = (_stage(workdir) or {}).get("num_steps", 0)
         earlier = [(s, where) for s, where in moved_aside(workdir) if (not steps or s > steps[0]) and s >= length]
         if not earlier:
             final_step(workdir)
-        skipped = {s: f"step {s} was moved to {where} before, unreadable" for s, where in earlier}
+        skipped.update({s: f"step {s} was moved to {where} before, unreadable" for s, where in earlier})
         for step in steps:
             try:
                 params = manager.restore(step, args=ocp.args.Composite(params=_restore(target_params))).params
@@ -370,6 +395,8 @@ def loadable_params(workdir: str, target_params, say=print):
             return params
     finally:
         manager.close()
+        if skipped:
+            collect_abandoned_reads()
     raise _none_readable(workdir, skipped)
 
 
