@@ -82,9 +82,9 @@ def test_tiny_pretraining_runs_every_stage(corpus, tmp_path):
         math.isfinite(r["ctc/audio/loss"]) and r["ctc/audio/items"] > 0 and r["loss"] == r["ctc/audio/loss"]
         and not any(k.startswith("task_loss") for k in r) for r in logs["0_speech_tower"]), logs
     assert logs["0b_speech"] and all(math.isfinite(r["ctc/audio/loss"]) for r in logs["0b_speech"]), logs
-    # the sound tower's stage: BEATs beside 0b's Whisper, on the bag of sound_qa's answer words alone
+    # the sound tower's stage: BEATs alone, on sound_qa's answers through the frozen LLM
     assert logs["0c_sound_tower"] and all(
-        r["loss"] == r["bow/audio/loss"] and r["bow/audio/items"] > 0 and not any(k.startswith("task_loss") for k in r)
+        r["loss"] == r["task_loss/sound_qa"] and not any(k.startswith("bow/") for k in r)
         for r in logs["0c_sound_tower"]), logs
     config = json.load(open(tmp_path / "0a_vision" / "stage.json"))["config"]
     assert config["data"]["tokenizer"] == os.path.join(corpus, "tokenizer")
@@ -98,13 +98,26 @@ def test_tiny_pretraining_runs_every_stage(corpus, tmp_path):
     assert (pin["shipped_from"], pin["beats_from"]) == ("0b_speech", "0c_sound_tower")
     assert sorted(os.listdir(tmp_path / "out")) == ["README.md", "audio", "beats", "llm", "omni_synth.json", "vision"]
     speech, sounds = (load_model(str(tmp_path / n), progress=False).params for n in ("0b_speech", "0c_sound_tower"))
-    # 0c leaves Whisper as 0b left it; the release's BEATs is 0c's, bit for bit
-    for got, want in ((sounds["audio"]["whisper"], speech["audio"]),
+    # 0c has BEATs alone and leaves the LLM as 0b left it; the release's BEATs is 0c's, bit for bit
+    assert list(sounds["audio"]) == ["beats"]
+    for got, want in ((sounds["llm"], speech["llm"]),
                       (load_beats(str(tmp_path / "out" / "beats")).params["beats"], sounds["audio"]["beats"])):
         got, want = jax.tree_util.tree_leaves_with_path(got), jax.tree_util.tree_leaves_with_path(want)
         assert [p for p, _ in got] == [p for p, _ in want] and len(want) > 10
         for (path, g), (_, w) in zip(got, want):
             np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=jax.tree_util.keystr(path))
+
+    # --beats-only: 0c again from the release's own parts; beats/, the pin's 0c entry and the README change, no more
+    out = tmp_path / "out"
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    again = release.rebuild_beats(str(tmp_path / "again"), corpus, str(out), steps=3, log=lambda _: None)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    changed = sorted(str(p) for p in after if after[p] != before.get(p))
+    assert sorted(after) == sorted(before) and changed == ["README.md", "beats/model.safetensors", "omni_synth.json"]
+    assert again["stages"]["0c_sound_tower"]["steps"] == 3 and again["beats_rebuilt"]["made_with"].endswith(
+        "--beats-only") and {k: v for k, v in again.items() if k not in ("stages", "beats_rebuilt")} == {
+        k: v for k, v in pin.items() if k != "stages"}
+    assert "BEATs was made again on" in (out / "README.md").read_text()
 
 
 def _meta_count(module) -> int:

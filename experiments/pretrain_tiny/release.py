@@ -3,7 +3,7 @@ run ``experiments/pretrain_tiny/recipe.py:tiny`` and write its final LLM (with t
 vision tower and audio tower as HF directories, with what they were trained on.
 
     python -m experiments.pretrain_tiny.release [--workdir workdirs/pretrain_tiny] [--corpus workdirs/omni-synth]
-                                                [--out checkpoints/tiny]
+                                                [--out checkpoints/tiny] [--beats-only]
 
 About 30 minutes on 2 CPU cores. Writes, whole or not at all::
 
@@ -19,6 +19,10 @@ About 30 minutes on 2 CPU cores. Writes, whole or not at all::
 
 The tiny presets import these with ``init_from`` through ``omnijax.hf``, as the ``7b`` presets import
 Qwen2.5-7B, SigLIP-so400m and Whisper-large-v3.
+
+``--beats-only`` runs the BEATs stage alone (``recipe.BEATS_FROM``, about 12 minutes) from the checkpoints already in
+OUT -- the groups its ``init_from`` takes from stage 0b read from OUT's HF directories, which hold 0b's weights -- and
+replaces ``OUT/beats`` and the pin's entry for that stage; the other parts are not touched.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import importlib
 import json
 import os
 import sys
@@ -86,14 +91,56 @@ def write_release(result, corpus: str, out: str) -> dict:
     return pin
 
 
+def rebuild_beats(workdir: str, corpus: str, out: str, *, steps: int | None = None, log=print) -> dict:
+    """``--beats-only``: the BEATs stage run in ``workdir`` from the shipped parts in ``out`` (the corpus must be the
+    pinned omni-synth version), then ``out/beats``, the pin and the README rewritten, each whole or not at all;
+    returns the pin."""
+    from data_pipelines import synth
+    from omnijax import experiment
+    from omnijax.checkpoint import load_model
+    from omnijax.hf import beats
+    from omnijax.hf.exporter import save_hf
+    from omnijax.outdir import atomic_dir
+
+    with open(os.path.join(out, common.PIN_FILE)) as f:
+        pin = json.load(f)
+    with open(os.path.join(corpus, synth.MANIFEST)) as f:
+        version = json.load(f)["version"]
+    if version != pin["omni_synth_version"]:
+        raise ValueError(f"{out} was trained on omni-synth version {pin['omni_synth_version']}, {corpus} is version "
+                         f"{version}: rebuild every part on it ({common.REBUILD}), not BEATs alone")
+    name = pretrain.BEATS_FROM
+    stage = importlib.import_module(f"{__package__}.{dict(pretrain.STAGES['tiny'])[name].removesuffix('.py')}")
+    c = stage.get_config("tiny")
+    with c.ignore_type():
+        c.init_from = [(os.path.abspath(os.path.join(out, common.TINY_DIRS[g])), (g,)) for g in stage.KEPT]
+    result = experiment.run_recipe([(name, c)], workdir, corpus=corpus, steps=steps, evaluate=False, progress=None,
+                                   log=log)
+    if not result.complete:
+        raise RuntimeError(f"stage {name} did not finish in {workdir}")
+    sounds = load_model(result.stage_dir(name), progress=False)
+    pin["stages"][name] = {"steps": _steps(result.stage_dir(name)), "final_loss": _final_loss(result.stage_dir(name))}
+    pin["beats_rebuilt"] = {"date": datetime.date.today().isoformat(), "made_with": f"{common.REBUILD} --beats-only"}
+    with atomic_dir(os.path.join(out, common.TINY_DIRS["beats"]), overwrite=True) as tmp:
+        save_hf(tmp, beats.BEATS, sounds.cfg.beats, {"beats": sounds.params["audio"]["beats"]}, progress=False)
+    for file, text in ((common.PIN_FILE, json.dumps(pin, indent=1)), ("README.md", readme(pin))):
+        with open(os.path.join(out, file + ".tmp"), "w") as f:
+            f.write(text)
+        os.replace(os.path.join(out, file + ".tmp"), os.path.join(out, file))
+    return pin
+
+
 def readme(pin: dict) -> str:
     stages = "\n".join(f"| {n} | {s['steps']} | {s['final_loss']:.3f} |" for n, s in pin["stages"].items())
+    rebuilt = pin.get("beats_rebuilt")
+    again = (f" BEATs was made again on {rebuilt['date']} by `{rebuilt['made_with']}` (stage `{pin['beats_from']}` "
+             "alone, from these parts)." if rebuilt else "")
     return f"""# Tiny pretrained checkpoints
 
 What the tiny presets start from, as the papers start from Qwen2.5, SigLIP and Whisper (no pretrained model
 can be downloaded where omnijax's tests and demo run). Made on {pin['date']} by `{pin['made_with']}` from
 `{pin['recipe']}` on omni-synth version {pin['omni_synth_version']} (seed {pin['corpus']['seed']}, size
-{pin['corpus']['size']}); the parts are stage `{pin['shipped_from']}`'s, BEATs stage `{pin['beats_from']}`'s.
+{pin['corpus']['size']}); the parts are stage `{pin['shipped_from']}`'s, BEATs stage `{pin['beats_from']}`'s.{again}
 
 - `llm/`: `Qwen2ForCausalLM` with the omni-synth BPE tokenizer (tokenizer.json sha256 `{pin['tokenizer_sha256']}`)
 - `vision/`: `SiglipVisionModel`
@@ -114,9 +161,20 @@ def main(argv=None) -> int:
     p.add_argument("--corpus", default=os.environ.get("OMNIJAX_CORPUS", "workdirs/omni-synth"),
                    help="the omni-synth folder (default $OMNIJAX_CORPUS, else workdirs/omni-synth)")
     p.add_argument("--out", default=common.TINY_CHECKPOINTS, help="where the checkpoints go (replaced whole)")
+    p.add_argument("--beats-only", action="store_true",
+                   help="run only the BEATs stage, from the checkpoints in --out, and replace their beats/")
     args = p.parse_args(argv)
     from omnijax import experiment
 
+    if args.beats_only:
+        try:
+            pin = rebuild_beats(args.workdir, os.path.abspath(args.corpus), args.out)
+        except (*experiment.USER_ERRORS, RuntimeError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {os.path.join(args.out, common.TINY_DIRS['beats'])}: stage {pretrain.BEATS_FROM} final loss "
+              f"{pin['stages'][pretrain.BEATS_FROM]['final_loss']:.3f}")
+        return 0
     try:
         result = experiment.run_recipe(RECIPE, args.workdir, corpus=args.corpus, evaluate=False, progress=None,
                                        compilation_cache=os.path.join(args.workdir, ".jax_cache"))

@@ -1,19 +1,21 @@
 """The tiny pretraining (``experiments/pretrain_tiny``), stage 0c: the stand-in for the BEATs Ola starts from
-(BEATs_iter3+ fine-tuned on AudioSet-2M: a music and sound encoder that learnt to tag sounds). From stage 0b, a
-fresh tiny BEATs beside the pretrained Whisper (``audio=dual``, ``experiments.common.use_dual``) learns to tell
-omni-synth's non-speech clips apart without the LLM's layers: the speech projector's output, read through the
-LLM's token embeddings, says which words the answer to a question about the clip holds (the bag-of-words term
-of ``omnijax.training.connector_bow`` on ``sound_qa``, the stage's only loss) -- an instrument, a count of
-beats, rising or falling, one note or a chord, high or low: a sound tagger whose classifier is the embedding
-matrix, as AudioSet's labels are BEATs'. Only BEATs and the speech projector (scaffolding, not shipped) train;
-Whisper and the token embeddings stay as stage 0b left them, so the shipped LLM and towers are 0b's and BEATs
-is this stage's (``recipe.BEATS_FROM``). A recipe with ``audio=dual`` at `tiny` then starts from it, frozen,
-as Ola's BEATs is.
+(BEATs_iter3+ fine-tuned on AudioSet-2M: a music and sound encoder that learnt to tag sounds). A fresh tiny BEATs
+alone (``audio=beats``, ``experiments.common.use_beats``: no Whisper beside it to lean on) and a scaffolding speech
+projector learn to answer omni-synth's questions about non-speech clips -- an instrument, a count of beats, rising
+or falling, one note or a chord, high or low -- through stage 0b's LLM, frozen (the next-token loss on ``sound_qa``'s
+answers, the stage's only data): a sound tagger whose classifier is the LLM, as AudioSet's labels are BEATs'. Only
+BEATs and the projector (scaffolding, not shipped) train, so the shipped LLM and towers are 0b's and BEATs is this
+stage's (``recipe.BEATS_FROM``). A recipe with ``audio=dual`` or ``audio=beats`` at `tiny` then starts from it,
+frozen, as Ola's BEATs is.
+
+Trained before 2026-12-08 beside 0b's Whisper on a bag of the answer's words read through the token embeddings,
+BEATs learnt little Whisper did not already hear, and its outputs collapsed to nearly one vector (2% of their energy
+varied): a fresh projector downstream read nothing from it (``benchmarks/RESULTS.md`` §9.7).
 """
 
 from experiments import common
 
-KEPT = ("llm", "vision", "vision_connector", "mm_embed", "audio->audio/whisper")  # from stage 0b
+KEPT = ("llm",)  # from stage 0b: the LLM the answers are read through; BEATs and the projector start fresh
 
 
 def get_config(arg="tiny"):
@@ -23,8 +25,7 @@ def get_config(arg="tiny"):
     model = common.omni_model("tiny")
     c = common.stage_config("tiny", "pretrain_tiny_0c_sound_tower", model, tokenizer=common.CORPUS_TOKENIZER)
     c.init_from = [(common.PREVIOUS, KEPT)]
-    common.use_dual(c, "tiny")  # its init_from names no "audio": BEATs starts fresh here
-    c.objective = dict(bow_audio=dict(weight=1.0, tasks=("sound_qa",), max_label_tokens=8))  # no LLM layers
+    common.use_beats(c, "tiny")  # its init_from names no "audio": BEATs starts fresh here
     common.set_data(c, "tiny", {"sound_qa": 1.0})
     c.trainable = common.trainable({"audio/beats|audio_connector": 3e-3, "*": None})
     c.num_steps = 1000
