@@ -469,15 +469,16 @@ class CorpusMismatchError(ValueError):
     pass
 
 
-def check_tiny_checkpoints(corpus: str) -> dict:
-    """The pin of the shipped tiny checkpoints (``TINY_CHECKPOINTS/PIN_FILE``), checked against the omni-synth
+def check_tiny_checkpoints(corpus: str, checkpoints: str = TINY_CHECKPOINTS) -> dict:
+    """The pin of the shipped tiny checkpoints (``checkpoints/PIN_FILE``, default ``TINY_CHECKPOINTS``), checked against
+    the omni-synth
     corpus in ``corpus``: a corpus of another version (its examples, and so what the tokenizer and the
     towers were trained on, differ) is refused with both versions and the command that rebuilds the checkpoints."""
     try:
-        with open(os.path.join(TINY_CHECKPOINTS, PIN_FILE)) as f:
+        with open(os.path.join(checkpoints, PIN_FILE)) as f:
             pin = json.load(f)
     except OSError:
-        raise CorpusMismatchError(f"the tiny pretrained checkpoints are missing ({TINY_CHECKPOINTS}/{PIN_FILE} does "
+        raise CorpusMismatchError(f"the tiny pretrained checkpoints are missing ({checkpoints}/{PIN_FILE} does "
                                   f"not exist); rebuild them with `{REBUILD}`") from None
     try:
         with open(os.path.join(corpus, synth.MANIFEST)) as f:
@@ -488,7 +489,7 @@ def check_tiny_checkpoints(corpus: str) -> dict:
     if version != pin["omni_synth_version"]:
         raise CorpusMismatchError(
             f"the omni-synth corpus in {corpus} is version {version}, but the tiny pretrained checkpoints in "
-            f"{TINY_CHECKPOINTS} were trained on omni-synth version {pin['omni_synth_version']} with its tokenizer; "
+            f"{checkpoints} were trained on omni-synth version {pin['omni_synth_version']} with its tokenizer; "
             f"rebuild the checkpoints for version {version} with `{REBUILD}` (about 20 minutes on 2 cores), or "
             f"use a corpus of version {pin['omni_synth_version']}")
     return pin

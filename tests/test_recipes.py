@@ -122,7 +122,8 @@ def test_tiny_pretraining_runs_every_stage(corpus, tmp_path):
 
 def test_beats_only_refuses_a_corpus_of_another_version(corpus, tmp_path):  # noqa: F811
     """``release --beats-only`` retrains BEATs on the given corpus beside parts pinned to theirs: another omni-synth
-    version is refused before anything runs, naming both versions and the whole rebuild."""
+    version is refused before anything runs, naming both versions and the whole rebuild (``check_tiny_checkpoints``
+    on the given checkpoints)."""
     from experiments import common
     from experiments.pretrain_tiny import release
 
@@ -131,8 +132,8 @@ def test_beats_only_refuses_a_corpus_of_another_version(corpus, tmp_path):  # no
     with open(os.path.join(common.TINY_CHECKPOINTS, common.PIN_FILE)) as f:
         pin = json.load(f)
     (out / common.PIN_FILE).write_text(json.dumps(dict(pin, omni_synth_version=99)))
-    with pytest.raises(ValueError, match=r"trained on omni-synth version 99, .* is version \d+: rebuild every part on "
-                                         r"it \(python -m experiments.pretrain_tiny.release\), not BEATs alone"):
+    with pytest.raises(common.CorpusMismatchError, match=rf"is version \d+, but the tiny pretrained checkpoints in "
+                       rf"{out} were trained on omni-synth version 99 .* with `python -m experiments.pretrain_tiny"):
         release.rebuild_beats(str(tmp_path / "work"), corpus, str(out))
     assert release.main(["--beats-only", "--out", str(out), "--corpus", corpus, "--workdir", str(tmp_path)]) == 2
     assert not (tmp_path / "work").exists() and sorted(os.listdir(out)) == [common.PIN_FILE]

@@ -93,22 +93,15 @@ def write_release(result, corpus: str, out: str) -> dict:
 
 def rebuild_beats(workdir: str, corpus: str, out: str, *, steps: int | None = None, log=print) -> dict:
     """``--beats-only``: the BEATs stage run in ``workdir`` from the shipped parts in ``out`` (the corpus must be the
-    pinned omni-synth version), then ``out/beats``, the pin and the README rewritten, each whole or not at all;
-    returns the pin."""
-    from data_pipelines import synth
+    pinned omni-synth version: ``common.check_tiny_checkpoints``), then ``out/beats``, the pin and the README
+    rewritten, each whole or not at all; returns the pin."""
     from omnijax import experiment
     from omnijax.checkpoint import load_model
     from omnijax.hf import beats
     from omnijax.hf.exporter import save_hf
     from omnijax.outdir import atomic_dir
 
-    with open(os.path.join(out, common.PIN_FILE)) as f:
-        pin = json.load(f)
-    with open(os.path.join(corpus, synth.MANIFEST)) as f:
-        version = json.load(f)["version"]
-    if version != pin["omni_synth_version"]:
-        raise ValueError(f"{out} was trained on omni-synth version {pin['omni_synth_version']}, {corpus} is version "
-                         f"{version}: rebuild every part on it ({common.REBUILD}), not BEATs alone")
+    pin = common.check_tiny_checkpoints(corpus, out)
     name = pretrain.BEATS_FROM
     stage = importlib.import_module(f"{__package__}.{dict(pretrain.STAGES['tiny'])[name].removesuffix('.py')}")
     c = stage.get_config("tiny")
